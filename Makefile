@@ -1,0 +1,30 @@
+# The two set-up commands (see README): `make run` and `make test`.
+# Both create the virtualenv and install everything on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: run test lint format bench clean
+
+run: $(INSTALLED)
+	$(BIN)/fleet demo
+
+test: lint
+	$(BIN)/pytest
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(INSTALLED)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+$(INSTALLED): pyproject.toml scripts/bootstrap.sh
+	PYTHON=$(PYTHON) scripts/bootstrap.sh $(VENV)
+	touch $@
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""fleetharness backend: the device-facing shards and the services behind them."""

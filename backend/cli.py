@@ -1,0 +1,101 @@
+"""The ``fleet`` command. Every option can also be set as ``FLEET_<COMMAND>_<OPTION>``."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import click
+import uvloop
+
+from backend import logs
+from backend.auth import issue_device_token
+from backend.demo import run_demo
+from backend.shard import ShardConfig, serve
+from backend.shard.config import default_max_connections, default_shard_id
+
+verbose_option = click.option("-v", "--verbose", count=True, help="More logs (-v info, -vv debug).")
+
+
+@click.group(context_settings={"auto_envvar_prefix": "FLEET", "show_default": True})
+def main() -> None:
+    """fleetharness: WebSocket backend for IoT gateway fleets, and its load harness."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", help="Address to listen on.")
+@click.option("--port", default=8080, help="Port for devices, /healthz and /metrics (0: any).")
+@click.option("--shard-id", default=None, help="Name on the bus [default: shard-<random>].")
+@click.option(
+    "--nats-url", "nats_urls", multiple=True, default=["nats://127.0.0.1:4222"],
+    help="NATS server URL; repeat for a cluster.",
+)  # fmt: skip
+@click.option("--jwt-secret", default=None, help="HS256 secret for device tokens.")
+@click.option(
+    "--jwt-public-key-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None, help="PEM public key for RS256/ES256/EdDSA device tokens.",
+)  # fmt: skip
+@click.option(
+    "--max-connections", type=int, default=None,
+    help="Connection cap [default: open-file limit minus a reserve].",
+)  # fmt: skip
+@click.option("--accept-rate", default=2000.0, help="Upgrades admitted per second.")
+@click.option("--accept-burst", default=1000, help="Upgrades admitted at once.")
+@click.option("--ping-interval", default=30.0, help="Seconds between keep-alive pings.")
+@click.option("--keepalive-timeout", default=75.0, help="Reap connections silent this long.")
+@click.option("--max-message-size", default=1 << 20, help="Largest device message (bytes).")
+@click.option("--drain-timeout", default=30.0, help="Seconds to wait for devices on shutdown.")
+@click.option(
+    "--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Write {shard, host, port} as JSON here once listening.",
+)  # fmt: skip
+@verbose_option
+def shard(
+    verbose: int, max_connections: int | None, shard_id: str | None, **options: object
+) -> None:
+    """Run one shard: holds device WebSockets, routes through NATS."""
+    logs.setup(verbose)
+    if not options["jwt_secret"] and options["jwt_public_key_file"] is None:
+        raise click.UsageError("set --jwt-secret or --jwt-public-key-file (or FLEET_SHARD_...)")
+    config = ShardConfig(
+        max_connections=max_connections or default_max_connections(),
+        shard_id=shard_id or default_shard_id(),
+        **options,  # type: ignore[arg-type]
+    )
+    uvloop.run(serve(config))
+
+
+@main.command()
+@click.argument("device_id")
+@click.option("--jwt-secret", required=True, help="HS256 secret the shards verify with.")
+@click.option("--ttl", default=7 * 86400.0, help="Validity in seconds.")
+def token(device_id: str, jwt_secret: str, ttl: float) -> None:
+    """Print a device token (HS256) for DEVICE_ID."""
+    try:
+        click.echo(issue_device_token(device_id, jwt_secret, ttl=ttl))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="DEVICE_ID") from None
+
+
+@main.command()
+@click.option("--devices", "device_count", default=6, help="Built-in test devices.")
+@click.option("--interval", default=2.0, help="Mean seconds between a device's alerts.")
+@click.option("--duration", default=0.0, help="Stop after this many seconds (0: at Ctrl-C).")
+@click.option(
+    "--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Logs and NATS storage [default: runs/demo-<time>].",
+)  # fmt: skip
+@verbose_option
+def demo(
+    device_count: int, interval: float, duration: float, run_dir: Path | None, verbose: int
+) -> None:
+    """Run the embedded local stack (NATS + 2 shards + test devices) and show alerts flow."""
+    logs.setup(verbose)
+    run_dir = run_dir or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+    with contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(run_demo(run_dir, device_count, interval, duration))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Reaching a device from anywhere: find its shard in presence, then ask that shard.
+
+Requests travel as core NATS request/reply on the shard's own subject (``bus.shard_subject``),
+as small MessagePack maps. Answers are ``{"ok": True, ...}`` or ``{"error": <reason>,
+"message": <text>}``. A shard that is gone shows up as NATS "no responders", which is as good
+as an "offline" answer: nobody holds the device.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import msgpack
+from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.kv import KeyValue
+
+from backend import bus, presence
+from backend.protocol.errors import DeviceOffline, DeviceTimeout, RoutingError
+from backend.protocol.messages import CommandResult, UpdateOffer
+
+OP_COMMAND = "command"
+OP_DELIVER = "deliver"
+OP_OFFER = "offer"
+OP_KICK = "kick"
+
+ERROR_OFFLINE = "offline"
+ERROR_TIMEOUT = "timeout"
+ERROR_BAD_REQUEST = "bad_request"
+
+REPLY_MARGIN = 2.0
+"""Extra seconds the requester waits beyond the device deadline, for the shard's answer."""
+
+
+def encode(payload: dict[str, Any]) -> bytes:
+    return msgpack.packb(payload, use_bin_type=True)
+
+
+def decode(data: bytes) -> dict[str, Any]:
+    payload = msgpack.unpackb(data, raw=False)
+    if not isinstance(payload, dict):
+        raise ValueError("routing payload is not a map")
+    return payload
+
+
+def ok(**fields: Any) -> bytes:
+    return encode({"ok": True, **fields})
+
+
+def error(reason: str, message: str) -> bytes:
+    return encode({"error": reason, "message": message})
+
+
+class DeviceRouter:
+    """Operator-side access to devices through whichever shard holds them."""
+
+    def __init__(self, nc: NATS, kv: KeyValue) -> None:
+        self.nc = nc
+        self.kv = kv
+
+    async def shard_of(self, device_id: str) -> str:
+        state, _revision = await presence.lookup(self.kv, device_id)
+        if state is None or not state.connected:
+            raise DeviceOffline(f"device {device_id} is not connected")
+        return state.shard
+
+    async def run_command(
+        self, device_id: str, command: str, *, timeout: float = 30.0, user_id: str = ""
+    ) -> CommandResult:
+        """Run ``command`` on the device; DeviceOffline or DeviceTimeout if it cannot answer."""
+        reply = await self._request(
+            device_id,
+            {"op": OP_COMMAND, "sid": uuid.uuid4().hex, "command": command, "timeout": timeout,
+             "user_id": user_id},
+            timeout,
+        )  # fmt: skip
+        return CommandResult(reply["exit_code"], reply["output"], reply["duration"])
+
+    async def deliver(self, device_id: str, message: bytes, *, user_id: str = "") -> None:
+        """Push one encoded ProtoMsg (shell input, file transfer...) to the device."""
+        await self._request(
+            device_id, {"op": OP_DELIVER, "message": message, "user_id": user_id}, 5.0
+        )
+
+    async def offer_update(
+        self, device_id: str, sid: str, offer: UpdateOffer, *, user_id: str = ""
+    ) -> None:
+        await self._request(
+            device_id, {"op": OP_OFFER, "sid": sid, "offer": offer.to_body(), "user_id": user_id},
+            5.0,
+        )  # fmt: skip
+
+    async def _request(self, device_id: str, fields: dict[str, Any], timeout: float) -> Any:
+        shard = await self.shard_of(device_id)
+        payload = encode({**fields, "device": device_id})
+        try:
+            msg = await self.nc.request(
+                bus.shard_subject(shard), payload, timeout=timeout + REPLY_MARGIN
+            )
+        except NoRespondersError:
+            raise DeviceOffline(f"device {device_id}: its shard {shard} is gone") from None
+        except NatsTimeout:
+            raise DeviceTimeout(f"shard {shard} did not answer for {device_id}") from None
+        return _unwrap(device_id, decode(msg.data))
+
+
+def _unwrap(device_id: str, reply: dict[str, Any]) -> dict[str, Any]:
+    reason = reply.get("error")
+    if reason is None:
+        return reply
+    message = f"device {device_id}: {reply.get('message', reason)}"
+    if reason == ERROR_OFFLINE:
+        raise DeviceOffline(message)
+    if reason == ERROR_TIMEOUT:
+        raise DeviceTimeout(message)
+    raise RoutingError(message)

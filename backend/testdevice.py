@@ -1,0 +1,146 @@
+"""A built-in test device: the device side of the session over an asyncio WebSocket client.
+
+Used by the local demo and by the tests. It speaks through ``websockets``' own client, an
+independent implementation of RFC 6455, so the shard's codec is checked against it. The
+alert outbox lives in the ``DeviceSession``, which outlives each connection: after a
+reconnect the unacked alerts are sent again and the stream's de-duplication keeps them single.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from backend.protocol import messages
+from backend.protocol import session as ps
+from backend.shard.config import DEVICE_PATH, SUBPROTOCOL
+
+log = logging.getLogger("fleet.testdevice")
+
+CommandHandler = Callable[[str], tuple[int, bytes]]
+
+
+def echo_command(command: str) -> tuple[int, bytes]:
+    """A tiny shell: ``echo`` prints its arguments, ``false`` fails, the rest is unknown."""
+    name, _, rest = command.partition(" ")
+    if name == "echo":
+        return 0, rest.encode() + b"\n"
+    if name == "false":
+        return 1, b""
+    return 127, f"sh: {name}: not found\n".encode()
+
+
+class TestDevice:
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self,
+        device_id: str,
+        token: str,
+        url: str,
+        *,
+        on_command: CommandHandler = echo_command,
+    ) -> None:
+        self.device_id = device_id
+        self.token = token
+        self.url = url.rstrip("/") + DEVICE_PATH
+        self.on_command = on_command
+        self.session = ps.DeviceSession(ps.Role.DEVICE, device_id=device_id)
+        self.events: asyncio.Queue[ps.Event] = asyncio.Queue()
+        self.acked: set[str] = set()
+        self._ack_received = asyncio.Event()
+        self.handshake = asyncio.Event()
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._ws: ClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def connect(self) -> None:
+        """Open a connection (again); unacked alerts go out again once it is up."""
+        self.handshake.clear()
+        self._ws = await connect(
+            self.url,
+            additional_headers={"Authorization": f"Bearer {self.token}"},
+            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+            compression=None,
+            open_timeout=10,
+        )
+        self.close_code = None
+        self.session.resend_unacked()
+        await self._flush()
+        self._reader = asyncio.create_task(self._read())
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+        await self.wait_closed()
+
+    async def wait_closed(self) -> None:
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
+    async def drop(self) -> None:
+        """Vanish without a close handshake, like a gateway losing power."""
+        if self._ws is not None:
+            self._ws.transport.abort()
+        await self.wait_closed()
+
+    async def send_alert(self, alert: messages.Alert) -> None:
+        self.session.send_alert(alert)
+        await self._flush()
+
+    async def send_status(self, status: messages.Status) -> None:
+        self.session.send_status(status)
+        await self._flush()
+
+    async def wait_acked(self, alert_id: str) -> None:
+        """Wait until the server acked ``alert_id`` (wrap it in ``asyncio.timeout``)."""
+        while alert_id not in self.acked:
+            self._ack_received.clear()
+            await self._ack_received.wait()
+
+    async def _read(self) -> None:
+        assert self._ws is not None
+        try:
+            async for data in self._ws:
+                if isinstance(data, bytes):
+                    self.session.receive_message(data)
+                    await self._handle_events()
+        except ConnectionClosed:
+            pass
+        finally:
+            if self._ws.close_rcvd is not None:
+                self.close_code = self._ws.close_rcvd.code
+                self.close_reason = self._ws.close_rcvd.reason
+            self.session.connection_lost()
+
+    async def _handle_events(self) -> None:
+        for event in self.session.events_received():
+            if isinstance(event, ps.AlertAcked):
+                self.acked.add(event.id)
+                self._ack_received.set()
+            elif isinstance(event, ps.HandshakeCompleted):
+                self.handshake.set()
+            elif isinstance(event, ps.CommandRequested):
+                started = time.monotonic()
+                exit_code, output = self.on_command(event.request.command)
+                result = messages.CommandResult(exit_code, output, time.monotonic() - started)
+                self.session.send_command_result(event.sid, result)
+            self.events.put_nowait(event)
+        await self._flush()
+
+    async def _flush(self) -> None:
+        if self._ws is None:
+            return
+        for message in self.session.messages_to_send():
+            try:
+                await self._ws.send(message)
+            except ConnectionClosed:
+                return  # kept in the outbox; resent after the next connect

@@ -1,0 +1,1 @@
+"""fleetharness simulator: virtual gateways driven by Locust."""

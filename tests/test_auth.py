@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from backend.auth import TokenVerifier, issue_device_token
+from backend.protocol.errors import Unauthorized
+
+SECRET = "s3cret"
+
+
+def bearer(token: str) -> str:
+    return f"Bearer {token}"
+
+
+def test_valid_token_gives_the_device_id() -> None:
+    verifier = TokenVerifier.from_settings(SECRET, None)
+    assert verifier.device_id(bearer(issue_device_token("gw-1", SECRET))) == "gw-1"
+    assert verifier.device_id("bearer " + issue_device_token("gw-1", SECRET)) == "gw-1"
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        (None, "missing"),
+        ("Basic Zm9vOmJhcg==", "missing"),
+        ("Bearer not-a-jwt", "invalid device token"),
+        (bearer(issue_device_token("gw-1", "other-secret")), "invalid device token"),
+        (bearer(issue_device_token("gw-1", SECRET, ttl=-60)), "expired"),
+        (bearer(jwt.encode({"sub": "gw-1"}, SECRET, "HS256")), "invalid device token"),
+        (bearer(jwt.encode({"sub": "a.b", "exp": 2**40}, SECRET, "HS256")), "not a valid"),
+        (bearer(jwt.encode({"sub": "gw", "exp": 2**40}, SECRET, "HS512")), "invalid"),
+    ],
+)
+def test_bad_tokens_are_unauthorized(header: str | None, message: str) -> None:
+    verifier = TokenVerifier.from_settings(SECRET, None)
+    with pytest.raises(Unauthorized, match=message):
+        verifier.device_id(header)
+
+
+def test_public_key_verification(tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (tmp_path / "pub.pem").write_bytes(pem)
+    verifier = TokenVerifier.from_settings(None, tmp_path / "pub.pem")
+    token = jwt.encode({"sub": "gw-9", "exp": 2**40}, key, "ES256")
+    assert verifier.device_id(bearer(token)) == "gw-9"
+    with pytest.raises(Unauthorized):
+        verifier.device_id(bearer(issue_device_token("gw-9", SECRET)))  # HS256 not accepted
+
+
+def test_no_key_configured_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="JWT secret or a public key"):
+        TokenVerifier.from_settings(None, None)
+
+
+def test_issue_rejects_bad_device_ids() -> None:
+    with pytest.raises(ValueError, match="invalid device id"):
+        issue_device_token("has space", SECRET)
