@@ -19,11 +19,12 @@ from websockets.exceptions import ConnectionClosed
 
 from backend.protocol import messages
 from backend.protocol import session as ps
-from backend.shard.config import DEVICE_PATH, SUBPROTOCOL
+from backend.shard.config import DEVICE_PATH
 
 log = logging.getLogger("fleet.testdevice")
 
-CommandHandler = Callable[[str], tuple[int, bytes]]
+CommandHandler = Callable[[str], tuple[int, bytes] | None]
+"""Runs a command: (exit code, output), or None for a command that never finishes."""
 
 
 def echo_command(command: str) -> tuple[int, bytes]:
@@ -67,7 +68,6 @@ class TestDevice:
         self._ws = await connect(
             self.url,
             additional_headers={"Authorization": f"Bearer {self.token}"},
-            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
             compression=None,
             open_timeout=10,
         )
@@ -116,9 +116,9 @@ class TestDevice:
         except ConnectionClosed:
             pass
         finally:
-            if self._ws.close_rcvd is not None:
-                self.close_code = self._ws.close_rcvd.code
-                self.close_reason = self._ws.close_rcvd.reason
+            received = self._ws.protocol.close_rcvd
+            if received is not None:
+                self.close_code, self.close_reason = received.code, received.reason
             self.session.connection_lost()
 
     async def _handle_events(self) -> None:
@@ -129,12 +129,16 @@ class TestDevice:
             elif isinstance(event, ps.HandshakeCompleted):
                 self.handshake.set()
             elif isinstance(event, ps.CommandRequested):
-                started = time.monotonic()
-                exit_code, output = self.on_command(event.request.command)
-                result = messages.CommandResult(exit_code, output, time.monotonic() - started)
-                self.session.send_command_result(event.sid, result)
+                self._run_command(event)
             self.events.put_nowait(event)
         await self._flush()
+
+    def _run_command(self, event: ps.CommandRequested) -> None:
+        started = time.monotonic()
+        outcome = self.on_command(event.request.command)
+        if outcome is not None:
+            result = messages.CommandResult(*outcome, time.monotonic() - started)
+            self.session.send_command_result(event.sid, result)
 
     async def _flush(self) -> None:
         if self._ws is None:

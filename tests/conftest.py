@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,16 +13,14 @@ import pytest
 import uvloop
 from nats.aio.client import Client as NATS
 
-from backend.auth import issue_device_token
 from backend.natsserver import NatsServer
 from backend.shard import Shard, ShardConfig
+from tests.support import JWT_SECRET, ShardFactory
 
-JWT_SECRET = "test-secret-not-for-production"
 
-
-@pytest.fixture(scope="session")
-def event_loop_policy() -> uvloop.EventLoopPolicy:
-    return uvloop.EventLoopPolicy()
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """Async tests run on uvloop, as the shard does in production."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture
@@ -36,13 +34,6 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
     client = await nats.connect(nats_server.url)
     yield client
     await client.close()
-
-
-def device_token(device_id: str, **kwargs: Any) -> str:
-    return issue_device_token(device_id, JWT_SECRET, **kwargs)
-
-
-ShardFactory = Callable[..., contextlib.AbstractAsyncContextManager[Shard]]
 
 
 @pytest.fixture

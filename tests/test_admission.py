@@ -21,9 +21,9 @@ def test_rate_budget_allows_burst_then_refills_at_rate() -> None:
         admission.admit(100.0, 0)
     with pytest.raises(Overloaded, match="accept-rate"):
         admission.admit(100.0, 0)
-    admission.admit(100.1, 0)  # 0.1 s at 10/s refills one token
+    admission.admit(100.15, 0)  # 0.15 s at 10/s refills one and a half tokens
     with pytest.raises(Overloaded):
-        admission.admit(100.1, 0)
+        admission.admit(100.15, 0)
 
 
 def test_refill_never_exceeds_burst() -> None:

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from backend.auth import TokenVerifier, issue_device_token
 from backend.protocol.errors import Unauthorized
 
-SECRET = "s3cret"
+SECRET = "a-test-secret-of-at-least-32-bytes-long"
 
 
 def bearer(token: str) -> str:
@@ -29,11 +29,14 @@ def test_valid_token_gives_the_device_id() -> None:
         (None, "missing"),
         ("Basic Zm9vOmJhcg==", "missing"),
         ("Bearer not-a-jwt", "invalid device token"),
-        (bearer(issue_device_token("gw-1", "other-secret")), "invalid device token"),
+        (
+            bearer(issue_device_token("gw-1", "another-test-secret-at-least-32-bytes")),
+            "invalid device token",
+        ),
         (bearer(issue_device_token("gw-1", SECRET, ttl=-60)), "expired"),
         (bearer(jwt.encode({"sub": "gw-1"}, SECRET, "HS256")), "invalid device token"),
         (bearer(jwt.encode({"sub": "a.b", "exp": 2**40}, SECRET, "HS256")), "not a valid"),
-        (bearer(jwt.encode({"sub": "gw", "exp": 2**40}, SECRET, "HS512")), "invalid"),
+        (bearer(jwt.encode({"sub": "gw", "exp": 2**40}, SECRET * 2, "HS512")), "invalid"),
     ],
 )
 def test_bad_tokens_are_unauthorized(header: str | None, message: str) -> None:

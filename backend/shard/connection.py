@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from backend.protocol import closecodes, http
 from backend.protocol import session as ps
@@ -66,8 +66,7 @@ class DeviceConnection(asyncio.Protocol):
     # --- asyncio.Protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.last_received = now = time.monotonic()
         self.shard.wheel.schedule(self, now + self.shard.config.handshake_timeout)
 

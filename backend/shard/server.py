@@ -27,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from backend import bus, presence, routing
 from backend.auth import TokenVerifier
-from backend.protocol import closecodes, http, messages
+from backend.protocol import closecodes, envelope, http, messages
 from backend.protocol import session as ps
 from backend.protocol.errors import Draining, HandshakeError, MethodNotAllowed, NotFound
 from backend.protocol.http import Request
@@ -265,7 +265,7 @@ class Shard:
             self._enqueue(partial(self._publish, subject, event.progress.to_body(), headers))
         elif kind is ps.Relayed:
             subject = bus.relay_subject(event.msg.sid)
-            self._enqueue(partial(self._publish, subject, ps.encode_message(event.msg)))
+            self._enqueue(partial(self._publish, subject, envelope.encode(event.msg)))
         elif kind is ps.ProtocolViolation:
             self.metrics.protocol_errors.labels(event.error.reason).inc()
             if event.error.close_code is not None:
@@ -335,7 +335,7 @@ class Shard:
         elif op == routing.OP_COMMAND:
             reply = await self._run_command(conn, request)
         elif op == routing.OP_DELIVER:
-            conn.session.send(_stamped(ps.decode_message(request["message"]), request))
+            conn.session.send(_stamped(envelope.decode(request["message"]), request))
             conn.flush()
             reply = routing.ok()
         elif op == routing.OP_OFFER:
@@ -387,7 +387,7 @@ class Shard:
                 future.set_exception(ConnectionError("device disconnected before answering"))
 
 
-def _stamped(msg: ps.ProtoMsg, request: dict[str, Any]) -> ps.ProtoMsg:
+def _stamped(msg: envelope.ProtoMsg, request: dict[str, Any]) -> envelope.ProtoMsg:
     """Operator messages carry the operator's id in props, as Mender's deviceconnect does."""
     user_id = request.get("user_id")
     if user_id:

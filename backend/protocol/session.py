@@ -1,0 +1,391 @@
+"""The device session, one state machine for both ends (shard and gateway), Sans-I/O.
+
+Feed it one ProtoMsg per binary WebSocket message with ``receive_message``; read what it
+means from ``events_received`` and what to send from ``messages_to_send``. Peer input never
+raises: bad input becomes a control "error" message for the peer plus a
+``ProtocolViolation`` event telling the driver whether to close (``error.close_code``).
+
+The server opens the handshake (Mender devices never speak first) but never requires it: a
+pre-handshake device is served all the same. On the device side the session outlives each
+connection and keeps the alert outbox: unacked alerts are resent after a reconnect, and the
+server's stream de-duplicates them by alert id.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from dataclasses import dataclass
+
+from backend.protocol import envelope as env
+from backend.protocol import messages as m
+from backend.protocol.envelope import ProtoMsg
+from backend.protocol.errors import (
+    FleetError,
+    MalformedMessage,
+    ProtocolError,
+    UnexpectedMessage,
+    UnknownProtocol,
+)
+
+DEVICE_PROTOCOLS = (env.PROTO_SHELL, env.PROTO_MONITOR, env.PROTO_COMMAND, env.PROTO_UPDATE)
+_open_ids = itertools.count(1)
+
+
+class Role(enum.Enum):
+    SERVER = "server"
+    DEVICE = "device"
+
+
+class OutboxFull(FleetError):
+    """The device holds ``max_outbox`` unacked alerts: refuse new ones rather than drop any."""
+
+    reason = "outbox_full"
+
+
+# --- events ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class HandshakeCompleted:
+    version: int  # 0: a pre-handshake peer
+    protocols: tuple[int, ...]
+
+
+@dataclass(slots=True, frozen=True)
+class ProtocolViolation:
+    error: ProtocolError
+
+
+@dataclass(slots=True, frozen=True)
+class ErrorReceived:
+    error: m.Error
+    msg: ProtoMsg
+
+
+@dataclass(slots=True, frozen=True)
+class PeerClosing:
+    pass
+
+
+@dataclass(slots=True, frozen=True)
+class AlertReceived:
+    alert: m.Alert
+
+
+@dataclass(slots=True, frozen=True)
+class AlertAcked:
+    id: str
+
+
+@dataclass(slots=True, frozen=True)
+class StatusReceived:
+    status: m.Status
+
+
+@dataclass(slots=True, frozen=True)
+class CommandRequested:
+    sid: str
+    request: m.CommandRequest
+    user_id: str | None
+
+
+@dataclass(slots=True, frozen=True)
+class CommandCompleted:
+    sid: str
+    result: m.CommandResult
+
+
+@dataclass(slots=True, frozen=True)
+class UpdateOffered:
+    sid: str
+    offer: m.UpdateOffer
+    user_id: str | None
+
+
+@dataclass(slots=True, frozen=True)
+class UpdateProgressReceived:
+    sid: str
+    progress: m.UpdateProgress
+
+
+@dataclass(slots=True, frozen=True)
+class Relayed:
+    """Server side: a device message of a Mender protocol (shell...) for an operator session."""
+
+    msg: ProtoMsg
+
+
+@dataclass(slots=True, frozen=True)
+class MessageReceived:
+    """Device side: a Mender-protocol message (shell...) for the device's own handlers."""
+
+    msg: ProtoMsg
+
+
+@dataclass(slots=True, frozen=True)
+class StrayMessage:
+    """A well-formed message that answers nothing pending (a result after its timeout)."""
+
+    msg: ProtoMsg
+
+
+Event = (
+    HandshakeCompleted | ProtocolViolation | ErrorReceived | PeerClosing | AlertReceived
+    | AlertAcked | StatusReceived | CommandRequested | CommandCompleted | UpdateOffered
+    | UpdateProgressReceived | Relayed | MessageReceived | StrayMessage
+)  # fmt: skip
+
+# Which side may send which of our message types: (proto, typ) -> sending role.
+_SENDER = {
+    (env.PROTO_MONITOR, m.Status.TYP): Role.DEVICE,
+    (env.PROTO_MONITOR, m.Alert.TYP): Role.DEVICE,
+    (env.PROTO_MONITOR, m.AlertAck.TYP): Role.SERVER,
+    (env.PROTO_COMMAND, m.CommandRequest.TYP): Role.SERVER,
+    (env.PROTO_COMMAND, m.CommandResult.TYP): Role.DEVICE,
+    (env.PROTO_UPDATE, m.UpdateOffer.TYP): Role.SERVER,
+    (env.PROTO_UPDATE, m.UpdateProgress.TYP): Role.DEVICE,
+}
+_OUR_PROTOCOLS = frozenset(proto for proto, _typ in _SENDER)
+
+
+class DeviceSession:
+    __slots__ = (
+        "_events",
+        "_outbox",
+        "_outgoing",
+        "_pending_commands",
+        "device_id",
+        "max_message_size",
+        "max_outbox",
+        "peer_version",
+        "protocols",
+        "role",
+    )
+
+    def __init__(
+        self,
+        role: Role,
+        *,
+        device_id: str = "",
+        protocols: tuple[int, ...] = DEVICE_PROTOCOLS,
+        max_outbox: int = 1000,
+        max_message_size: int = env.DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        self.role = role
+        self.device_id = device_id
+        self.protocols = protocols
+        self.max_outbox = max_outbox
+        self.max_message_size = max_message_size
+        self.peer_version: int | None = None  # None until the handshake completes
+        # Created on first use: an idle server session holds no containers at all.
+        self._events: list[Event] | None = None
+        self._outgoing: list[bytes] | None = None
+        self._outbox: dict[str, bytes] | None = None
+        self._pending_commands: set[str] | None = None
+
+    # --- I/O boundary ----------------------------------------------------------------------
+
+    def receive_message(self, data: bytes) -> None:
+        msg: ProtoMsg | None = None
+        try:
+            msg = env.decode(data, self.max_message_size)
+            self._dispatch(msg)
+        except ProtocolError as exc:
+            self._violation(exc, msg)
+
+    def events_received(self) -> list[Event]:
+        events, self._events = self._events, None
+        return events or []
+
+    def messages_to_send(self) -> list[bytes]:
+        outgoing, self._outgoing = self._outgoing, None
+        return outgoing or []
+
+    def send(self, msg: ProtoMsg) -> None:
+        """Queue any message as it is (relayed shell input, a device's shell output...)."""
+        self._queue(env.encode(msg))
+
+    def connection_lost(self) -> None:
+        """Forget the connection's state; the device's outbox stays for the next one."""
+        self.peer_version = None
+        self._pending_commands = None
+
+    # --- handshake -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the handshake: list the versions we speak (Mender's control "open")."""
+        self.send(m.Open().to_msg(sid=f"open-{next(_open_ids)}"))
+
+    def _control(self, msg: ProtoMsg) -> None:
+        typ = msg.typ
+        if typ == env.TYP_PING:
+            self.send(ProtoMsg(env.PROTO_CONTROL, env.TYP_PONG, msg.sid, None, msg.body))
+        elif typ == env.TYP_OPEN:
+            self._open_received(msg)
+        elif typ == env.TYP_ACCEPT:
+            accept = m.Accept.from_body(msg.body)
+            self._handshake_done(accept.version, accept.protocols)
+        elif typ == env.TYP_ERROR:
+            self._emit(ErrorReceived(m.Error.from_body(msg.body), msg))
+        elif typ == env.TYP_CLOSE:
+            self._emit(PeerClosing())
+        elif typ != env.TYP_PONG:
+            raise UnexpectedMessage(f"unknown control message type {typ!r}")
+
+    def _open_received(self, msg: ProtoMsg) -> None:
+        if msg.props and msg.props.get(env.PROP_STATUS) == env.STATUS_NORMAL and not msg.body:
+            self._handshake_done(0, ())  # Mender: a pre-handshake (version 0) peer
+            return
+        versions = m.Open.from_body(msg.body).versions
+        if env.PROTOCOL_VERSION not in versions:
+            raise UnexpectedMessage(f"no common protocol version: peer speaks {list(versions)}")
+        protocols = self.protocols if self.role is Role.DEVICE else tuple(sorted(_OUR_PROTOCOLS))
+        self.send(m.Accept(env.PROTOCOL_VERSION, protocols).to_msg(sid=msg.sid))
+        self._handshake_done(env.PROTOCOL_VERSION, protocols)
+
+    def _handshake_done(self, version: int, protocols: tuple[int, ...]) -> None:
+        self.peer_version = version
+        self._emit(HandshakeCompleted(version, protocols))
+
+    # --- dispatch --------------------------------------------------------------------------
+
+    def _dispatch(self, msg: ProtoMsg) -> None:
+        proto = msg.proto
+        if proto == env.PROTO_CONTROL:
+            self._control(msg)
+        elif proto in env.MENDER_PROTOCOLS:
+            self._emit(Relayed(msg) if self.role is Role.SERVER else MessageReceived(msg))
+        elif proto in _OUR_PROTOCOLS:
+            sender = _SENDER.get((proto, msg.typ))
+            if sender is None:
+                raise UnexpectedMessage(f"unknown message type {msg.typ!r} for proto {proto:#06x}")
+            if sender is self.role:
+                raise UnexpectedMessage(f"{msg.typ!r} is sent by the {sender.value}, not to it")
+            self._ours(msg)
+        else:
+            raise UnknownProtocol(f"protocol {proto:#06x} is not served here")
+
+    def _ours(self, msg: ProtoMsg) -> None:
+        typ, body = msg.typ, msg.body
+        user_id = (msg.props or {}).get(env.PROP_USER_ID)
+        user_id = user_id if isinstance(user_id, str) else None
+        if typ == m.Alert.TYP:
+            self._emit(AlertReceived(m.Alert.from_body(body)))
+        elif typ == m.Status.TYP:
+            self._emit(StatusReceived(m.Status.from_body(body)))
+        elif typ == m.AlertAck.TYP:
+            self._ack_received(m.AlertAck.from_body(body).id)
+        elif typ == m.CommandRequest.TYP:
+            self._emit(CommandRequested(_sid(msg), m.CommandRequest.from_body(body), user_id))
+        elif typ == m.CommandResult.TYP:
+            self._result_received(msg)
+        elif typ == m.UpdateOffer.TYP:
+            self._emit(UpdateOffered(_sid(msg), m.UpdateOffer.from_body(body), user_id))
+        else:  # progress, the last one _SENDER admits
+            self._emit(UpdateProgressReceived(_sid(msg), m.UpdateProgress.from_body(body)))
+
+    def _result_received(self, msg: ProtoMsg) -> None:
+        result = m.CommandResult.from_body(msg.body)
+        pending = self._pending_commands
+        if pending is None or msg.sid not in pending:
+            self._emit(StrayMessage(msg))
+            return
+        pending.discard(msg.sid)
+        self._emit(CommandCompleted(msg.sid, result))
+
+    def _violation(self, exc: ProtocolError, msg: ProtoMsg | None) -> None:
+        error = m.Error(
+            err=str(exc),
+            close=exc.close_code is not None,
+            code=exc.error_code,
+            msgproto=msg.proto if msg else None,
+            msgtype=msg.typ if msg else None,
+            msgid=msg.sid if msg else None,
+        )
+        self.send(error.to_msg())
+        self._emit(ProtocolViolation(exc))
+
+    # --- alerts -----------------------------------------------------------------------------
+
+    def send_alert(self, alert: m.Alert) -> None:
+        """Device: queue an alert and keep it until the server acks it."""
+        outbox = self._outbox
+        if outbox is None:
+            outbox = self._outbox = {}
+        if alert.id not in outbox and len(outbox) >= self.max_outbox:
+            raise OutboxFull(f"{len(outbox)} alerts wait for an ack; not accepting {alert.id}")
+        outbox[alert.id] = encoded = env.encode(alert.to_msg())
+        self._queue(encoded)
+
+    def _ack_received(self, alert_id: str) -> None:
+        # Acks are idempotent: after a resend the same id may be acked twice.
+        if self._outbox is not None and self._outbox.pop(alert_id, None) is not None:
+            self._emit(AlertAcked(alert_id))
+
+    def resend_unacked(self) -> int:
+        """Device: queue every unacked alert again (after a reconnect or an ack timeout)."""
+        for encoded in (self._outbox or {}).values():
+            self._queue(encoded)
+        return self.outbox_size
+
+    @property
+    def outbox_size(self) -> int:
+        return len(self._outbox) if self._outbox else 0
+
+    def ack_alert(self, alert_id: str) -> None:
+        """Server: the alert is stored durably; tell the device it may forget it."""
+        self.send(m.AlertAck(alert_id).to_msg())
+
+    def send_status(self, status: m.Status) -> None:
+        self.send(status.to_msg())
+
+    # --- commands and updates ---------------------------------------------------------------
+
+    def send_command(self, sid: str, request: m.CommandRequest, user_id: str | None = None) -> None:
+        pending = self._pending_commands
+        if pending is None:
+            pending = self._pending_commands = set()
+        if sid in pending:
+            raise ValueError(f"command {sid} is already pending")
+        pending.add(sid)
+        self.send(request.to_msg(sid, _user_props(user_id)))
+
+    def cancel_command(self, sid: str) -> None:
+        """Server: stop waiting for ``sid``; a late result becomes a StrayMessage."""
+        if self._pending_commands is not None:
+            self._pending_commands.discard(sid)
+
+    def send_command_result(self, sid: str, result: m.CommandResult) -> None:
+        self.send(result.to_msg(sid))
+
+    def offer_update(self, sid: str, offer: m.UpdateOffer, user_id: str | None = None) -> None:
+        self.send(offer.to_msg(sid, _user_props(user_id)))
+
+    def send_update_progress(self, sid: str, progress: m.UpdateProgress) -> None:
+        self.send(progress.to_msg(sid))
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _emit(self, event: Event) -> None:
+        if self._events is None:
+            self._events = [event]
+        else:
+            self._events.append(event)
+
+    def _queue(self, encoded: bytes) -> None:
+        if self._outgoing is None:
+            self._outgoing = [encoded]
+        else:
+            self._outgoing.append(encoded)
+
+
+def _sid(msg: ProtoMsg) -> str:
+    if not msg.sid:
+        raise MalformedMessage(f"{msg.typ!r} needs a sid to correlate its answer")
+    return msg.sid
+
+
+def _user_props(user_id: str | None) -> dict[str, str] | None:
+    """Operator messages carry the operator's id, as Mender's deviceconnect stamps it."""
+    return {env.PROP_USER_ID: user_id} if user_id else None

@@ -1,0 +1,346 @@
+"""The shard end to end: real nats-server, in-process shards, devices on real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+from nats.aio.client import Client as NATS
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from backend import bus, presence
+from backend.protocol import closecodes, messages
+from backend.protocol import session as ps
+from backend.protocol.errors import DeviceOffline, DeviceTimeout
+from backend.routing import DeviceRouter
+from backend.shard import Shard
+from backend.shard.config import DEVICE_PATH
+from backend.testdevice import TestDevice
+from tests.support import ShardFactory, device_token
+
+
+def url(shard: Shard) -> str:
+    return f"ws://127.0.0.1:{shard.port}"
+
+
+def alert(alert_id: str, state: str = "raised") -> messages.Alert:
+    return messages.Alert(alert_id, "temp-high", "warning", state, "Too hot", "Open a window", 1.0)
+
+
+async def connected(device_id: str, shard: Shard) -> TestDevice:
+    device = TestDevice(device_id, device_token(device_id), url(shard))
+    await device.connect()
+    async with asyncio.timeout(5):
+        await device.handshake.wait()
+    return device
+
+
+async def stored_alerts(nc: NATS) -> list[tuple[str, bytes]]:
+    js = nc.jetstream()
+    info = await js.stream_info(bus.ALERTS_STREAM)
+    found = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        msg = await js.get_msg(bus.ALERTS_STREAM, seq)
+        found.append((msg.subject, msg.data))
+    return found
+
+
+async def eventually(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+def raw_exchange(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def upgrade_request(token: str | None, path: str = DEVICE_PATH) -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{auth}\r\n"
+    ).encode()
+
+
+def metric(shard: Shard, name: str, **labels: str) -> float:
+    value = shard.metrics.registry.get_sample_value(name, labels)
+    return value or 0.0
+
+
+# --- before the upgrade --------------------------------------------------------------------
+
+
+async def test_healthz_and_metrics(start_shard: ShardFactory) -> None:
+    async with start_shard() as shard:
+        health = await asyncio.to_thread(raw_exchange, shard.port, b"GET /healthz HTTP/1.1\r\n"
+                                         b"Host: x\r\n\r\n")  # fmt: skip
+        assert health.startswith(b"HTTP/1.1 200")
+        page = await asyncio.to_thread(raw_exchange, shard.port, b"GET /metrics HTTP/1.1\r\n"
+                                       b"Host: x\r\n\r\n")  # fmt: skip
+        assert b"fleet_shard_connections 0.0" in page
+
+
+@pytest.mark.parametrize(
+    ("token", "status", "reason"),
+    [
+        (None, b"401", "unauthorized"),
+        ("garbage", b"401", "unauthorized"),
+        (device_token("gw-1", ttl=-30), b"401", "unauthorized"),
+    ],
+)
+async def test_bad_tokens_get_401_before_upgrade(
+    start_shard: ShardFactory, token: str | None, status: bytes, reason: str
+) -> None:
+    async with start_shard() as shard:
+        answer = await asyncio.to_thread(raw_exchange, shard.port, upgrade_request(token))
+        assert answer.startswith(b"HTTP/1.1 " + status)
+        assert b"WWW-Authenticate: Bearer" in answer
+        assert metric(shard, "fleet_shard_rejected_upgrades_total", reason=reason) == 1
+
+
+async def test_garbage_before_upgrade_gets_400_and_shard_keeps_serving(
+    start_shard: ShardFactory,
+) -> None:
+    async with start_shard() as shard:
+        answer = await asyncio.to_thread(raw_exchange, shard.port, b"\x16\x03\x01garbage\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 400")
+        wrong_path = await asyncio.to_thread(raw_exchange, shard.port, upgrade_request("x", "/x"))
+        assert wrong_path.startswith(b"HTTP/1.1 404")
+        device = await connected("gw-1", shard)
+        await device.close()
+
+
+async def test_over_capacity_gets_503_with_retry_after(start_shard: ShardFactory) -> None:
+    async with start_shard(max_connections=1, retry_after=5) as shard:
+        first = await connected("gw-1", shard)
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(
+                url(shard) + DEVICE_PATH,
+                additional_headers={"Authorization": f"Bearer {device_token('gw-2')}"},
+            )
+        response = refused.value.response
+        assert response.status_code == 503
+        assert 1 <= int(response.headers["Retry-After"]) <= 5
+        assert metric(shard, "fleet_shard_rejected_upgrades_total", reason="overloaded") == 1
+        await first.close()
+
+
+async def test_over_accept_rate_gets_503(start_shard: ShardFactory) -> None:
+    async with start_shard(accept_rate=0.001, accept_burst=2) as shard:
+        devices = [await connected(f"gw-{i}", shard) for i in range(2)]
+        answer = await asyncio.to_thread(raw_exchange, shard.port, upgrade_request(
+            device_token("gw-9")))  # fmt: skip
+        assert answer.startswith(b"HTTP/1.1 503")
+        assert b"accept-rate" in answer
+        for device in devices:
+            await device.close()
+
+
+# --- sessions --------------------------------------------------------------------------------
+
+
+async def test_server_opens_handshake_and_presence_is_recorded(
+    start_shard: ShardFactory, nc: NATS
+) -> None:
+    async with start_shard(shard_id="shard-a") as shard:
+        device = await connected("gw-1", shard)
+        kv = await nc.jetstream().key_value(bus.PRESENCE_BUCKET)
+
+        async def state() -> presence.Presence | None:
+            return (await presence.lookup(kv, "gw-1"))[0]
+
+        await eventually(lambda: shard.devices["gw-1"].registration is not None)
+        now = await state()
+        assert now is not None and now.connected and now.shard == "shard-a"
+        await device.close()
+        await eventually(lambda: "gw-1" not in shard.devices)
+        await asyncio.sleep(0.2)
+        after = await state()
+        assert after is not None and not after.connected and after.version == now.version
+
+
+async def test_alert_is_acked_only_after_it_is_stored(start_shard: ShardFactory, nc: NATS) -> None:
+    async with start_shard() as shard:
+        device = await connected("gw-1", shard)
+        await device.send_alert(alert("a-1"))
+        async with asyncio.timeout(5):
+            await device.wait_acked("a-1")
+        assert await stored_alerts(nc) == [("fleet.alerts.gw-1", alert("a-1").to_body())]
+        assert device.session.outbox_size == 0
+        await device.close()
+
+
+async def test_alert_resent_after_reconnect_is_stored_once(
+    start_shard: ShardFactory, nc: NATS
+) -> None:
+    async with start_shard() as shard:
+        device = await connected("gw-1", shard)
+        await device.send_alert(alert("a-1"))
+        async with asyncio.timeout(5):
+            await device.wait_acked("a-1")
+        # The ack is lost with the connection: the device still holds a-2 and a-1 again.
+        device.session.send_alert(alert("a-2"))
+        device.session.messages_to_send()  # written to a socket that dies before sending
+        await device.drop()
+        device.acked.clear()
+        device.session.send_alert(alert("a-1-again-id-reuse-check"))
+        await device.connect()  # resends everything unacked
+        async with asyncio.timeout(5):
+            await device.wait_acked("a-2")
+        subjects = [body for _subject, body in await stored_alerts(nc)]
+        assert subjects.count(alert("a-1").to_body()) == 1
+        assert subjects.count(alert("a-2").to_body()) == 1
+        await device.close()
+
+
+async def test_duplicate_alert_id_is_deduplicated_by_the_stream(
+    start_shard: ShardFactory, nc: NATS
+) -> None:
+    async with start_shard() as shard:
+        device = await connected("gw-1", shard)
+        for _ in range(3):
+            # The same alert arriving three times (resends after lost acks).
+            shard.session_event(shard.devices["gw-1"], ps.AlertReceived(alert("a-1")))
+        await device.send_alert(alert("a-2"))
+        async with asyncio.timeout(5):
+            await device.wait_acked("a-2")
+        assert len(await stored_alerts(nc)) == 2
+        await device.close()
+
+
+async def test_newer_connection_replaces_older_on_the_same_shard(
+    start_shard: ShardFactory,
+) -> None:
+    async with start_shard() as shard:
+        old = await connected("gw-1", shard)
+        new = await connected("gw-1", shard)
+        async with asyncio.timeout(5):
+            await old.wait_closed()
+        assert old.close_code == closecodes.REPLACED
+        assert shard.devices["gw-1"].ws is not None
+        await new.close()
+
+
+async def test_newer_connection_replaces_older_on_another_shard(
+    start_shard: ShardFactory,
+) -> None:
+    async with start_shard(shard_id="shard-a") as a, start_shard(shard_id="shard-b") as b:
+        old = await connected("gw-1", a)
+        await eventually(lambda: a.devices["gw-1"].registration is not None)
+        new = await connected("gw-1", b)
+        async with asyncio.timeout(5):
+            await old.wait_closed()
+        assert old.close_code == closecodes.REPLACED
+        assert "gw-1" in b.devices
+        await new.close()
+
+
+async def test_keepalive_reaps_a_silent_connection(start_shard: ShardFactory) -> None:
+    async with start_shard(ping_interval=1.0, keepalive_timeout=2.5) as shard:
+        healthy = await connected("gw-ok", shard)
+        silent = await connected("gw-silent", shard)
+        silent._ws.transport.pause_reading()  # type: ignore[union-attr]  # blackholed: no pongs
+        await eventually(lambda: "gw-silent" not in shard.devices, timeout=8)
+        assert metric(shard, "fleet_shard_disconnects_total", reason="keepalive_timeout") == 1
+        assert "gw-ok" in shard.devices  # it answered every ping
+        assert metric(shard, "fleet_shard_ping_rtt_seconds_count") >= 1
+        await healthy.close()
+
+
+async def test_command_reaches_a_device_on_another_shard(
+    start_shard: ShardFactory, nc: NATS
+) -> None:
+    async with start_shard(shard_id="shard-a") as a, start_shard(shard_id="shard-b"):
+        device = await connected("gw-1", a)
+        await eventually(lambda: a.devices["gw-1"].registration is not None)
+        router = DeviceRouter(nc, await nc.jetstream().key_value(bus.PRESENCE_BUCKET))
+        result = await router.run_command("gw-1", "echo hello", timeout=5, user_id="op-1")
+        assert (result.exit_code, result.output) == (0, b"hello\n")
+        request = next(
+            e for e in iter(device.events.get_nowait, None) if isinstance(e, ps.CommandRequested)
+        )
+        assert request.user_id == "op-1"
+        await device.close()
+
+
+async def test_command_errors_offline_and_timeout(start_shard: ShardFactory, nc: NATS) -> None:
+    async with start_shard() as shard:
+        router = DeviceRouter(nc, await nc.jetstream().key_value(bus.PRESENCE_BUCKET))
+        with pytest.raises(DeviceOffline):
+            await router.run_command("gw-nobody", "echo hi", timeout=1)
+        device = TestDevice("gw-1", device_token("gw-1"), url(shard), on_command=lambda _c: None)
+        await device.connect()
+        await eventually(lambda: shard.devices["gw-1"].registration is not None)
+        with pytest.raises(DeviceTimeout):
+            await router.run_command("gw-1", "sleep 10", timeout=0.5)
+        assert metric(shard, "fleet_shard_commands_total", outcome="timeout") == 1
+        await device.close()
+
+
+# --- bad input after the upgrade ----------------------------------------------------------------
+
+
+async def test_malformed_message_gets_protomsg_error_and_connection_stays(
+    start_shard: ShardFactory,
+) -> None:
+    async with start_shard() as shard:
+        device = await connected("gw-1", shard)
+        assert device._ws is not None
+        await device._ws.send(b"\xc1not msgpack")
+        event = await asyncio.wait_for(device.events.get(), 5)
+        while not isinstance(event, ps.ErrorReceived):
+            event = await asyncio.wait_for(device.events.get(), 5)
+        assert event.error.code == 400
+        assert metric(shard, "fleet_shard_protocol_errors_total", reason="malformed") == 1
+        await device.send_alert(alert("a-1"))
+        async with asyncio.timeout(5):
+            await device.wait_acked("a-1")
+        await device.close()
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [("text frame", 1003), (b"x" * 70_000, 1009)],
+)
+async def test_bad_frames_close_with_their_code(
+    start_shard: ShardFactory, payload: str | bytes, code: int
+) -> None:
+    async with start_shard(max_message_size=65536) as shard:
+        bystander = await connected("gw-2", shard)
+        device = await connected("gw-1", shard)
+        assert device._ws is not None
+        await device._ws.send(payload)
+        async with asyncio.timeout(5):
+            await device.wait_closed()
+        assert device.close_code == code
+        await bystander.send_alert(alert("b-1"))
+        async with asyncio.timeout(5):
+            await bystander.wait_acked("b-1")
+        await bystander.close()
+
+
+# --- drain -----------------------------------------------------------------------------------------
+
+
+async def test_drain_closes_devices_with_1012_and_a_retry_hint(start_shard: ShardFactory) -> None:
+    async with start_shard(retry_after=7) as shard:
+        device = await connected("gw-1", shard)
+        await shard.drain()
+        async with asyncio.timeout(5):
+            await device.wait_closed()
+        assert device.close_code == closecodes.SERVICE_RESTART
+        hint = closecodes.parse_retry_after(device.close_reason)
+        assert hint is not None and 1 <= hint <= 7
+        assert not shard.ready
+        with pytest.raises(OSError):
+            await connect(url(shard) + DEVICE_PATH, open_timeout=2)
