@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 
@@ -93,8 +92,7 @@ def demo(
     """Run the embedded local stack (NATS + 2 shards + test devices) and show alerts flow."""
     logs.setup(verbose)
     run_dir = run_dir or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
-    with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(run_demo(run_dir, device_count, interval, duration))
+    uvloop.run(run_demo(run_dir, device_count, interval, duration))
 
 
 if __name__ == "__main__":

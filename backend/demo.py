@@ -13,6 +13,7 @@ import itertools
 import json
 import random
 import secrets
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -126,6 +127,16 @@ async def devices(urls: list[str], secret: str, count: int) -> AsyncIterator[lis
                 await device.close()
 
 
+async def stop_requested() -> None:
+    """Return on Ctrl-C or SIGTERM, so the stack is torn down in order."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    click.echo("\nstopping: shards drain, then NATS stops")
+
+
 async def run_demo(run_dir: Path, device_count: int, interval: float, duration: float) -> None:
     secret = secrets.token_urlsafe(32)
     stats = DemoStats()
@@ -138,10 +149,12 @@ async def run_demo(run_dir: Path, device_count: int, interval: float, duration: 
         async with devices(urls, secret, device_count) as fleet:
             tasks = [asyncio.create_task(print_stored_alerts(nats_server.url, stats))]
             tasks += [asyncio.create_task(run_device(d, stats, interval)) for d in fleet]
+            stop = asyncio.create_task(stop_requested())
             try:
-                await asyncio.wait(tasks, timeout=duration or None,
-                                   return_when=asyncio.FIRST_EXCEPTION)  # fmt: skip
+                await asyncio.wait([*tasks, stop], timeout=duration or None,
+                                   return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
             finally:
+                stop.cancel()
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)

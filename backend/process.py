@@ -1,7 +1,8 @@
 """Child processes of a local stack: started in their own log file, never left behind.
 
 Every child gets PR_SET_PDEATHSIG, so the kernel kills it if the parent dies without cleaning
-up (a SIGKILLed ``fleet demo``, a crashed test run).
+up (a SIGKILLed ``fleet demo``, a crashed test run), and its own session, so a Ctrl-C reaches
+only the parent, which then stops the children in order (shards drain before NATS goes).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def spawn(
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
             preexec_fn=_die_with_parent,
+            start_new_session=True,
         )
 
 

@@ -82,7 +82,8 @@ class BenchDevice(asyncio.Protocol):
                 self._receive_frames(rest)
 
     def _receive_frames(self, data: bytes) -> None:
-        assert self.codec is not None and self.transport is not None
+        assert self.codec is not None
+        assert self.transport is not None
         self.codec.receive_data(data)
         for event in self.codec.events_received():
             if isinstance(event, ws.Message):
@@ -131,7 +132,7 @@ async def serve_websockets(ready_file: Path) -> None:
 
     async with serve(handler, "127.0.0.1", 0, compression=None) as server:
         port = next(iter(server.sockets)).getsockname()[1]
-        ready_file.write_text(json.dumps({"port": port}))
+        ready_file.write_text(json.dumps({"port": port}))  # noqa: ASYNC240 (once, at start)
         await asyncio.Event().wait()
 
 
@@ -165,7 +166,7 @@ def measure(name: str, server_pid: int, port: int, path: str, count: int, secret
 def start_server(argv: list[str], run_dir: Path, name: str, env: dict[str, str] | None = None):
     ready = run_dir / f"{name}.ready"
     log_file = run_dir / f"{name}.log"
-    proc = process.spawn(argv + ["--ready-file", str(ready)], log_file, env)
+    proc = process.spawn([*argv, "--ready-file", str(ready)], log_file, env)
     process.wait_until(ready.exists, proc, name, log_file)
     return proc, json.loads(ready.read_text())["port"]
 

@@ -31,4 +31,5 @@ def parse_retry_after(reason: str) -> int | None:
     if not reason.startswith(RETRY_AFTER_PREFIX):
         return None
     value = reason[len(RETRY_AFTER_PREFIX) :]
-    return int(value) if value.isdigit() else None
+    # isdigit() alone admits non-ASCII digits ("²" makes int() raise, "٣" parses).
+    return int(value) if value.isascii() and value.isdigit() else None

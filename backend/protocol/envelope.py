@@ -94,7 +94,7 @@ def decode(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> ProtoMsg:
         raise MessageTooBig(f"message of {len(data)} bytes exceeds the {max_size} byte limit")
     try:
         fields = msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.UnpackException) as exc:
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:  # TypeError: unhashable key
         raise MalformedMessage(f"not a MessagePack message: {exc}") from None
     if not isinstance(fields, dict):
         raise MalformedMessage("a ProtoMsg is a map with 'hdr' and 'body'")

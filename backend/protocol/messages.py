@@ -38,7 +38,7 @@ def _map(items: list[tuple[str, bytes]]) -> bytes:
 def _unpack(body: bytes, what: str) -> dict[str, Any]:
     try:
         fields = msgpack.unpackb(body, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.UnpackException) as exc:
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:  # TypeError: unhashable key
         raise MalformedMessage(f"{what} body is not MessagePack: {exc}") from None
     if not isinstance(fields, dict):
         raise MalformedMessage(f"{what} body must be a map")
@@ -53,7 +53,7 @@ def _take(
         if default is _REQUIRED:
             raise MalformedMessage(f"field {name!r} is required")
         return default
-    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
         raise MalformedMessage(f"field {name!r} has the wrong type ({type(value).__name__})")
     return value
 

@@ -138,7 +138,8 @@ class Shard:
             log.error("background task failed", exc_info=task.exception())
 
     async def _nats_disconnected(self) -> None:
-        log.warning("shard %s lost NATS; /healthz reports not ready", self.id)
+        if not self.draining:
+            log.warning("shard %s lost NATS; /healthz reports not ready", self.id)
 
     async def _nats_reconnected(self) -> None:
         log.info("shard %s reconnected to NATS", self.id)
