@@ -179,6 +179,11 @@ async def test_alert_is_acked_only_after_it_is_stored(start_shard: ShardFactory,
             await device.wait_acked("a-1")
         assert await stored_alerts(nc) == [("fleet.alerts.gw-1", alert("a-1").to_body())]
         assert device.session.outbox_size == 0
+        received = "fleet_shard_messages_received_total"
+        assert metric(shard, received, proto="monitor", typ="alert") == 1
+        assert metric(shard, received, proto="control", typ="accept") == 1
+        assert metric(shard, "fleet_shard_messages_sent_total", proto="monitor", typ="ack") == 1
+        assert metric(shard, "fleet_shard_alerts_total", outcome="acked") == 1
         await device.close()
 
 

@@ -89,6 +89,20 @@ def encode(msg: ProtoMsg) -> bytes:
     return b"\x81" + hdr
 
 
+def peek_header(encoded: bytes) -> tuple[int, str]:
+    """``(proto, typ)`` of a message produced by ``encode``, without decoding it all.
+
+    Relies on ``encode``'s fixed layout: map, "hdr", map, "proto", uint16, then "typ" if set.
+    """
+    proto = int.from_bytes(encoded[13:15], "big")
+    if encoded[15:19] != b"\xa3typ":
+        return proto, ""
+    if encoded[19] >> 5 != 0b101:  # not a fixstr: a long type name, decode it properly
+        return proto, decode(encoded).typ
+    length = encoded[19] & 0x1F
+    return proto, encoded[20 : 20 + length].decode()
+
+
 def decode(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> ProtoMsg:
     if len(data) > max_size:
         raise MessageTooBig(f"message of {len(data)} bytes exceeds the {max_size} byte limit")

@@ -186,13 +186,15 @@ class DeviceSession:
 
     # --- I/O boundary ----------------------------------------------------------------------
 
-    def receive_message(self, data: bytes) -> None:
+    def receive_message(self, data: bytes) -> ProtoMsg | None:
+        """Handle one message; returns it decoded (for accounting), or None if undecodable."""
         msg: ProtoMsg | None = None
         try:
             msg = env.decode(data, self.max_message_size)
             self._dispatch(msg)
         except ProtocolError as exc:
             self._violation(exc, msg)
+        return msg
 
     def events_received(self) -> list[Event]:
         events, self._events = self._events, None

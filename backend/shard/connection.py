@@ -13,7 +13,7 @@ import enum
 import time
 from typing import TYPE_CHECKING, cast
 
-from backend.protocol import closecodes, http
+from backend.protocol import closecodes, envelope, http
 from backend.protocol import session as ps
 from backend.protocol import websocket as ws
 from backend.protocol.errors import HandshakeError, RequestTimeout
@@ -138,7 +138,9 @@ class DeviceConnection(asyncio.Protocol):
         self.ws.receive_data(data)
         for event in self.ws.events_received():
             if type(event) is ws.Message:
-                self.session.receive_message(event.data)
+                msg = self.session.receive_message(event.data)
+                if msg is not None:
+                    self.shard.metrics.message_in(msg.proto, msg.typ)
             elif type(event) is ws.Pong:
                 self._pong_received()
             elif type(event) is ws.Failed:
@@ -162,6 +164,7 @@ class DeviceConnection(asyncio.Protocol):
         for event in session.events_received():
             self.shard.session_event(self, event)
         for message in session.messages_to_send():
+            self.shard.metrics.message_out(*envelope.peek_header(message))
             codec.send_binary(message)
         data = codec.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
