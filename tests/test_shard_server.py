@@ -294,6 +294,27 @@ async def test_command_errors_offline_and_timeout(start_shard: ShardFactory, nc:
         await device.close()
 
 
+async def test_a_slow_command_does_not_hold_up_others(start_shard: ShardFactory, nc: NATS) -> None:
+    async with start_shard() as shard:
+        slow = TestDevice(
+            "gw-slow", device_token("gw-slow"), url(shard), on_command=lambda _c: None
+        )
+        await slow.connect()
+        fast = await connected("gw-fast", shard)
+        await eventually(lambda: all(c.registration for c in shard.devices.values()))
+        router = DeviceRouter(nc, await nc.jetstream().key_value(bus.PRESENCE_BUCKET))
+        hanging = asyncio.create_task(router.run_command("gw-slow", "sleep", timeout=3))
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        result = await router.run_command("gw-fast", "echo quick", timeout=3)
+        assert result.output == b"quick\n"
+        assert time.monotonic() - started < 1.5
+        with pytest.raises(DeviceTimeout):
+            await hanging
+        await slow.close()
+        await fast.close()
+
+
 # --- bad input after the upgrade ----------------------------------------------------------------
 
 

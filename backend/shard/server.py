@@ -321,6 +321,11 @@ class Shard:
     # --- requests from operators ------------------------------------------------------------------
 
     async def _on_request(self, msg: Msg) -> None:
+        # nats-py runs a subscription's callbacks one after another: a command waiting on a
+        # slow device must not hold up the requests behind it.
+        self._spawn(self._handle_request(msg))
+
+    async def _handle_request(self, msg: Msg) -> None:
         try:
             request = routing.decode(msg.data)
             op, device_id = request["op"], request["device"]
