@@ -162,23 +162,6 @@ class UnexpectedMessage(ProtocolError):
     reason = "unexpected"
 
 
-class UnsupportedVersion(ProtocolError):
-    """A control "open" or "accept" with no protocol version this peer speaks."""
-
-    close_code = None
-    error_code = 400
-    reason = "bad_version"
-
-
-# --- Device side: local back-pressure, never caused by the peer -----------------------------
-
-
-class OutboxFull(FleetError):
-    """The device's unacked-alert outbox is at capacity: the new alert is refused, not dropped."""
-
-    reason = "outbox_full"
-
-
 # --- Operator-side routing: a request to a device did not get its answer --------------------
 
 
