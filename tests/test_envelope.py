@@ -303,3 +303,53 @@ def test_round_trip(msg: ProtoMsg) -> None:
     assert decoded == ProtoMsg(msg.proto, msg.typ, msg.sid, msg.props or None, msg.body)
     assert encode(decoded) == data
     assert msgpack.unpackb(data, raw=False)["hdr"]["proto"] == msg.proto
+
+
+@FUZZ
+@given(proto_msgs)
+def test_peek_header_agrees_with_decode(msg: ProtoMsg) -> None:
+    assert env.peek_header(encode(msg)) == (msg.proto, msg.typ)
+
+
+@pytest.mark.parametrize("name", sorted(VECTORS))
+def test_peek_header_reads_the_vectors(name: str) -> None:
+    msg = decode(VECTORS[name])
+    assert env.peek_header(VECTORS[name]) == (msg.proto, msg.typ)
+
+
+# --- the byte examples in docs/protocol.md ---------------------------------------------------
+
+DOC = Path(__file__).parents[1] / "docs" / "protocol.md"
+BODY_CLASSES: dict[tuple[int, str], Any] = {
+    (cls.PROTO, cls.TYP): cls
+    for cls in (
+        m.Open,
+        m.Accept,
+        m.Error,
+        m.Status,
+        m.Alert,
+        m.AlertAck,
+        m.CommandRequest,
+        m.CommandResult,
+        m.UpdateOffer,
+        m.UpdateProgress,
+    )
+}
+
+
+def doc_examples() -> list[bytes]:
+    blocks = DOC.read_text().split("```hex\n")[1:]
+    return [bytes.fromhex(block.partition("```")[0]) for block in blocks]
+
+
+def test_doc_has_byte_examples() -> None:
+    assert len(doc_examples()) >= 10
+
+
+@pytest.mark.parametrize("data", doc_examples(), ids=lambda data: data.hex()[:40])
+def test_doc_example_is_what_the_encoder_writes(data: bytes) -> None:
+    msg = decode(data)
+    assert encode(msg) == data
+    if msg.body and (msg.proto, msg.typ) in BODY_CLASSES:
+        body = BODY_CLASSES[msg.proto, msg.typ].from_body(msg.body)
+        assert body.to_body() == msg.body

@@ -107,7 +107,10 @@ def decode(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> ProtoMsg:
     if len(data) > max_size:
         raise MessageTooBig(f"message of {len(data)} bytes exceeds the {max_size} byte limit")
     try:
-        fields = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        # Bounded containers: a small message must not unpack into a huge structure.
+        fields = msgpack.unpackb(
+            data, raw=False, strict_map_key=False, max_map_len=1024, max_array_len=1024
+        )
     except (ValueError, TypeError, msgpack.UnpackException) as exc:  # TypeError: unhashable key
         raise MalformedMessage(f"not a MessagePack message: {exc}") from None
     if not isinstance(fields, dict):

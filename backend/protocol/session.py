@@ -212,6 +212,7 @@ class DeviceSession:
         """Forget the connection's state; the device's outbox stays for the next one."""
         self.peer_version = None
         self._pending_commands = None
+        self._outgoing = None  # never written; unacked alerts go again via resend_unacked
 
     # --- handshake -------------------------------------------------------------------------------
 

@@ -29,7 +29,13 @@ from backend import bus, presence, routing
 from backend.auth import TokenVerifier
 from backend.protocol import closecodes, envelope, http, messages
 from backend.protocol import session as ps
-from backend.protocol.errors import Draining, HandshakeError, MethodNotAllowed, NotFound
+from backend.protocol.errors import (
+    Draining,
+    FleetError,
+    HandshakeError,
+    MethodNotAllowed,
+    NotFound,
+)
 from backend.protocol.http import Request
 from backend.shard.admission import Admission
 from backend.shard.config import DEVICE_PATH, SUBPROTOCOL, ShardConfig
@@ -335,6 +341,13 @@ class Shard:
         if op == routing.OP_KICK:
             self._kick(device_id, int(request["version"]))
             return
+        try:
+            reply = await self._answer(op, device_id, request)
+        except (FleetError, ValueError, KeyError, TypeError) as exc:
+            reply = routing.error(routing.ERROR_BAD_REQUEST, f"bad {op} request: {exc}")
+        await self._reply(msg, reply)
+
+    async def _answer(self, op: str, device_id: str, request: dict[str, Any]) -> bytes:
         conn = self.devices.get(device_id)
         if conn is None or conn.session is None or conn.phase is not Phase.OPEN:
             reply = routing.error(routing.ERROR_OFFLINE, f"not connected to shard {self.id}")
@@ -351,7 +364,7 @@ class Shard:
             reply = routing.ok()
         else:
             reply = routing.error(routing.ERROR_BAD_REQUEST, f"unknown op {op!r}")
-        await self._reply(msg, reply)
+        return reply
 
     async def _reply(self, msg: Msg, payload: bytes) -> None:
         if msg.reply:
