@@ -94,11 +94,6 @@ def test_private_codes_are_in_the_private_range(code: int) -> None:
 @pytest.mark.parametrize(
     "code",
     [
-        closecodes.NORMAL,
-        closecodes.GOING_AWAY,
-        closecodes.PROTOCOL_ERROR,
-        closecodes.POLICY_VIOLATION,
-        closecodes.INTERNAL_ERROR,
         closecodes.SERVICE_RESTART,
         closecodes.KEEPALIVE_TIMEOUT,
         closecodes.REPLACED,

@@ -38,6 +38,16 @@ async def connected(device_id: str, shard: Shard) -> TestDevice:
     return device
 
 
+async def registered(shard: Shard, device_id: str) -> None:
+    """Wait until the shard has recorded the device's presence in the KV."""
+    await eventually(lambda: shard.devices[device_id].registration is not None)
+
+
+@pytest.fixture
+async def router(nc: NATS) -> DeviceRouter:
+    return DeviceRouter(nc, await bus.ensure_streams(nc.jetstream()))
+
+
 async def stored_alerts(nc: NATS) -> list[tuple[str, bytes]]:
     js = nc.jetstream()
     info = await js.stream_info(bus.ALERTS_STREAM)
@@ -159,7 +169,7 @@ async def test_server_opens_handshake_and_presence_is_recorded(
         async def state() -> presence.Presence | None:
             return (await presence.lookup(kv, "gw-1"))[0]
 
-        await eventually(lambda: shard.devices["gw-1"].registration is not None)
+        await registered(shard, "gw-1")
         now = await state()
         assert now is not None
         assert (now.connected, now.shard) == (True, "shard-a")
@@ -243,7 +253,7 @@ async def test_newer_connection_replaces_older_on_another_shard(
 ) -> None:
     async with start_shard(shard_id="shard-a") as a, start_shard(shard_id="shard-b") as b:
         old = await connected("gw-1", a)
-        await eventually(lambda: a.devices["gw-1"].registration is not None)
+        await registered(a, "gw-1")
         new = await connected("gw-1", b)
         async with asyncio.timeout(5):
             await old.wait_closed()
@@ -265,12 +275,11 @@ async def test_keepalive_reaps_a_silent_connection(start_shard: ShardFactory) ->
 
 
 async def test_command_reaches_a_device_on_another_shard(
-    start_shard: ShardFactory, nc: NATS
+    start_shard: ShardFactory, router: DeviceRouter
 ) -> None:
     async with start_shard(shard_id="shard-a") as a, start_shard(shard_id="shard-b"):
         device = await connected("gw-1", a)
-        await eventually(lambda: a.devices["gw-1"].registration is not None)
-        router = DeviceRouter(nc, await nc.jetstream().key_value(bus.PRESENCE_BUCKET))
+        await registered(a, "gw-1")
         result = await router.run_command("gw-1", "echo hello", timeout=5, user_id="op-1")
         assert (result.exit_code, result.output) == (0, b"hello\n")
         request = next(
@@ -280,21 +289,24 @@ async def test_command_reaches_a_device_on_another_shard(
         await device.close()
 
 
-async def test_command_errors_offline_and_timeout(start_shard: ShardFactory, nc: NATS) -> None:
+async def test_command_errors_offline_and_timeout(
+    start_shard: ShardFactory, router: DeviceRouter
+) -> None:
     async with start_shard() as shard:
-        router = DeviceRouter(nc, await nc.jetstream().key_value(bus.PRESENCE_BUCKET))
         with pytest.raises(DeviceOffline):
             await router.run_command("gw-nobody", "echo hi", timeout=1)
         device = TestDevice("gw-1", device_token("gw-1"), url(shard), on_command=lambda _c: None)
         await device.connect()
-        await eventually(lambda: shard.devices["gw-1"].registration is not None)
+        await registered(shard, "gw-1")
         with pytest.raises(DeviceTimeout):
             await router.run_command("gw-1", "sleep 10", timeout=0.5)
         assert metric(shard, "fleet_shard_commands_total", outcome="timeout") == 1
         await device.close()
 
 
-async def test_a_slow_command_does_not_hold_up_others(start_shard: ShardFactory, nc: NATS) -> None:
+async def test_a_slow_command_does_not_hold_up_others(
+    start_shard: ShardFactory, router: DeviceRouter
+) -> None:
     async with start_shard() as shard:
         slow = TestDevice(
             "gw-slow", device_token("gw-slow"), url(shard), on_command=lambda _c: None
@@ -302,7 +314,6 @@ async def test_a_slow_command_does_not_hold_up_others(start_shard: ShardFactory,
         await slow.connect()
         fast = await connected("gw-fast", shard)
         await eventually(lambda: all(c.registration for c in shard.devices.values()))
-        router = DeviceRouter(nc, await nc.jetstream().key_value(bus.PRESENCE_BUCKET))
         hanging = asyncio.create_task(router.run_command("gw-slow", "sleep", timeout=3))
         await asyncio.sleep(0.1)
         started = time.monotonic()

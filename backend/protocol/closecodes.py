@@ -5,11 +5,6 @@ RFC 6455 §7.4.2 reserves 4000-4999 for private use; ours are documented in docs
 
 from __future__ import annotations
 
-NORMAL = 1000
-GOING_AWAY = 1001
-PROTOCOL_ERROR = 1002
-POLICY_VIOLATION = 1008
-INTERNAL_ERROR = 1011
 # RFC 6455 registry: "Service Restart" - the server is draining; reconnect after the hint.
 SERVICE_RESTART = 1012
 
