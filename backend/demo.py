@@ -10,13 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import random
-import secrets
 import signal
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,10 +21,9 @@ import click
 import nats
 from nats.js.api import DeliverPolicy
 
-from backend import bus, process
-from backend.auth import issue_device_token
-from backend.natsserver import NatsServer
+from backend import bus
 from backend.protocol import messages
+from backend.stack import LocalStack, StackConfig
 from backend.testdevice import TestDevice
 
 PROBLEMS = (
@@ -44,29 +40,6 @@ class DemoStats:
     acked: int = 0
     stored: int = 0
     started: float = field(default_factory=time.monotonic)
-
-
-@contextlib.contextmanager
-def shard_processes(run_dir: Path, nats_url: str, secret: str, count: int) -> Iterator[list[str]]:
-    """``count`` shard processes; yields their base URLs once they all listen."""
-    procs, urls = [], []
-    try:
-        for index in range(count):
-            name = f"shard-{chr(ord('a') + index)}"
-            ready = run_dir / f"{name}.ready"
-            log_file = run_dir / f"{name}.log"
-            argv = [
-                sys.executable, "-m", "backend.cli", "shard", "--port", "0",
-                "--shard-id", name, "--nats-url", nats_url, "--ready-file", str(ready),
-            ]  # fmt: skip
-            proc = process.spawn(argv, log_file, env={"FLEET_SHARD_JWT_SECRET": secret})
-            procs.append(proc)
-            process.wait_until(ready.exists, proc, name, log_file)
-            urls.append(f"ws://127.0.0.1:{json.loads(ready.read_text())['port']}")
-        yield urls
-    finally:
-        for proc in procs:
-            process.stop(proc)
 
 
 async def print_stored_alerts(nats_url: str, stats: DemoStats) -> None:
@@ -114,9 +87,10 @@ async def run_device(device: TestDevice, stats: DemoStats, interval: float) -> N
 
 
 @contextlib.asynccontextmanager
-async def devices(urls: list[str], secret: str, count: int) -> AsyncIterator[list[TestDevice]]:
+async def devices(stack: LocalStack, count: int) -> AsyncIterator[list[TestDevice]]:
+    urls = stack.shard_urls
     made = [
-        TestDevice(f"gw-{i:03d}", issue_device_token(f"gw-{i:03d}", secret), urls[i % len(urls)])
+        TestDevice(f"gw-{i:03d}", stack.token(f"gw-{i:03d}"), urls[i % len(urls)])
         for i in range(1, count + 1)
     ]
     try:
@@ -138,16 +112,13 @@ async def stop_requested() -> None:
 
 
 async def run_demo(run_dir: Path, device_count: int, interval: float, duration: float) -> None:
-    secret = secrets.token_urlsafe(32)
     stats = DemoStats()
-    with (
-        NatsServer(run_dir) as nats_server,
-        shard_processes(run_dir, nats_server.url, secret, 2) as urls,
-    ):
-        click.echo(f"nats {nats_server.url}; shards {', '.join(urls)}; logs in {run_dir}")
+    with LocalStack(StackConfig(run_dir, shards=2)) as stack:
+        urls = ", ".join(stack.shard_urls)
+        click.echo(f"nats {stack.nats_url}; shards {urls}; logs in {run_dir}")
         click.echo(f"{device_count} devices raising and clearing alerts; Ctrl-C to stop\n")
-        async with devices(urls, secret, device_count) as fleet:
-            tasks = [asyncio.create_task(print_stored_alerts(nats_server.url, stats))]
+        async with devices(stack, device_count) as fleet:
+            tasks = [asyncio.create_task(print_stored_alerts(stack.nats_url, stats))]
             tasks += [asyncio.create_task(run_device(d, stats, interval)) for d in fleet]
             stop = asyncio.create_task(stop_requested())
             try:

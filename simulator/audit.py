@@ -1,0 +1,72 @@
+"""Read the alert stream back after a run: how many of this run's alerts it stored, and
+whether any was stored twice. Gateways only forget an alert once the shard acked it, and the
+shard acks only after JetStream stored it, so acked alerts missing here are lost alerts.
+
+Runs as its own process (``python -m simulator.audit NATS_URL RUN_ID``): the simulator lives
+under gevent's monkey patching, nats-py under asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections import Counter
+from typing import Any
+
+import nats
+from nats.js.api import DeliverPolicy
+
+from backend import bus
+
+READ_TIMEOUT = 5.0
+
+
+async def count_alerts(nats_url: str, run_id: str) -> dict[str, int]:
+    """Stored alert messages of run ``run_id``: unique ids and extra copies."""
+    nc = await nats.connect(nats_url, connect_timeout=5)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(bus.ALERTS_STREAM)
+        ids: Counter[str] = Counter()
+        if info.state.messages:
+            sub = await js.subscribe(
+                bus.alert_subject("*"),
+                ordered_consumer=True,
+                headers_only=True,
+                deliver_policy=DeliverPolicy.ALL,
+            )
+            async for msg in sub.messages:
+                msg_id = (msg.headers or {}).get(bus.MSG_ID_HEADER, "")
+                if f":{run_id}-" in msg_id:
+                    ids[msg_id] += 1
+                if msg.metadata.num_pending == 0:
+                    break
+    finally:
+        await nc.close()
+    return {"unique": len(ids), "duplicates": sum(ids.values()) - len(ids)}
+
+
+def audit_stream(nats_url: str, run_id: str, timeout: float = 120.0) -> dict[str, int]:
+    """``count_alerts`` in a child process (safe to call from a gevent-patched process)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "simulator.audit", nats_url, run_id],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"reading the alert stream failed: {result.stderr.strip()}")
+    counts: dict[str, int] = json.loads(result.stdout)
+    return counts
+
+
+def main(argv: list[str]) -> Any:
+    nats_url, run_id = argv
+    print(json.dumps(asyncio.run(count_alerts(nats_url, run_id))))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

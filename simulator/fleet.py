@@ -1,0 +1,108 @@
+"""The part of a simulated fleet shared by all gateways of one process: where to connect, how
+gateways behave, which network each one lives on, the process's accounting, and the drain at
+the end of a run. Gateways keep only their own state and reach the rest through ``Fleet``,
+which keeps them small.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import secrets
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import gevent
+
+from backend.shard.config import DEVICE_PATH
+from simulator.behaviour import Behaviour
+from simulator.network import NetworkMix, parse_mix
+from simulator.stats import FleetStats
+
+if TYPE_CHECKING:
+    from simulator.gateway import VirtualGateway
+
+_DEFAULT_PORTS = {"ws": 80, "wss": 443}
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One backend endpoint: ``ws://host:port[/path]`` or ``wss://…`` (TLS)."""
+
+    host: str
+    port: int
+    tls: bool
+    path: str = DEVICE_PATH
+
+    @classmethod
+    def parse(cls, url: str) -> Target:
+        parts = urlsplit(url.strip())
+        if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+            raise ValueError(f"not a WebSocket URL: {url!r} (expected ws://host:port or wss://…)")
+        path = parts.path if parts.path not in ("", "/") else DEVICE_PATH
+        port = parts.port or _DEFAULT_PORTS[parts.scheme]
+        return cls(parts.hostname, port, parts.scheme == "wss", path)
+
+    @property
+    def netloc(self) -> str:
+        default = _DEFAULT_PORTS["wss" if self.tls else "ws"]
+        return self.host if self.port == default else f"{self.host}:{self.port}"
+
+
+def parse_targets(hosts: str) -> list[Target]:
+    """Comma- or space-separated endpoints; gateways are spread over them round-robin."""
+    targets = [Target.parse(url) for url in hosts.replace(",", " ").split()]
+    if not targets:
+        raise ValueError("no backend URL given")
+    return targets
+
+
+@dataclass
+class Fleet:
+    """Everything gateways of one process share. ``credentials(device_id)`` returns its JWT."""
+
+    targets: list[Target]
+    credentials: Callable[[str], str]
+    behaviour: Behaviour = field(default_factory=Behaviour)
+    mix: NetworkMix = field(default_factory=lambda: parse_mix("wired"))
+    stats: FleetStats = field(default_factory=FleetStats)
+    prefix: str = "gw"
+    source_addresses: tuple[str, ...] = ()
+    ssl_context: ssl.SSLContext | None = None
+    rng: random.Random = field(default_factory=random.Random)
+    # Alert ids must not repeat across runs within the stream's de-duplication window.
+    run_id: str = field(default_factory=lambda: secrets.token_hex(3))
+    draining: bool = False
+    gateways: set[VirtualGateway] = field(default_factory=set)
+    _indexes: itertools.count[int] = field(default_factory=itertools.count)
+
+    def new_gateway(self) -> VirtualGateway:
+        from simulator.gateway import VirtualGateway
+
+        index = next(self._indexes)
+        gateway = VirtualGateway(self, index, f"{self.prefix}-{index:06d}")
+        self.gateways.add(gateway)
+        return gateway
+
+    def target_for(self, index: int) -> Target:
+        return self.targets[index % len(self.targets)]
+
+    def source_for(self, index: int) -> str | None:
+        sources = self.source_addresses
+        return sources[index % len(sources)] if sources else None
+
+    def pending_alerts(self) -> int:
+        return sum(gateway.session.outbox_size for gateway in self.gateways)
+
+    def drain(self, timeout: float) -> int:
+        """Stop raising alerts and wait up to ``timeout`` s for the outstanding acks; returns
+        how many alerts are still unacked."""
+        self.draining = True
+        deadline = time.monotonic() + timeout
+        while (pending := self.pending_alerts()) and time.monotonic() < deadline:
+            gevent.sleep(0.1)
+        return pending

@@ -1,0 +1,640 @@
+"""A virtual gateway: one greenlet driving the shared Sans-I/O core over a gevent socket.
+
+The bytes go through the same ``WebSocketConnection`` and ``DeviceSession`` as the shard's,
+in their client/device roles; this module only moves bytes, keeps time and plays the
+network. Everything periodic (status, alerts, pings, injected faults) is a due time checked
+by the one loop, so an idle gateway is one greenlet blocked in ``recv`` with a timeout and a
+few small objects: no extra greenlet, queue or timer per gateway.
+
+Network effects are applied in that loop: one-way latency and bandwidth delay each write
+before it leaves and each read before it is handled; faults are a reset (RST), a blackhole
+(the gateway goes silent on an open socket, so only the server's keep-alive can notice) and
+an offline spell (silent, then a fresh connection once it is over).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import socket as stdlib_socket
+import struct
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import gevent
+from gevent import socket
+
+from backend.protocol import closecodes, http
+from backend.protocol import messages as m
+from backend.protocol import session as ps
+from backend.protocol.errors import HandshakeError, UpgradeRejected
+from backend.protocol.websocket import Closed, Failed, Message, Pong, Role, WebSocketConnection
+from backend.shard.config import SUBPROTOCOL
+from simulator.backoff import Backoff
+from simulator.behaviour import pick_problem, run_command
+
+if TYPE_CHECKING:
+    from simulator.fleet import Fleet, Target
+    from simulator.network import NetworkProfile
+
+log = logging.getLogger("fleet.simulator")
+
+RECV_SIZE = 65536
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
+_timer_seq = itertools.count()
+# Closes a healthy fleet sees: normal, going away, and a draining shard (1012).
+_EXPECTED_CLOSES = frozenset({1000, 1001, closecodes.SERVICE_RESTART})
+
+
+class _Dropped(Exception):
+    """The connection ended; ``cause`` names why, for the drops-by-cause accounting."""
+
+    def __init__(
+        self, cause: str, *, expected: bool, reset: bool = False, retry_after: float | None = None
+    ) -> None:
+        super().__init__(cause)
+        self.cause = cause
+        self.expected = expected
+        self.reset = reset  # leave with a TCP reset rather than a close handshake
+        self.retry_after = retry_after
+
+
+class _ConnectFailed(Exception):
+    def __init__(self, stage: str, error: BaseException) -> None:
+        super().__init__(f"{stage}: {error}")
+        self.stage = stage
+        self.error = error
+
+
+class VirtualGateway:
+    __slots__ = (
+        "__weakref__",
+        "alert_sent",
+        "alert_seq",
+        "backoff",
+        "connected_at",
+        "down_since",
+        "fault_kind",
+        "firmware",
+        "fleet",
+        "inbound",
+        "index",
+        "last_heard",
+        "network",
+        "next_alert",
+        "next_fault",
+        "next_status",
+        "open_problem",
+        "outbound",
+        "ping_sent",
+        "reboot_update",
+        "session",
+        "silent_ended",
+        "sock",
+        "timers",
+        "upgraded_at",
+        "ws",
+    )
+
+    def __init__(self, fleet: Fleet, index: int, device_id: str) -> None:
+        behaviour = fleet.behaviour
+        self.fleet = fleet
+        self.index = index
+        self.network: NetworkProfile = fleet.mix.profile_for(index)
+        self.session = ps.DeviceSession(
+            ps.Role.DEVICE, device_id=device_id, max_outbox=behaviour.max_outbox
+        )
+        self.backoff = Backoff(behaviour.reconnect_base, behaviour.reconnect_cap)
+        self.firmware = behaviour.firmware
+        self.sock: Any = None
+        self.ws: WebSocketConnection | None = None
+        self.connected_at: float | None = None  # set once the ProtoMsg handshake completes
+        self.down_since: float | None = None  # set while reconnecting after a drop
+        self.upgraded_at = self.last_heard = 0.0
+        self.ping_sent: float | None = None
+        self.next_status = self.next_alert = self.next_fault = 0.0
+        self.fault_kind: str | None = None
+        self.open_problem: tuple[float, str, str, str, str] | None = None  # (clear at, problem)
+        self.alert_seq = 0
+        self.alert_sent: dict[str, float] | None = None  # unacked alert id -> first sent
+        self.timers: list[tuple[float, int, Callable[..., None], Any]] | None = None
+        # Bytes in flight on the simulated link, (arrival time, bytes), oldest first.
+        self.inbound: deque[tuple[float, bytes]] | None = None
+        self.outbound: deque[tuple[float, bytes]] | None = None
+        self.reboot_update: str | None = None  # sid of an update that rebooted the gateway
+        self.silent_ended = False  # a blackhole just ended: a drop now is its consequence
+        self._schedule_alert(time.monotonic())
+
+    @property
+    def device_id(self) -> str:
+        return self.session.device_id
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """The greenlet body: connect, serve, reconnect after a backoff, until killed."""
+        try:
+            while True:
+                delay = self._attempt()
+                self._quiet_until(time.monotonic() + delay, connected=False)
+        finally:
+            self.fleet.gateways.discard(self)
+
+    def _attempt(self) -> float:
+        """One connection, from TCP connect to its end; returns how long to wait before
+        the next attempt (the backoff, or the server's Retry-After hint)."""
+        rng = self.fleet.rng
+        target = self.fleet.target_for(self.index)
+        try:
+            leftover = self._open(target)
+        except _ConnectFailed as exc:
+            self._close_socket(reset=True)
+            return self._connect_failed(exc)
+        try:
+            self._serve(leftover)
+        except _Dropped as drop:
+            return self._dropped(drop)
+        except gevent.GreenletExit:
+            if self.connected_at is not None:
+                self.fleet.stats.gateway_stopped()
+            self._leave(1001, "simulation stopped")
+            raise
+        return self.backoff.next_delay(rng)  # pragma: no cover - _serve only ends by raising
+
+    def _connect_failed(self, exc: _ConnectFailed) -> float:
+        stats = self.fleet.stats
+        hint = None
+        if isinstance(exc.error, UpgradeRejected):
+            hint = exc.error.retry_after
+            stats.connect_failures[f"http {exc.error.status}"] += 1
+        else:
+            stats.connect_failures[exc.stage] += 1
+        stats.request(f"connect: {exc.stage}", 0.0, error=exc.error)
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+        return self.backoff.next_delay(self.fleet.rng, hint)
+
+    def _dropped(self, drop: _Dropped) -> float:
+        cause = drop.cause
+        if self.silent_ended and not drop.expected:
+            cause, drop.expected = f"net_blackhole ({cause})", True
+        if drop.cause == "reboot":
+            self._leave(1001, "rebooting")
+        else:
+            self._close_socket(reset=drop.reset)
+        stats = self.fleet.stats
+        if self.connected_at is None:  # ended before the handshake completed
+            stats.connect_failures[cause] += 1
+            stats.request("connect: handshake", 0.0, error=ConnectionError(cause))
+        else:
+            stats.gateway_dropped(cause, drop.expected)
+            if not drop.expected:
+                stats.request("drop", 0.0, error=ConnectionError(cause))
+            self.down_since = time.monotonic()
+        self._forget_connection()
+        if drop.cause == "reboot":
+            return self.fleet.behaviour.reboot_time
+        return self.backoff.next_delay(self.fleet.rng, drop.retry_after)
+
+    def _forget_connection(self) -> None:
+        self.session.connection_lost()
+        self.ws = None
+        self.connected_at = None
+        self.ping_sent = None
+        self.timers = None
+        self.inbound = self.outbound = None
+        self.silent_ended = False
+
+    # --- connecting ------------------------------------------------------------------------
+
+    def _open(self, target: Target) -> bytes:
+        """TCP (+TLS) and the HTTP upgrade; returns bytes already read past the response."""
+        fleet, network = self.fleet, self.network
+        timeout = fleet.behaviour.handshake_timeout
+        stage = "tcp"
+        try:
+            started = time.monotonic()
+            gevent.sleep(network.handshake_delay + 2 * network.delay(0, fleet.rng))
+            self.sock = sock = socket.socket(stdlib_socket.AF_INET, stdlib_socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            if (source := fleet.source_for(self.index)) is not None:
+                sock.bind((source, 0))
+            sock.connect((target.host, target.port))
+            fleet.stats.request("connect: tcp", time.monotonic() - started)
+            if target.tls:
+                stage, started = "tls", time.monotonic()
+                self.sock = sock = self._start_tls(sock, target)
+                fleet.stats.request("connect: tls", time.monotonic() - started)
+            stage, started = "upgrade", time.monotonic()
+            leftover = self._upgrade(sock, target)
+            fleet.stats.request("connect: upgrade", time.monotonic() - started)
+        except (OSError, HandshakeError) as exc:
+            raise _ConnectFailed(stage, exc) from exc
+        return leftover
+
+    def _start_tls(self, sock: Any, target: Target) -> Any:
+        context = self.fleet.ssl_context
+        if context is None:
+            raise OSError("wss:// target but no TLS context configured")
+        return context.wrap_socket(sock, server_hostname=target.host)
+
+    def _upgrade(self, sock: Any, target: Target) -> bytes:
+        token = self.fleet.credentials(self.device_id)
+        request, key = http.client_request(
+            target.netloc,
+            target.path,
+            [("Authorization", f"Bearer {token}"), ("Sec-WebSocket-Protocol", SUBPROTOCOL)],
+        )
+        rng = self.fleet.rng
+        gevent.sleep(self.network.delay(len(request), rng))  # one way out...
+        self._send(request)
+        buffer = b""
+        while True:
+            data = sock.recv(RECV_SIZE)
+            if not data:
+                raise OSError("connection closed during the upgrade")
+            buffer += data
+            parsed = http.parse_response(buffer, key)
+            if parsed is not None:
+                gevent.sleep(self.network.delay(parsed[2], rng))  # ...and back
+                return buffer[parsed[2] :]
+
+    # --- serving ---------------------------------------------------------------------------
+
+    def _serve(self, leftover: bytes) -> None:
+        """Run the connection until it drops (raises ``_Dropped``)."""
+        self.ws = WebSocketConnection(Role.CLIENT, self.session.max_message_size)
+        self.upgraded_at = self.last_heard = time.monotonic()
+        if leftover:
+            self._arrived(leftover, self.upgraded_at)
+        while True:
+            due = self._run_due(time.monotonic())
+            self._flush()
+            if self.outbound:
+                due = min(due, self.outbound[0][0])
+            wait = due - time.monotonic()
+            if wait > 0 and (data := self._recv(wait)) is not None:
+                self._arrived(data, time.monotonic())
+
+    def _recv(self, timeout: float) -> bytes | None:
+        sock = self.sock
+        sock.settimeout(timeout)
+        try:
+            data: bytes = sock.recv(RECV_SIZE)
+        except TimeoutError:
+            return None
+        except OSError as exc:
+            raise _Dropped("reset", expected=False) from exc
+        if not data:
+            raise _Dropped("eof", expected=False)
+        return data
+
+    def _arrived(self, data: bytes, now: float) -> None:
+        """Bytes the kernel has; on the simulated link they arrive a bit later."""
+        inbound = self.inbound
+        busy_until = inbound[-1][0] if inbound else 0.0
+        arrival = self.network.arrival(now, len(data), self.fleet.rng, busy_until)
+        if inbound is None:
+            inbound = self.inbound = deque()
+        inbound.append((arrival, data))
+
+    def _deliver(self, now: float) -> float:
+        """Hand the bytes that have crossed the link to the protocol; returns the next arrival."""
+        inbound = self.inbound
+        while inbound and inbound[0][0] <= now:
+            self._received(inbound.popleft()[1], now)
+        if inbound:
+            return inbound[0][0]
+        self.inbound = None
+        return float("inf")
+
+    def _received(self, data: bytes, now: float) -> None:
+        assert self.ws is not None
+        self.last_heard = now
+        self.ws.receive_data(data)
+        for event in self.ws.events_received():
+            if isinstance(event, Message):
+                self.session.receive_message(event.data)
+                self._session_events(now)
+            elif isinstance(event, Pong):
+                self._pong_received(now)
+            elif isinstance(event, Closed):
+                self._flush()  # the echoed close frame (RFC 6455 §5.5.1)
+                hint = closecodes.parse_retry_after(event.reason)
+                expected = event.code in _EXPECTED_CLOSES
+                raise _Dropped(f"closed {event.code}", expected=expected, retry_after=hint)
+            elif isinstance(event, Failed):
+                self._flush()
+                raise _Dropped(f"protocol error {event.error.close_code}", expected=False)
+
+    def _pong_received(self, now: float) -> None:
+        self.silent_ended = False  # the server still answers: the connection survived
+        if self.ping_sent is not None:
+            self.fleet.stats.request("ping", now - self.ping_sent)
+            self.ping_sent = None
+
+    def _session_events(self, now: float) -> None:
+        for event in self.session.events_received():
+            if isinstance(event, ps.HandshakeCompleted):
+                self._handshake_completed(now)
+            elif isinstance(event, ps.AlertAcked):
+                self._alert_acked(event.id, now)
+            elif isinstance(event, ps.CommandRequested):
+                self._command_requested(event, now)
+            elif isinstance(event, ps.UpdateOffered):
+                self._update_offered(event, now)
+            elif isinstance(event, ps.ProtocolViolation) and event.error.close_code:
+                raise _Dropped(f"protocol error {event.error.close_code}", expected=False)
+            elif isinstance(event, ps.ErrorReceived):
+                log.debug("%s: server error %s", self.device_id, event.error.err)
+
+    def _handshake_completed(self, now: float) -> None:
+        fleet = self.fleet
+        fleet.stats.request("connect: handshake", now - self.upgraded_at)
+        self.connected_at = now
+        fleet.stats.gateway_connected()
+        if self.down_since is not None:
+            fleet.stats.reconnects += 1
+            fleet.stats.request("reconnect", now - self.down_since)
+            self.down_since = None
+        self.backoff.reset()
+        fleet.stats.alerts["resent"] += self.session.resend_unacked()
+        if self.reboot_update is not None:
+            self.session.send_update_progress(self.reboot_update, m.UpdateProgress("success", 100))
+            fleet.stats.updates["success"] += 1
+            self.reboot_update = None
+        self.next_status = now  # report status (and firmware) at once
+        self.next_fault = self._schedule_fault(now)
+
+    # --- what is due -----------------------------------------------------------------------
+
+    def _run_due(self, now: float) -> float:
+        """Do everything due at ``now``; returns when something is due next."""
+        link = min(self._deliver(now), self._transmit(now))
+        if self.connected_at is None:
+            deadline = self.upgraded_at + self.fleet.behaviour.handshake_timeout
+            if now >= deadline:
+                raise _Dropped("handshake timeout", expected=False, reset=True)
+            return min(deadline, link)
+        if now >= self.next_fault and self._inject_fault(now):
+            return now  # time passed while silent: look again
+        if now >= self.next_status:
+            self._send_status(now)
+        self._alerts_due(now)
+        return min(
+            link,
+            self._timers_due(now),
+            self._keepalive(now),
+            self.next_status,
+            self.next_fault,
+            self._next_alert_event(),
+        )
+
+    def _keepalive(self, now: float) -> float:
+        """Ping when the server has been quiet; give up when it stays quiet (§5.5.2)."""
+        behaviour = self.fleet.behaviour
+        quiet = now - self.last_heard
+        if quiet >= behaviour.keepalive_timeout:
+            raise _Dropped("keepalive timeout", expected=False, reset=True)
+        if self.ping_sent is None:
+            if quiet < behaviour.ping_interval:
+                return self.last_heard + behaviour.ping_interval
+            self._ping(now)
+        return self.last_heard + behaviour.keepalive_timeout
+
+    def _ping(self, now: float) -> None:
+        assert self.ws is not None
+        self.ws.send_ping()
+        self.ping_sent = now
+
+    def _after(self, due: float, action: Callable[[Any, float], None], arg: Any) -> None:
+        timers = self.timers
+        if timers is None:
+            timers = self.timers = []
+        heapq.heappush(timers, (due, next(_timer_seq), action, arg))
+
+    def _timers_due(self, now: float) -> float:
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            _, _, action, arg = heapq.heappop(timers)
+            action(arg, now)
+        return timers[0][0] if timers else float("inf")
+
+    def _send_status(self, now: float) -> None:
+        fleet = self.fleet
+        rng = fleet.rng
+        values = {"temperature": round(rng.gauss(21.0, 2.0), 1), "rssi": rng.randrange(-95, -45)}
+        self.session.send_status(m.Status(self.firmware, values, time.time()))
+        fleet.stats.request("status", 0.0)
+        self.next_status = now + fleet.behaviour.status_interval * rng.uniform(0.9, 1.1)
+
+    # --- alerts ----------------------------------------------------------------------------
+
+    def _schedule_alert(self, now: float) -> None:
+        rate = self.fleet.behaviour.alerts_per_hour
+        self.next_alert = now + self.fleet.rng.expovariate(rate / 3600) if rate else float("inf")
+
+    def _next_alert_event(self) -> float:
+        if self.fleet.draining:
+            return float("inf")
+        problem = self.open_problem
+        return min(self.next_alert, problem[0]) if problem is not None else self.next_alert
+
+    def _alerts_due(self, now: float) -> None:
+        """Raise a household problem now and then, and clear it later; works offline too:
+        alerts then wait in the outbox for the next connection."""
+        fleet = self.fleet
+        if fleet.draining:
+            return
+        problem = self.open_problem
+        if problem is not None and now >= problem[0]:
+            self.open_problem = None
+            self._send_alert("cleared", problem[1:], now)
+        if now >= self.next_alert:
+            self._schedule_alert(now)
+            if self.open_problem is None:
+                new = pick_problem(fleet.rng)
+                clear_at = now + fleet.rng.expovariate(1 / fleet.behaviour.clear_after)
+                self.open_problem = (clear_at, *new)
+                self._send_alert("raised", new, now)
+
+    def _send_alert(self, state: str, problem: tuple[str, str, str, str], now: float) -> None:
+        fleet = self.fleet
+        code, severity, description, fix = problem
+        self.alert_seq += 1
+        alert_id = f"{fleet.run_id}-{self.alert_seq}"
+        alert = m.Alert(alert_id, code, severity, state, description, fix, time.time())
+        try:
+            self.session.send_alert(alert)
+        except ps.OutboxFull:
+            fleet.stats.alerts["refused"] += 1
+            return
+        fleet.stats.alerts["sent"] += 1
+        if self.alert_sent is None:
+            self.alert_sent = {}
+        self.alert_sent[alert_id] = now
+        if self.connected_at is not None:
+            self._after(now + fleet.behaviour.ack_timeout, self._ack_overdue, alert_id)
+
+    def _ack_overdue(self, alert_id: str, now: float) -> None:
+        if self.alert_sent and alert_id in self.alert_sent:
+            self.fleet.stats.alerts["resent"] += self.session.resend_unacked()
+            self._after(now + self.fleet.behaviour.ack_timeout, self._ack_overdue, alert_id)
+
+    def _alert_acked(self, alert_id: str, now: float) -> None:
+        stats = self.fleet.stats
+        stats.alerts["acked"] += 1
+        sent = self.alert_sent
+        first_sent = sent.pop(alert_id, None) if sent else None
+        if not sent:
+            self.alert_sent = None
+        if first_sent is not None:
+            stats.request("alert", now - first_sent)
+
+    # --- commands and updates ---------------------------------------------------------------
+
+    def _command_requested(self, event: ps.CommandRequested, now: float) -> None:
+        fleet = self.fleet
+        code, output, latency = run_command(
+            event.request.command,
+            self.device_id,
+            self.firmware,
+            fleet.rng,
+            fleet.behaviour.command_latency,
+        )
+        self._after(now + latency, self._command_done, (event.sid, code, output, now))
+
+    def _command_done(self, arg: tuple[str, int, bytes, float], now: float) -> None:
+        sid, code, output, received = arg
+        self.session.send_command_result(sid, m.CommandResult(code, output, now - received))
+        self.fleet.stats.commands += 1
+        self.fleet.stats.request("command", now - received, len(output))
+
+    def _update_offered(self, event: ps.UpdateOffered, now: float) -> None:
+        """Download at the network's bandwidth (progress every quarter), then install."""
+        bandwidth = self.network.bandwidth
+        download = event.offer.size / bandwidth if bandwidth else 0.0
+        self.session.send_update_progress(event.sid, m.UpdateProgress("downloading", 0))
+        for quarter in (1, 2, 3, 4):
+            self._after(now + download * quarter / 4, self._update_step, (event, 25 * quarter))
+
+    def _update_step(self, arg: tuple[ps.UpdateOffered, int], now: float) -> None:
+        event, percent = arg
+        if percent < 100:
+            self.session.send_update_progress(event.sid, m.UpdateProgress("downloading", percent))
+            return
+        self.session.send_update_progress(event.sid, m.UpdateProgress("installing", 100))
+        install = self.fleet.rng.expovariate(1 / self.fleet.behaviour.install_time)
+        self._after(now + install, self._update_installed, event)
+
+    def _update_installed(self, event: ps.UpdateOffered, now: float) -> None:
+        fleet = self.fleet
+        if fleet.rng.random() < fleet.behaviour.update_failure_share:
+            reason = fleet.rng.choice(_INSTALL_FAILURES)
+            self.session.send_update_progress(event.sid, m.UpdateProgress("failure", 100, reason))
+            fleet.stats.updates["failure"] += 1
+            return
+        self.session.send_update_progress(event.sid, m.UpdateProgress("rebooting", 100))
+        self._flush()
+        self.firmware = event.offer.version
+        self.reboot_update = event.sid  # "success" is reported from the new firmware
+        raise _Dropped("reboot", expected=True)
+
+    # --- network faults --------------------------------------------------------------------
+
+    def _schedule_fault(self, now: float) -> float:
+        fault = self.network.next_fault(self.fleet.rng)
+        if fault is None:
+            return float("inf")
+        delay, self.fault_kind = fault
+        return now + delay
+
+    def _inject_fault(self, now: float) -> bool:
+        """Play the fault that is due; returns True if time passed in silence."""
+        kind = self.fault_kind
+        self.next_fault = self._schedule_fault(now)
+        if kind == "drop":
+            raise _Dropped("net_drop", expected=True, reset=True)
+        self._quiet_until(now + self.network.fault_duration(kind, self.fleet.rng), connected=True)
+        if kind == "offline":
+            raise _Dropped("net_offline", expected=True, reset=True)
+        # The blackhole is over: if the server reaped us meanwhile, the next drop says so;
+        # a ping answered says the connection survived.
+        self.silent_ended = True
+        self.last_heard = now = time.monotonic()
+        self._ping(now)
+        return True
+
+    def _quiet_until(self, until: float, *, connected: bool) -> None:
+        """Let time pass without touching the network; the house keeps raising alerts."""
+        while (now := time.monotonic()) < until:
+            gevent.sleep(min(until, self._next_alert_event()) - now)
+            self._alerts_due(time.monotonic())
+        if not connected:
+            self.session.messages_to_send()  # they wait in the outbox for the next connection
+
+    # --- bytes out ---------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Frame what the session queued and put it on the simulated link."""
+        ws = self.ws
+        assert ws is not None
+        for message in self.session.messages_to_send():
+            ws.send_binary(message)
+        if not (data := ws.data_to_send()):
+            return
+        outbound = self.outbound
+        busy_until = outbound[-1][0] if outbound else 0.0
+        now = time.monotonic()
+        arrival = self.network.arrival(now, len(data), self.fleet.rng, busy_until)
+        if outbound is None:
+            outbound = self.outbound = deque()
+        outbound.append((arrival, data))
+        self._transmit(now)
+
+    def _transmit(self, now: float) -> float:
+        """Write the bytes whose simulated transit is over; returns the next one's time."""
+        outbound = self.outbound
+        try:
+            while outbound and outbound[0][0] <= now:
+                self._send(outbound.popleft()[1])
+        except OSError as exc:
+            raise _Dropped("reset", expected=False) from exc
+        if outbound:
+            return outbound[0][0]
+        self.outbound = None
+        return float("inf")
+
+    def _send(self, data: bytes) -> None:
+        self.sock.settimeout(self.fleet.behaviour.handshake_timeout)
+        self.sock.sendall(data)
+
+    def _leave(self, code: int, reason: str) -> None:
+        """Close politely (best effort), then the socket."""
+        if self.ws is not None and self.sock is not None:
+            self.ws.send_close(code, reason)
+            pending = b"".join(data for _, data in self.outbound or ())
+            with contextlib.suppress(OSError):
+                self.sock.settimeout(1.0)
+                self.sock.sendall(pending + self.ws.data_to_send())
+        self._close_socket(reset=False)
+
+    def _close_socket(self, *, reset: bool) -> None:
+        sock, self.sock = self.sock, None
+        if sock is None:
+            return
+        if reset:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_LINGER, _RESET_ON_CLOSE)
+        sock.close()
+
+
+_INSTALL_FAILURES = (
+    "checksum mismatch after download",
+    "not enough space on /data",
+    "install script exited with code 1",
+)

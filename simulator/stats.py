@@ -1,0 +1,94 @@
+"""Fleet-wide accounting of one simulator process, and its merge across Locust workers.
+
+Latencies (connect, reconnect, alert end to end, command, ping) go through Locust's one
+event hook, ``events.request.fire``, so they land in Locust's statistics; this module keeps
+what Locust has no place for: the connection gauge, drops by cause and alert accounting.
+Workers send an absolute snapshot with every report; the master sums the latest one of each.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+RequestHook = Callable[..., None]
+REQUEST_TYPE = "WS"
+
+
+def _no_hook(**_: Any) -> None:
+    pass
+
+
+@dataclass
+class FleetStats:
+    """Counters of one process. ``request_hook`` is Locust's ``events.request.fire``."""
+
+    request_hook: RequestHook = _no_hook
+    connected: int = 0
+    peak_connected: int = 0
+    connects: int = 0
+    reconnects: int = 0
+    connect_failures: Counter[str] = field(default_factory=Counter)
+    drops: Counter[str] = field(default_factory=Counter)
+    unexpected_drops: int = 0
+    alerts: Counter[str] = field(default_factory=Counter)  # sent / acked / resent / refused
+    commands: int = 0
+    updates: Counter[str] = field(default_factory=Counter)  # success / failure
+
+    def request(
+        self, name: str, seconds: float, length: int = 0, error: BaseException | None = None
+    ) -> None:
+        self.request_hook(
+            request_type=REQUEST_TYPE,
+            name=name,
+            response_time=seconds * 1000.0,
+            response_length=length,
+            exception=error,
+            context={},
+        )
+
+    def gateway_connected(self) -> None:
+        self.connected += 1
+        self.connects += 1
+        self.peak_connected = max(self.peak_connected, self.connected)
+
+    def gateway_dropped(self, cause: str, expected: bool) -> None:
+        self.connected -= 1
+        self.drops[cause] += 1
+        if not expected:
+            self.unexpected_drops += 1
+
+    def gateway_stopped(self) -> None:
+        """The run ended with this gateway connected: not a drop."""
+        self.connected -= 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain data for a worker report or the JSON summary."""
+        return {
+            "connected": self.connected,
+            "peak_connected": self.peak_connected,
+            "connects": self.connects,
+            "reconnects": self.reconnects,
+            "connect_failures": dict(self.connect_failures),
+            "drops": dict(self.drops),
+            "unexpected_drops": self.unexpected_drops,
+            "alerts": dict(self.alerts),
+            "commands": self.commands,
+            "updates": dict(self.updates),
+        }
+
+
+def merge_snapshots(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Sum snapshots field by field (dicts key by key); an empty input gives zeros."""
+    total: dict[str, Any] = FleetStats().snapshot()
+    for snapshot in snapshots:
+        for key, value in snapshot.items():
+            if isinstance(value, Mapping):
+                merged = Counter(total.get(key, {}))
+                merged.update(value)
+                total[key] = dict(merged)
+            else:
+                total[key] = total.get(key, 0) + value
+    return total

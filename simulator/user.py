@@ -1,0 +1,131 @@
+"""``GatewayUser``: one Locust user is one virtual gateway, and its greenlet is the gateway's.
+
+Scenarios subclass it and set ``network_mix`` and ``behaviour``; command-line options
+(``--network-mix``, ``--alerts-per-hour``, ``--status-interval``) override them for a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import random
+import ssl
+from pathlib import Path
+from typing import Any, ClassVar
+from weakref import WeakKeyDictionary
+
+from locust import User, task
+from locust.env import Environment
+from locust.runners import WorkerRunner
+
+from backend.auth import issue_device_token
+from simulator import plugin
+from simulator.behaviour import Behaviour
+from simulator.fleet import Fleet, Target, parse_targets
+from simulator.network import PROFILES, NetworkMix, load_profiles, parse_mix
+
+AUTO_SOURCES = 8  # loopback source addresses: 8 x ~28k ephemeral ports per destination
+
+_fleets: WeakKeyDictionary[Environment, dict[type[GatewayUser], Fleet]] = WeakKeyDictionary()
+
+
+class GatewayUser(User):
+    abstract = True
+    network_mix: ClassVar[str] = "wired"
+    behaviour: ClassVar[Behaviour] = Behaviour()
+
+    def __init__(self, environment: Environment) -> None:
+        super().__init__(environment)
+        self.gateway = fleet_for(environment, type(self)).new_gateway()
+
+    @task
+    def live(self) -> None:
+        """Connect, serve and reconnect until the run stops this user."""
+        self.gateway.run()
+
+
+def fleets_of(environment: Environment) -> list[Fleet]:
+    return list(_fleets.get(environment, {}).values())
+
+
+def fleet_for(environment: Environment, user_class: type[GatewayUser]) -> Fleet:
+    fleets = _fleets.setdefault(environment, {})
+    if user_class not in fleets:
+        fleets[user_class] = make_fleet(environment, user_class)
+    return fleets[user_class]
+
+
+def make_fleet(environment: Environment, user_class: type[GatewayUser]) -> Fleet:
+    """The fleet of one scenario class in this process, from its defaults and the options."""
+    options = environment.parsed_options
+    if not environment.host:
+        raise ValueError("no backend: give --host ws://… (or run without it on master/local)")
+    targets = parse_targets(environment.host)
+    secret = getattr(options, "jwt_secret", "")
+    if not secret:
+        raise ValueError("no --jwt-secret (env LOCUST_JWT_SECRET): needed to sign device tokens")
+    worker = environment.runner.worker_index if isinstance(environment.runner, WorkerRunner) else 0
+    seed = getattr(options, "seed", None)
+    stats = plugin.state.stats
+    stats.request_hook = environment.events.request.fire
+    fleet = Fleet(
+        targets,
+        lambda device_id: issue_device_token(device_id, secret),
+        behaviour=_behaviour(user_class.behaviour, options),
+        mix=_mix(user_class, options),
+        stats=stats,
+        prefix=f"{getattr(options, 'fleet_prefix', 'gw')}-{user_class.__name__.lower()}-w{worker}",
+        source_addresses=source_addresses(getattr(options, "source_addresses", ""), targets),
+        ssl_context=_tls_context(targets, getattr(options, "ca_file", "")),
+        rng=random.Random(None if seed is None else seed + worker),
+    )
+    if run_id := getattr(options, "fleet_run_id", ""):
+        fleet.run_id = run_id
+    return fleet
+
+
+def _mix(user_class: type[GatewayUser], options: Any) -> NetworkMix:
+    spec = getattr(options, "network_mix", None) or user_class.network_mix
+    return parse_mix(spec, _profiles(getattr(options, "network_profiles", "")))
+
+
+def _behaviour(base: Behaviour, options: Any) -> Behaviour:
+    overrides = {
+        name: value
+        for name in ("alerts_per_hour", "status_interval")
+        if (value := getattr(options, name, None)) is not None
+    }
+    return dataclasses.replace(base, **overrides)
+
+
+def _profiles(path: str) -> dict[str, Any]:
+    return {**PROFILES, **load_profiles(Path(path))} if path else PROFILES
+
+
+def _tls_context(targets: list[Target], ca_file: str) -> ssl.SSLContext | None:
+    if not any(target.tls for target in targets):
+        return None
+    return ssl.create_default_context(cafile=ca_file or None)
+
+
+def source_addresses(spec: str, targets: list[Target]) -> tuple[str, ...]:
+    """``a,b,c``, a range ``first-last``, ``auto`` (spread over loopback when every target
+    is on loopback, else the kernel's choice) or empty."""
+    spec = spec.strip()
+    if spec == "auto":
+        if all(_is_loopback(target.host) for target in targets):
+            return tuple(f"127.0.0.{n}" for n in range(1, AUTO_SOURCES + 1))
+        return ()
+    if "-" in spec and "," not in spec:
+        first, last = (ipaddress.ip_address(part.strip()) for part in spec.split("-", 1))
+        if int(last) < int(first):
+            raise ValueError(f"--source-addresses {spec!r}: the range ends before it starts")
+        return tuple(str(first + n) for n in range(int(last) - int(first) + 1))
+    return tuple(part.strip() for part in spec.split(",") if part.strip())
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

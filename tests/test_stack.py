@@ -1,0 +1,69 @@
+"""The local stack as scenarios use it: real NATS and shard processes, synchronous API."""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+from backend.shard.config import DEVICE_PATH
+from backend.stack import LocalStack, StackConfig
+from tests.test_demo import children_of
+
+
+def connect_device(stack: LocalStack, url: str, device_id: str) -> ClientConnection:
+    headers = {"Authorization": f"Bearer {stack.token(device_id)}"}
+    return connect(url + DEVICE_PATH, additional_headers=headers, open_timeout=5)
+
+
+def test_stack_serves_devices_and_leaves_no_process(tmp_path: Path) -> None:
+    with LocalStack(StackConfig(tmp_path)) as stack:
+        children = children_of(os.getpid())
+        assert len(children) == 3  # nats-server and two shards
+        assert stack.nats_url.startswith("nats://127.0.0.1:")
+        assert stack.shard_urls == [f"ws://127.0.0.1:{port}" for port in stack.shard_ports]
+        for index, url in enumerate(stack.shard_urls):
+            healthz = url.replace("ws://", "http://") + "/healthz"
+            with urllib.request.urlopen(healthz, timeout=5) as resp:
+                assert resp.status == 200
+            with connect_device(stack, url, f"gw-{index}") as ws:
+                assert ws.response is not None
+                assert ws.response.status_code == 101
+    assert (tmp_path / "shard-b.log").exists()
+    assert children_of(os.getpid()) == []
+    assert all(not Path(f"/proc/{pid}").exists() for pid in children)
+
+
+def test_shard_options_reach_the_shards(tmp_path: Path) -> None:
+    config = StackConfig(tmp_path, shards=1, shard_options={"max_connections": "1"})
+    with LocalStack(config) as stack, connect_device(stack, stack.shard_urls[0], "gw-1"):
+        with pytest.raises(InvalidStatus) as refused:
+            connect_device(stack, stack.shard_urls[0], "gw-2")
+        assert refused.value.response.status_code == 503
+
+
+def test_a_shard_failing_to_start_raises_with_its_log_and_stops_the_rest(tmp_path: Path) -> None:
+    config = StackConfig(tmp_path, shard_options={"max-connections": "many"})
+    with pytest.raises(RuntimeError, match="shard-a exited with code 2") as failed:
+        LocalStack(config).start()
+    assert "'--max-connections'" in str(failed.value)  # click's error, from the log's tail
+    assert children_of(os.getpid()) == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"shards": 0}, "shards must be 1 to 26, not 0"),
+        ({"shard_options": {"jwt_secret": "x"}}, "shard_options cannot set jwt_secret"),
+        ({"shard_options": {"shard-id": "x"}}, "shard_options cannot set shard_id"),
+    ],
+)
+def test_config_refuses_what_the_stack_cannot_honour(
+    tmp_path: Path, overrides: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        StackConfig(tmp_path, **overrides)  # type: ignore[arg-type]
