@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import click
 import uvloop
 
-from backend import logs
+from backend import logs, process
 from backend.auth import issue_device_token
-from backend.demo import run_demo
 from backend.shard import ShardConfig, serve
 from backend.shard.config import default_max_connections, default_shard_id
 
@@ -77,22 +79,39 @@ def token(device_id: str, jwt_secret: str, ttl: float) -> None:
         raise click.BadParameter(str(exc), param_hint="DEVICE_ID") from None
 
 
+SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+
+
 @main.command()
-@click.option("--devices", "device_count", default=6, help="Built-in test devices.")
-@click.option("--interval", default=2.0, help="Mean seconds between a device's alerts.")
-@click.option("--duration", default=0.0, help="Stop after this many seconds (0: at Ctrl-C).")
+@click.option("--gateways", default=1000, help="Virtual gateways (Locust users).")
+@click.option("--spawn-rate", default=200.0, help="Gateways started per second.")
+@click.option("--duration", default="45s", help="Run time (Locust syntax: 45s, 5m...).")
+@click.option("--alerts-per-hour", default=60.0, help="Alerts per gateway per hour.")
 @click.option(
     "--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-    help="Logs and NATS storage [default: runs/demo-<time>].",
+    help="Logs, NATS storage and summary.json [default: runs/demo-<time>].",
 )  # fmt: skip
-@verbose_option
 def demo(
-    device_count: int, interval: float, duration: float, run_dir: Path | None, verbose: int
+    gateways: int, spawn_rate: float, duration: str, alerts_per_hour: float, run_dir: Path | None
 ) -> None:
-    """Run the embedded local stack (NATS + 2 shards + test devices) and show alerts flow."""
-    logs.setup(verbose)
+    """A short headless Locust run of every scenario on an embedded stack (NATS + 2 shards).
+
+    Prints the connection gauge, reconnects and alert accounting; exits non-zero when the
+    run's verdict fails. Ctrl-C stops it early, with the summary."""
     run_dir = run_dir or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
-    uvloop.run(run_demo(run_dir, device_count, interval, duration))
+    argv = [
+        sys.executable, "-m", "locust", "-f", str(SCENARIOS), "--headless",
+        "-u", str(gateways), "-r", str(spawn_rate), "-t", duration,
+        "--alerts-per-hour", str(alerts_per_hour), "--run-dir", str(run_dir), "--only-summary",
+    ]  # fmt: skip
+    # Its own session: a Ctrl-C reaches Locust once, from here, so it stops cleanly.
+    locust = subprocess.Popen(argv, start_new_session=True, preexec_fn=process.die_with_parent)
+    try:
+        code = locust.wait()
+    except KeyboardInterrupt:
+        locust.send_signal(signal.SIGINT)
+        code = locust.wait()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

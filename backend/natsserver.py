@@ -10,7 +10,6 @@ import json
 import shutil
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 from types import TracebackType
 
@@ -60,15 +59,13 @@ class NatsServer:
         ports = json.loads(ports_file.read_text())
         self.url = ports["nats"][0]
         self.monitor_url = ports["monitoring"][0]
-        process.wait_until(self._healthy, proc, "nats-server", self.log_file)
+        process.wait_until(
+            lambda: process.answers_ok(f"{self.monitor_url}/healthz"),
+            proc,
+            "nats-server",
+            self.log_file,
+        )
         return self
-
-    def _healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.monitor_url}/healthz", timeout=1) as resp:
-                return bool(resp.status == 200)
-        except OSError:
-            return False
 
     def stop(self) -> None:
         if self._proc is not None:

@@ -13,7 +13,6 @@ import secrets
 import string
 import subprocess
 import sys
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -118,7 +117,7 @@ class LocalStack:
         process.wait_until(lambda: listening_port(ready_file) > 0, proc, name, log_file)
         port = listening_port(ready_file)
         healthz = f"http://{self.config.host}:{port}/healthz"
-        process.wait_until(lambda: answers_ok(healthz), proc, name, log_file)
+        process.wait_until(lambda: process.answers_ok(healthz), proc, name, log_file)
         return port
 
     def _stop_shards(self) -> None:
@@ -146,12 +145,3 @@ def listening_port(ready_file: Path) -> int:
         return int(json.loads(ready_file.read_text())["port"])
     except (OSError, ValueError, KeyError):
         return 0
-
-
-def answers_ok(url: str) -> bool:
-    """True once ``url`` answers 200; urllib raises (an OSError) on 503 or a refused connect."""
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False

@@ -44,7 +44,7 @@ class Behaviour:
     def __post_init__(self) -> None:
         for field in fields(self):
             value = getattr(self, field.name)
-            if isinstance(value, int | float) and value < 0:
+            if isinstance(value, int | float) and not value >= 0:  # NaN too
                 raise ValueError(f"{field.name} must be >= 0, got {value}")
         if not 0 <= self.update_failure_share <= 1:
             raise ValueError("update_failure_share must be between 0 and 1")
@@ -63,6 +63,7 @@ _DF = (
     "/dev/mmcblk0p2  3.5G  1.2G  2.1G  37% /\n"
     "/dev/mmcblk0p4  1.0G   84M  868M   9% /data\n"
 )
+_FILES = {"/etc/os-release": _OS_RELEASE}
 
 
 def run_command(
@@ -82,16 +83,34 @@ def run_command(
         "uname": f"Linux {device_id} 5.15.92-yocto armv7l GNU/Linux\n",
         "uptime": f" 10:{rng.randrange(60):02d}:17 up {rng.randrange(1, 400)} days,"
         f"  load average: {rng.random():.2f}, 0.31, 0.28\n",
-        "cat": _OS_RELEASE if args == ["/etc/os-release"] else None,
         "df": _DF,
         "fw-version": f"{firmware}\n",
         "true": "",
     }
     if name == "false":
         return 1, b"", latency
-    if name == "sleep" and args and args[0].replace(".", "", 1).isdigit():
-        return 0, b"", latency + float(args[0])
+    if name == "sleep":
+        return _sleep(args, latency)
+    if name == "cat":
+        return _cat(args, latency)
     output = outputs.get(name)
     if output is None:
         return 127, f"sh: {name}: not found\n".encode(), latency
     return 0, output.encode(), latency
+
+
+def _sleep(args: list[str], latency: float) -> tuple[int, bytes, float]:
+    """``sleep SECONDS``, in plain decimal seconds as busybox takes them."""
+    if not args:
+        return 1, b"sleep: missing operand\n", latency
+    seconds = args[0]
+    if not (seconds.isascii() and seconds.replace(".", "", 1).isdigit()):
+        return 1, f"sleep: invalid number '{seconds}'\n".encode(), latency
+    return 0, b"", latency + float(seconds)
+
+
+def _cat(paths: list[str], latency: float) -> tuple[int, bytes, float]:
+    """``cat FILE...``: the files a gateway has, and an error for each other one."""
+    missing = "cat: {}: No such file or directory\n"
+    output = "".join(_FILES.get(path, missing.format(path)) for path in paths)
+    return (0 if all(path in _FILES for path in paths) else 1), output.encode(), latency

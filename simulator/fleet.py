@@ -6,6 +6,7 @@ which keeps them small.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import random
 import secrets
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from simulator.gateway import VirtualGateway
 
 _DEFAULT_PORTS = {"ws": 80, "wss": 443}
+AUTO_SOURCES = 8  # loopback source addresses: 8 x ~28k ephemeral ports per destination
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,17 +42,22 @@ class Target:
 
     @classmethod
     def parse(cls, url: str) -> Target:
-        parts = urlsplit(url.strip())
-        if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+        try:
+            parts = urlsplit(url.strip())
+            port = parts.port
+        except ValueError as exc:  # a port that is no number or out of range, a bad IPv6 literal
+            raise ValueError(f"not a WebSocket URL: {url!r} ({exc})") from None
+        if parts.scheme not in _DEFAULT_PORTS or not parts.hostname or port == 0:
             raise ValueError(f"not a WebSocket URL: {url!r} (expected ws://host:port or wss://…)")
         path = parts.path if parts.path not in ("", "/") else DEVICE_PATH
-        port = parts.port or _DEFAULT_PORTS[parts.scheme]
+        port = port or _DEFAULT_PORTS[parts.scheme]
         return cls(parts.hostname, port, parts.scheme == "wss", path)
 
     @property
     def netloc(self) -> str:
         default = _DEFAULT_PORTS["wss" if self.tls else "ws"]
-        return self.host if self.port == default else f"{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 literal
+        return host if self.port == default else f"{host}:{self.port}"
 
 
 def parse_targets(hosts: str) -> list[Target]:
@@ -59,6 +66,29 @@ def parse_targets(hosts: str) -> list[Target]:
     if not targets:
         raise ValueError("no backend URL given")
     return targets
+
+
+def source_addresses(spec: str, targets: list[Target]) -> tuple[str, ...]:
+    """``a,b,c``, a range ``first-last``, ``auto`` (spread over loopback when every target
+    is on loopback, else the kernel's choice) or empty."""
+    spec = spec.strip()
+    if spec == "auto":
+        if all(_is_loopback(target.host) for target in targets):
+            return tuple(f"127.0.0.{n}" for n in range(1, AUTO_SOURCES + 1))
+        return ()
+    if "-" in spec and "," not in spec:
+        first, last = (ipaddress.ip_address(part.strip()) for part in spec.split("-", 1))
+        if int(last) < int(first):
+            raise ValueError(f"--source-addresses {spec!r}: the range ends before it starts")
+        return tuple(str(first + n) for n in range(int(last) - int(first) + 1))
+    return tuple(part.strip() for part in spec.split(",") if part.strip())
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,7 +25,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from backend.stack import LocalStack, StackConfig
 from simulator import audit
 from simulator.metrics import SimulatorMetrics
-from simulator.stats import FleetStats, merge_snapshots
+from simulator.stats import FleetStats, format_progress, merge_snapshots, table_rows, verdict
 
 log = logging.getLogger("fleet.simulator")
 
@@ -102,6 +103,10 @@ def on_init(environment: Environment, **_: Any) -> None:
         options.fleet_run_id = secrets.token_hex(3)
         if not environment.host:
             start_embedded_stack(environment)
+        elif not options.jwt_secret:
+            # SystemExit passes Locust's handler guard: stop before any gateway tries.
+            sys.exit("--host given without --jwt-secret (or LOCUST_JWT_SECRET): gateways "
+                     "need it to sign their device tokens")  # fmt: skip
         _extend_web_ui(environment)
         if options.headless:
             gevent.spawn(_print_progress, environment).link_exception(_crashed)
@@ -214,7 +219,7 @@ def build_summary(environment: Environment) -> dict[str, Any]:
         # Acked means the stream had stored it: an acked alert missing from it is lost.
         alerts["lost"] = max(0, alerts.get("acked", 0) - stored["unique"])
     stats = environment.stats.total
-    failures = _verdict(fleet, alerts)
+    failures = verdict(fleet, alerts)
     return {
         "host": environment.host,
         "duration_s": round(time.monotonic() - state.started, 1),
@@ -232,17 +237,6 @@ def build_summary(environment: Environment) -> dict[str, Any]:
     }
 
 
-def _verdict(fleet: Mapping[str, Any], alerts: Mapping[str, int]) -> list[str]:
-    failures = []
-    if fleet["peak_connected"] == 0:
-        failures.append("no gateway ever connected")
-    if alerts.get("lost"):
-        failures.append(f"{alerts['lost']} acked alerts are missing from the stream")
-    if alerts.get("duplicated"):
-        failures.append(f"{alerts['duplicated']} alerts were stored more than once")
-    return failures
-
-
 def _latencies(environment: Environment) -> dict[str, dict[str, float]]:
     result = {}
     for (name, _method), entry in sorted(environment.stats.entries.items()):
@@ -255,16 +249,6 @@ def _latencies(environment: Environment) -> dict[str, dict[str, float]]:
                 "max": entry.max_response_time,
             }
     return result
-
-
-def format_progress(fleet: Mapping[str, Any]) -> str:
-    drops = ", ".join(f"{cause} {n}" for cause, n in sorted(fleet["drops"].items())) or "none"
-    alerts = fleet["alerts"]
-    return (
-        f"gateways connected {fleet['connected']} (peak {fleet['peak_connected']}) | "
-        f"reconnects {fleet['reconnects']} | drops: {drops} | alerts sent {alerts.get('sent', 0)} "
-        f"acked {alerts.get('acked', 0)} resent {alerts.get('resent', 0)}"
-    )
 
 
 def print_summary(summary: Mapping[str, Any]) -> None:
@@ -325,21 +309,7 @@ def _extend_web_ui(environment: Environment) -> None:
 
         if request.path != "/stats/requests" or not response.is_json:
             return response
-        rows = [{"metric": k, "value": v} for k, v in _table_rows(totals(environment))]
+        rows = [{"metric": k, "value": v} for k, v in table_rows(totals(environment))]
         body = {**response.json, "extended_stats": [{"key": "gateways", "data": rows}]}
         response.set_data(json.dumps(body))
         return response
-
-
-def _table_rows(fleet: Mapping[str, Any]) -> list[tuple[str, Any]]:
-    rows: list[tuple[str, Any]] = [
-        ("connected now", fleet["connected"]),
-        ("peak connected", fleet["peak_connected"]),
-        ("connects", fleet["connects"]),
-        ("reconnects", fleet["reconnects"]),
-        ("unexpected drops", fleet["unexpected_drops"]),
-    ]
-    rows += [(f"drops: {cause}", n) for cause, n in sorted(fleet["drops"].items())]
-    rows += [(f"failed tries: {why}", n) for why, n in sorted(fleet["connect_failures"].items())]
-    rows += [(f"alerts {what}", n) for what, n in sorted(fleet["alerts"].items())]
-    return rows

@@ -4,6 +4,7 @@ Latencies (connect, reconnect, alert end to end, command, ping) go through Locus
 event hook, ``events.request.fire``, so they land in Locust's statistics; this module keeps
 what Locust has no place for: the connection gauge, drops by cause and alert accounting.
 Workers send an absolute snapshot with every report; the master sums the latest one of each.
+A snapshot also gives the run's verdict, the headless progress line and the web UI table.
 """
 
 from __future__ import annotations
@@ -92,3 +93,41 @@ def merge_snapshots(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             else:
                 total[key] = total.get(key, 0) + value
     return total
+
+
+def verdict(fleet: Mapping[str, Any], alerts: Mapping[str, int]) -> list[str]:
+    """Why the run failed (empty when it passed), from totals and the audited alerts."""
+    failures = []
+    if fleet["peak_connected"] == 0:
+        failures.append("no gateway ever connected")
+    if alerts.get("lost"):
+        failures.append(f"{alerts['lost']} acked alerts are missing from the stream")
+    if alerts.get("duplicated"):
+        failures.append(f"{alerts['duplicated']} alerts were stored more than once")
+    return failures
+
+
+def format_progress(fleet: Mapping[str, Any]) -> str:
+    """One headless progress line."""
+    drops = ", ".join(f"{cause} {n}" for cause, n in sorted(fleet["drops"].items())) or "none"
+    alerts = fleet["alerts"]
+    return (
+        f"gateways connected {fleet['connected']} (peak {fleet['peak_connected']}) | "
+        f"reconnects {fleet['reconnects']} | drops: {drops} | alerts sent {alerts.get('sent', 0)} "
+        f"acked {alerts.get('acked', 0)} resent {alerts.get('resent', 0)}"
+    )
+
+
+def table_rows(fleet: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """(metric, value) rows of the web UI's "Gateways" tab."""
+    rows: list[tuple[str, Any]] = [
+        ("connected now", fleet["connected"]),
+        ("peak connected", fleet["peak_connected"]),
+        ("connects", fleet["connects"]),
+        ("reconnects", fleet["reconnects"]),
+        ("unexpected drops", fleet["unexpected_drops"]),
+    ]
+    rows += [(f"drops: {cause}", n) for cause, n in sorted(fleet["drops"].items())]
+    rows += [(f"failed tries: {why}", n) for why, n in sorted(fleet["connect_failures"].items())]
+    rows += [(f"alerts {what}", n) for what, n in sorted(fleet["alerts"].items())]
+    return rows

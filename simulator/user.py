@@ -7,7 +7,6 @@ Scenarios subclass it and set ``network_mix`` and ``behaviour``; command-line op
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import random
 import ssl
 from pathlib import Path
@@ -21,10 +20,8 @@ from locust.runners import WorkerRunner
 from backend.auth import issue_device_token
 from simulator import plugin
 from simulator.behaviour import Behaviour
-from simulator.fleet import Fleet, Target, parse_targets
+from simulator.fleet import Fleet, Target, parse_targets, source_addresses
 from simulator.network import PROFILES, NetworkMix, load_profiles, parse_mix
-
-AUTO_SOURCES = 8  # loopback source addresses: 8 x ~28k ephemeral ports per destination
 
 _fleets: WeakKeyDictionary[Environment, dict[type[GatewayUser], Fleet]] = WeakKeyDictionary()
 
@@ -106,26 +103,3 @@ def _tls_context(targets: list[Target], ca_file: str) -> ssl.SSLContext | None:
     if not any(target.tls for target in targets):
         return None
     return ssl.create_default_context(cafile=ca_file or None)
-
-
-def source_addresses(spec: str, targets: list[Target]) -> tuple[str, ...]:
-    """``a,b,c``, a range ``first-last``, ``auto`` (spread over loopback when every target
-    is on loopback, else the kernel's choice) or empty."""
-    spec = spec.strip()
-    if spec == "auto":
-        if all(_is_loopback(target.host) for target in targets):
-            return tuple(f"127.0.0.{n}" for n in range(1, AUTO_SOURCES + 1))
-        return ()
-    if "-" in spec and "," not in spec:
-        first, last = (ipaddress.ip_address(part.strip()) for part in spec.split("-", 1))
-        if int(last) < int(first):
-            raise ValueError(f"--source-addresses {spec!r}: the range ends before it starts")
-        return tuple(str(first + n) for n in range(int(last) - int(first) + 1))
-    return tuple(part.strip() for part in spec.split(",") if part.strip())
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"

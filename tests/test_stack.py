@@ -12,7 +12,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from backend.shard.config import DEVICE_PATH
 from backend.stack import LocalStack, StackConfig
-from tests.test_demo import children_of
+from tests.support import children_of
 
 
 def connect_device(stack: LocalStack, url: str, device_id: str) -> ClientConnection:

@@ -1,0 +1,187 @@
+"""The Locust plugin end to end: real ``locust`` runs against the embedded stack (NATS and
+shard processes) or an unreachable backend. ``simulator.plugin`` patches with gevent on
+import, so it only ever runs in a child process here."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO = Path(__file__).resolve().parents[1]
+MIXED_FLEET = "scenarios/mixed_fleet.py"
+
+
+def locust(run_dir: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "locust", *args, "--run-dir", str(run_dir)]
+
+
+def run_locust(run_dir: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        locust(run_dir, *args),
+        cwd=REPO,
+        env=clean_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def clean_env() -> dict[str, str]:
+    """Ours, without LOCUST_* settings that would change the run."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("LOCUST_")}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def summary_of(run_dir: Path) -> dict[str, Any]:
+    summary: dict[str, Any] = json.loads((run_dir / "summary.json").read_text())
+    return summary
+
+
+def test_a_run_on_the_embedded_stack_loses_no_alert(tmp_path: Path) -> None:
+    result = run_locust(
+        tmp_path,
+        *("-f", MIXED_FLEET, "--headless", "-u", "20", "-r", "20", "-t", "6s"),
+        *("--alerts-per-hour", "3600"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "fleet summary" in result.stdout
+    assert "peak connected 20," in result.stdout
+    summary = summary_of(tmp_path)
+    assert summary["verdict"] == {"failures": [], "ok": True}
+    assert summary["gateways"]["peak_connected"] == 20
+    assert summary["host"].startswith("ws://127.0.0.1:")
+    alerts = summary["alerts"]
+    assert alerts["acked"] > 0
+    assert alerts["stored"] >= alerts["acked"]
+    assert (alerts["lost"], alerts["duplicated"], alerts["pending"]) == (0, 0, 0)
+    assert summary["latency_ms"]["alert"]["count"] > 0
+    assert summary["requests"]["failures"] == 0
+
+
+def test_an_unreachable_backend_fails_the_run(tmp_path: Path) -> None:
+    result = run_locust(
+        tmp_path,
+        *("-f", MIXED_FLEET, "--headless", "-u", "3", "-r", "3", "-t", "2s"),
+        *("--host", f"ws://127.0.0.1:{free_port()}", "--jwt-secret", "x"),
+    )
+    assert result.returncode != 0
+    assert "no gateway ever connected" in result.stdout
+    assert "ConnectionRefusedError" in result.stdout + result.stderr
+    summary = summary_of(tmp_path)
+    assert not summary["verdict"]["ok"]
+    assert summary["gateways"]["peak_connected"] == 0
+    assert summary["connect_failures"]["tcp"] > 0
+    assert summary["requests"]["failures"] == summary["requests"]["count"] > 0
+    assert "stored" not in summary["alerts"]  # no embedded stack: no stream to audit
+
+
+def test_the_scenario_directory_runs_every_scenario(tmp_path: Path) -> None:
+    result = run_locust(
+        tmp_path, *("-f", "scenarios", "--headless", "-u", "10", "-r", "10", "-t", "4s")
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    spawned = [line for line in result.stderr.splitlines() if "All users spawned" in line]
+    assert len(spawned) == 1
+    assert '"MixedFleet": 9' in spawned[0]
+    assert '"FlakyLinks": 1' in spawned[0]
+    assert summary_of(tmp_path)["verdict"]["ok"]
+
+
+def get(url: str) -> bytes | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            body: bytes = response.read()
+            return body
+    except (urllib.error.URLError, ConnectionError):
+        return None  # not serving yet
+
+
+def gateway_rows(stats_body: bytes) -> dict[str, Any]:
+    tables = json.loads(stats_body).get("extended_stats", [])
+    return {
+        row["metric"]: row["value"]
+        for table in tables
+        if table["key"] == "gateways"
+        for row in table["data"]
+    }
+
+
+def gauge(metrics_body: bytes, name: str) -> float | None:
+    for family in text_string_to_metric_families(metrics_body.decode()):
+        if family.name == name:
+            return float(family.samples[0].value)
+    return None
+
+
+def template_args(index_body: bytes) -> dict[str, Any]:
+    html = index_body.decode()
+    start = html.index("templateArgs = ") + len("templateArgs = ")
+    args: dict[str, Any] = json.JSONDecoder().raw_decode(html, start)[0]
+    return args
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Locust stops the embedded stack on SIGTERM; kill only if that hangs."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_web_ui_tab_and_prometheus_metrics(tmp_path: Path) -> None:
+    web, metrics = free_port(), free_port()
+    command = locust(
+        tmp_path,
+        *("-f", MIXED_FLEET, "--autostart", "--autoquit", "0", "-u", "5", "-r", "5", "-t", "8s"),
+        *("--web-host", "127.0.0.1", "--web-port", str(web), "--metrics-port", str(metrics)),
+    )
+    base = f"http://127.0.0.1:{web}"
+    rows: dict[str, Any] = {}
+    connected: float | None = None
+    index: bytes | None = None
+    with (tmp_path / "locust.log").open("w") as log:
+        process = subprocess.Popen(
+            command, cwd=REPO, env=clean_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=log
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not (rows.get("connected now") and connected):
+                index = index or get(f"{base}/")
+                if body := get(f"{base}/stats/requests"):
+                    rows = gateway_rows(body)
+                if body := get(f"http://127.0.0.1:{metrics}/metrics"):
+                    connected = gauge(body, "fleet_sim_gateways_connected")
+                time.sleep(0.2)
+            returncode = process.wait(timeout=60)
+        finally:
+            stop(process)
+    assert rows.get("connected now"), rows
+    assert rows["peak connected"] >= rows["connected now"]
+    assert {"connects", "reconnects", "unexpected drops"} <= rows.keys()
+    assert connected
+    assert index is not None
+    args = template_args(index)
+    assert args["extendedTabs"] == [{"title": "Gateways", "key": "gateways"}]
+    assert args["extendedTables"][0]["key"] == "gateways"
+    assert returncode == 0, (tmp_path / "locust.log").read_text()[-3000:]
+    assert summary_of(tmp_path)["verdict"]["ok"]
