@@ -29,6 +29,7 @@ from simulator.stats import FleetStats, format_progress, merge_snapshots, table_
 
 log = logging.getLogger("fleet.simulator")
 
+DRAIN = "fleet_drain"  # master -> workers: drain now, then send FINAL_REPORT
 FINAL_REPORT = "fleet_final"
 PROGRESS_INTERVAL = 10.0
 
@@ -42,6 +43,9 @@ class PluginState:
         self.run_dir: Path | None = None
         self.worker_snapshots: dict[str, dict[str, Any]] = {}
         self.pending = 0  # alerts still in outboxes after the drain
+        self.final_reports: dict[str, dict[str, Any]] = {}  # master: workers' after the drain
+        self.drained = False
+        self.fleet_peak = 0  # master: the peak of the sum, not the sum of workers' peaks
         self.started = time.monotonic()
 
 
@@ -112,6 +116,8 @@ def on_init(environment: Environment, **_: Any) -> None:
             gevent.spawn(_print_progress, environment).link_exception(_crashed)
     if isinstance(runner, MasterRunner):
         runner.register_message(FINAL_REPORT, _final_report_received)
+    if is_worker:
+        runner.register_message(DRAIN, drain_here, concurrent=True)
     if options.metrics_port and not isinstance(runner, MasterRunner):
         metrics = SimulatorMetrics(state.stats)
         environment.events.request.add_listener(metrics.observe)
@@ -151,17 +157,21 @@ def on_report_to_master(data: dict[str, Any], **_: Any) -> None:
 
 @events.worker_report.add_listener
 def on_worker_report(client_id: str, data: dict[str, Any], **_: Any) -> None:
-    if "fleet" in data:
+    if "fleet" in data and client_id not in state.final_reports:
         state.worker_snapshots[client_id] = data["fleet"]
+        connected = sum(snapshot["connected"] for snapshot in state.worker_snapshots.values())
+        state.fleet_peak = max(state.fleet_peak, connected)
 
 
 def _final_report_received(environment: Environment, msg: Any, **_: Any) -> None:
-    state.worker_snapshots[msg.node_id] = msg.data
+    state.worker_snapshots[msg.node_id] = state.final_reports[msg.node_id] = msg.data
 
 
 def totals(environment: Environment) -> dict[str, Any]:
     if isinstance(environment.runner, MasterRunner):
-        return merge_snapshots(state.worker_snapshots.values())
+        merged = merge_snapshots(state.worker_snapshots.values())
+        merged["peak_connected"] = state.fleet_peak  # sampled at each report: a lower bound
+        return merged
     snapshot = state.stats.snapshot()
     snapshot["pending"] = state.pending
     return snapshot
@@ -172,14 +182,22 @@ def totals(environment: Environment) -> dict[str, Any]:
 
 @events.test_stopping.add_listener
 def on_test_stopping(environment: Environment, **_: Any) -> None:
-    """Before Locust kills the gateways: stop new alerts and let outstanding acks arrive."""
+    """Before Locust kills the gateways: stop new alerts and let outstanding acks arrive.
+    A master asks its workers to drain and waits for their final figures."""
+    if isinstance(environment.runner, MasterRunner):
+        _drain_workers(environment.runner, _drain_timeout(environment))
+    else:
+        drain_here(environment)
+
+
+def drain_here(environment: Environment, **_: Any) -> None:
     from simulator.user import fleets_of
 
     fleets = fleets_of(environment)
-    if not fleets:
+    if state.drained or not fleets:
         return
-    options = environment.parsed_options
-    timeout = options.drain_timeout if options else 10.0
+    state.drained = True
+    timeout = _drain_timeout(environment)
     log.info("draining: waiting up to %.0fs for outstanding alert acks", timeout)
     pending = [gevent.spawn(fleet.drain, timeout) for fleet in fleets]
     gevent.joinall(pending)
@@ -188,6 +206,21 @@ def on_test_stopping(environment: Environment, **_: Any) -> None:
         final = state.stats.snapshot()
         final["pending"] = state.pending
         environment.runner.send_message(FINAL_REPORT, final)
+
+
+def _drain_workers(runner: MasterRunner, timeout: float) -> None:
+    expected = runner.worker_count
+    if not expected:
+        return
+    runner.send_message(DRAIN)
+    deadline = time.monotonic() + timeout + 5  # their drain, plus the messages' way back
+    while len(state.final_reports) < expected and time.monotonic() < deadline:
+        gevent.sleep(0.1)
+
+
+def _drain_timeout(environment: Environment) -> float:
+    options = environment.parsed_options
+    return float(options.drain_timeout) if options else 10.0
 
 
 @events.quitting.add_listener
