@@ -20,12 +20,12 @@ from nats.js.api import DeliverPolicy
 
 from backend import bus
 
-READ_TIMEOUT = 5.0
-
 
 async def count_alerts(nats_url: str, run_id: str) -> dict[str, int]:
     """Stored alert messages of run ``run_id``: unique ids and extra copies."""
-    nc = await nats.connect(nats_url, connect_timeout=5)
+    # One retry: nats-py's default (60, two seconds apart, even before the first connect)
+    # would outlast audit_stream's timeout when NATS is gone.
+    nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=1)
     try:
         js = nc.jetstream()
         info = await js.stream_info(bus.ALERTS_STREAM)

@@ -23,7 +23,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import gevent
 from gevent import socket
@@ -147,7 +147,6 @@ class VirtualGateway:
     def _attempt(self) -> float:
         """One connection, from TCP connect to its end; returns how long to wait before
         the next attempt (the backoff, or the server's Retry-After hint)."""
-        rng = self.fleet.rng
         target = self.fleet.target_for(self.index)
         try:
             leftover = self._open(target)
@@ -163,7 +162,6 @@ class VirtualGateway:
                 self.fleet.stats.gateway_stopped()
             self._leave(1001, "simulation stopped")
             raise
-        return self.backoff.next_delay(rng)  # pragma: no cover - _serve only ends by raising
 
     def _connect_failed(self, exc: _ConnectFailed) -> float:
         stats = self.fleet.stats
@@ -265,7 +263,7 @@ class VirtualGateway:
 
     # --- serving ---------------------------------------------------------------------------
 
-    def _serve(self, leftover: bytes) -> None:
+    def _serve(self, leftover: bytes) -> NoReturn:
         """Run the connection until it drops (raises ``_Dropped``)."""
         self.ws = WebSocketConnection(Role.CLIENT, self.session.max_message_size)
         self.upgraded_at = self.last_heard = time.monotonic()
@@ -288,10 +286,21 @@ class VirtualGateway:
         except TimeoutError:
             return None
         except OSError as exc:
+            self._deliver_in_flight()
             raise _Dropped("reset", expected=False) from exc
         if not data:
+            self._deliver_in_flight()
             raise _Dropped("eof", expected=False)
         return data
+
+    def _deliver_in_flight(self) -> None:
+        """The peer is gone: what we still had on the link is lost, but what it sent before
+        still crosses the link first (TCP keeps order), so a close frame read just before the
+        FIN names the drop, and acks read before it count."""
+        self.outbound = None
+        if self.inbound:
+            gevent.sleep(max(0.0, self.inbound[-1][0] - time.monotonic()))
+            self._deliver(time.monotonic())
 
     def _arrived(self, data: bytes, now: float) -> None:
         """Bytes the kernel has; on the simulated link they arrive a bit later."""
@@ -321,7 +330,7 @@ class VirtualGateway:
                 self.session.receive_message(event.data)
                 self._session_events(now)
             elif isinstance(event, Pong):
-                self._pong_received(now)
+                self._pong_received(event.payload, now)
             elif isinstance(event, Closed):
                 self._flush()  # the echoed close frame (RFC 6455 §5.5.1)
                 hint = closecodes.parse_retry_after(event.reason)
@@ -331,11 +340,14 @@ class VirtualGateway:
                 self._flush()
                 raise _Dropped(f"protocol error {event.error.close_code}", expected=False)
 
-    def _pong_received(self, now: float) -> None:
+    def _pong_received(self, payload: bytes, now: float) -> None:
+        """Only the answer to the latest ping counts: one to an earlier ping may have waited
+        in the socket through a blackhole, and says nothing about the connection now."""
+        if self.ping_sent is None or payload != _ping_payload(self.ping_sent):
+            return
         self.silent_ended = False  # the server still answers: the connection survived
-        if self.ping_sent is not None:
-            self.fleet.stats.request("ping", now - self.ping_sent)
-            self.ping_sent = None
+        self.fleet.stats.request("ping", now - self.ping_sent)
+        self.ping_sent = None
 
     def _session_events(self, now: float) -> None:
         for event in self.session.events_received():
@@ -408,7 +420,7 @@ class VirtualGateway:
 
     def _ping(self, now: float) -> None:
         assert self.ws is not None
-        self.ws.send_ping()
+        self.ws.send_ping(_ping_payload(now))  # the pong echoes it: which ping it answers
         self.ping_sent = now
 
     def _after(self, due: float, action: Callable[[Any, float], None], arg: Any) -> None:
@@ -556,16 +568,16 @@ class VirtualGateway:
     def _inject_fault(self, now: float) -> bool:
         """Play the fault that is due; returns True if time passed in silence."""
         kind = self.fault_kind
-        self.next_fault = self._schedule_fault(now)
         if kind == "drop":
             raise _Dropped("net_drop", expected=True, reset=True)
         self._quiet_until(now + self.network.fault_duration(kind, self.fleet.rng), connected=True)
         if kind == "offline":
             raise _Dropped("net_offline", expected=True, reset=True)
         # The blackhole is over: if the server reaped us meanwhile, the next drop says so;
-        # a ping answered says the connection survived.
+        # the answer to this ping says the connection survived.
         self.silent_ended = True
         self.last_heard = now = time.monotonic()
+        self.next_fault = self._schedule_fault(now)  # the next fault counts from the end
         self._ping(now)
         return True
 
@@ -631,6 +643,10 @@ class VirtualGateway:
             with contextlib.suppress(OSError):
                 sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_LINGER, _RESET_ON_CLOSE)
         sock.close()
+
+
+def _ping_payload(sent: float) -> bytes:
+    return struct.pack("!d", sent)
 
 
 _INSTALL_FAILURES = (

@@ -1,0 +1,308 @@
+"""Virtual gateways against a real local stack (NATS and shard processes), driven by gevent.
+
+The simulator runs on gevent without monkey patching (the gateway uses ``gevent.socket``
+itself), so these tests are plain functions: the main greenlet spawns gateways and lets them
+run with ``gevent.sleep``. Keep-alive is shortened on both sides so that reaping and
+reconnecting happen within seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import signal
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import gevent
+import nats
+import pytest
+from nats.js.kv import KeyValue
+from prometheus_client.parser import text_string_to_metric_families
+
+from backend import bus, presence
+from backend.protocol import closecodes
+from backend.protocol.messages import CommandResult
+from backend.routing import DeviceRouter
+from backend.stack import LocalStack, StackConfig
+from simulator.audit import audit_stream
+from simulator.behaviour import Behaviour
+from simulator.fleet import Fleet, parse_targets
+from simulator.gateway import VirtualGateway
+from simulator.network import PROFILES, NetworkMix, NetworkProfile
+from tests.support import children_of
+
+SERVER_KEEPALIVE_TIMEOUT = 3.0
+SERVER_KEEPALIVE = {"ping_interval": "1", "keepalive_timeout": str(SERVER_KEEPALIVE_TIMEOUT)}
+BEHAVIOUR = Behaviour(
+    status_interval=1.0,
+    alerts_per_hour=360.0,
+    clear_after=2.0,
+    ping_interval=1.0,
+    keepalive_timeout=3.0,
+    reconnect_base=0.1,
+    reconnect_cap=0.5,
+)
+NO_FAULTS = {"drops_per_hour": 0, "blackholes_per_hour": 0, "offline_per_hour": 0}
+# A blackholed gateway reaped meanwhile reads the server's keep-alive close once it listens again.
+REAPED = f"net_blackhole (closed {closecodes.KEEPALIVE_TIMEOUT})"
+DISCONNECTS = "fleet_shard_disconnects_total"
+FRESH = 1.5
+"""Keep-alive timeout of the blackhole test's shard: it reaps gateways silent this long, and
+pings (once per tick of its 1 s timer) well within it, so a gateway that heard nothing for this
+long is inside a blackhole."""
+
+Event = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    config = StackConfig(tmp_path_factory.mktemp("stack"), shard_options=SERVER_KEEPALIVE)
+    with LocalStack(config) as local:
+        yield local
+
+
+def new_fleet(stack: LocalStack, mix: NetworkMix, **behaviour: Any) -> tuple[Fleet, list[Event]]:
+    """A fleet on every shard of ``stack``, and the request events it reports (with a time)."""
+    fleet = Fleet(
+        parse_targets(" ".join(stack.shard_urls)),
+        stack.token,
+        behaviour=dataclasses.replace(BEHAVIOUR, **behaviour),
+        mix=mix,
+    )
+    events: list[Event] = []
+    fleet.stats.request_hook = lambda **event: events.append({**event, "at": time.monotonic()})
+    return fleet, events
+
+
+def only(profile: NetworkProfile) -> NetworkMix:
+    return NetworkMix(((profile, 1.0),))
+
+
+@contextlib.contextmanager
+def running(fleet: Fleet, count: int) -> Iterator[list[VirtualGateway]]:
+    """``count`` gateways, each in its greenlet, stopped on exit; a crashed one fails the test."""
+    gateways = [fleet.new_gateway() for _ in range(count)]
+    greenlets = [gevent.spawn(gateway.run) for gateway in gateways]
+    try:
+        yield gateways
+        crashed = [greenlet.exception for greenlet in greenlets if greenlet.dead]
+        assert not crashed, f"gateway greenlets ended: {crashed}"
+    finally:
+        gevent.killall(greenlets, timeout=10)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Let the gateways run until ``condition`` holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not reached within {timeout:.0f}s"
+        gevent.sleep(0.1)
+
+
+def server_metric(stack: LocalStack, name: str, **labels: str) -> float:
+    """A sample summed over the shards' /metrics pages (labels must match where given)."""
+    total = 0.0
+    for url in stack.shard_urls:
+        with urllib.request.urlopen(url.replace("ws://", "http://") + "/metrics", timeout=5) as r:
+            page = r.read().decode()
+        for family in text_string_to_metric_families(page):
+            total += sum(
+                sample.value
+                for sample in family.samples
+                if sample.name == name and labels.items() <= sample.labels.items()
+            )
+    return total
+
+
+def times_of(events: list[Event], name: str) -> list[float]:
+    """Response times (ms) of the successful requests called ``name``."""
+    return [e["response_time"] for e in events if e["name"] == name and e["exception"] is None]
+
+
+def errors(events: list[Event]) -> list[Event]:
+    return [event for event in events if event["exception"] is not None]
+
+
+# --- steady fleet --------------------------------------------------------------------------
+
+
+def test_gateways_on_every_network_stay_connected_through_keepalives(stack: LocalStack) -> None:
+    profiles = [profile.with_overrides(**NO_FAULTS) for profile in PROFILES.values()]
+    fleet, events = new_fleet(stack, NetworkMix(tuple((p, 1.0) for p in profiles)))
+    count = 250
+    with running(fleet, count) as gateways:
+        wait_until(lambda: fleet.stats.connected == count, 20, "every gateway connected")
+        gevent.sleep(2 * SERVER_KEEPALIVE_TIMEOUT)  # six server pings, and as many reap checks
+        assert fleet.stats.connected == count
+        assert server_metric(stack, "fleet_shard_connections") == count
+        assert {gateway.network.name for gateway in gateways} == set(PROFILES)
+        assert fleet.drain(10) == 0
+    stats = fleet.stats
+    assert stats.connects == count  # nobody reconnected
+    assert stats.drops == {}
+    assert stats.connect_failures == {}
+    assert errors(events) == []
+    pings = times_of(events, "ping")
+    assert len(pings) >= count  # every gateway pinged at least once, on average
+    # The link model is applied: a wired round trip takes two 5 ms latencies, a GPRS one 2x400.
+    assert min(pings) >= 2 * PROFILES["wired"].latency * 1000
+    assert max(pings) >= 2 * PROFILES["gprs"].latency * 1000
+    assert stats.alerts["acked"] == stats.alerts["sent"] > 0
+
+
+# --- faults --------------------------------------------------------------------------------
+
+
+def test_blackholed_gateways_are_reaped_by_the_server_and_come_back(tmp_path: Path) -> None:
+    # A short server keep-alive, so that blackholes of a few seconds outlast it and end soon.
+    server = {"ping_interval": "0.5", "keepalive_timeout": str(FRESH)}
+    blackholes = NetworkProfile(
+        "blackholes", latency=0.005, blackholes_per_hour=900, blackhole_mean=2.5
+    )
+    count = 10
+    with LocalStack(StackConfig(tmp_path, shards=1, shard_options=server)) as local:
+        fleet, events = new_fleet(local, only(blackholes))
+        stats = fleet.stats
+        with running(fleet, count) as gateways:
+            wait_until(
+                lambda: stats.drops[REAPED] >= 1 and blackhole_drops(stats.drops) >= 3,
+                30,
+                "blackhole drops, one of them with the server's keep-alive close",
+            )
+            # Each of those drops is a connection the server reaped for its silence.
+            reaps = server_metric(local, DISCONNECTS, reason="keepalive_timeout")
+            assert reaps >= blackhole_drops(stats.drops)
+            healed = time.monotonic()
+            for gateway in gateways:  # the links heal: no more blackholes
+                gateway.network = blackholes.with_overrides(blackholes_per_hour=0, blackhole_mean=0)
+            wait_until(lambda: all_back(local, gateways, healed), 30, "every gateway back")
+            assert stats.connected == count
+    assert [cause for cause in stats.drops if not cause.startswith("net_blackhole")] == []
+    assert stats.unexpected_drops == 0
+    assert stats.reconnects == blackhole_drops(stats.drops)  # each drop, then back again
+    assert errors(events) == []
+
+
+def blackhole_drops(drops: dict[str, int]) -> int:
+    return sum(n for cause, n in drops.items() if cause.startswith("net_blackhole"))
+
+
+def all_back(stack: LocalStack, gateways: list[VirtualGateway], healed: float) -> bool:
+    """The server holds every gateway, and every gateway hears it. A gateway still inside a
+    blackhole that began before ``healed`` reads nothing, so once FRESH has passed since, its
+    ``last_heard`` is stale."""
+    now = time.monotonic()
+    return (
+        now - healed > FRESH
+        and server_metric(stack, "fleet_shard_connections") == len(gateways)
+        and all(g.connected_at is not None and now - g.last_heard < FRESH for g in gateways)
+    )
+
+
+def test_alerts_survive_forced_drops_without_loss_or_duplicates(stack: LocalStack) -> None:
+    flaky = NetworkProfile(
+        "flaky",
+        latency=0.02,
+        jitter=0.02,
+        drops_per_hour=1200,
+        offline_per_hour=1200,
+        offline_mean=1.0,
+    )
+    fleet, events = new_fleet(stack, only(flaky), alerts_per_hour=7200, clear_after=0.5)
+    with running(fleet, 40):
+        gevent.sleep(8)
+        assert fleet.drain(20) == 0
+    stats = fleet.stats
+    assert stats.drops["net_drop"] > 0
+    assert stats.drops["net_offline"] > 0
+    assert stats.unexpected_drops == 0
+    assert stats.alerts["resent"] > 0  # alerts really went again after reconnects
+    assert stats.alerts["refused"] == 0
+    assert stats.alerts["acked"] == stats.alerts["sent"]
+    stored = audit_stream(stack.nats_url, fleet.run_id, timeout=30)
+    assert stored == {"unique": stats.alerts["acked"], "duplicates": 0}
+    assert errors(events) == []
+
+
+# --- operators and shards ------------------------------------------------------------------
+
+
+async def operator_commands(
+    nats_url: str, device_id: str, commands: list[str]
+) -> list[CommandResult]:
+    """What an operator gets back from ``commands``, sent to the device through NATS."""
+    nc = await nats.connect(nats_url)
+    try:
+        kv = await bus.ensure_streams(nc.jetstream())
+        await presence_connected(kv, device_id)
+        router = DeviceRouter(nc, kv)
+        return [await router.run_command(device_id, c, timeout=5) for c in commands]
+    finally:
+        await nc.close()
+
+
+async def presence_connected(kv: KeyValue, device_id: str) -> None:
+    """The shard records presence just after the handshake; wait for it."""
+    async with asyncio.timeout(5):
+        while True:
+            state, _revision = await presence.lookup(kv, device_id)
+            if state is not None and state.connected:
+                return
+            await asyncio.sleep(0.05)
+
+
+def test_a_gateway_answers_operator_commands(stack: LocalStack) -> None:
+    fleet, _ = new_fleet(stack, only(PROFILES["lte"].with_overrides(**NO_FAULTS)))
+    with running(fleet, 1) as (gateway,), ThreadPoolExecutor(1) as operator:
+        wait_until(lambda: fleet.stats.connected == 1, 10, "the gateway connected")
+        # nats-py wants asyncio: the operator gets its own thread while gevent runs this one.
+        commands = ["echo hi", "hostname", "false"]
+        answer = operator.submit(
+            asyncio.run, operator_commands(stack.nats_url, gateway.device_id, commands)
+        )
+        wait_until(answer.done, 20, "the operator's answers")
+        results = answer.result()
+    assert [(r.exit_code, r.output) for r in results] == [
+        (0, b"hi\n"),
+        (0, f"{gateway.device_id}\n".encode()),
+        (1, b""),
+    ]
+    assert fleet.stats.commands == 3
+
+
+def shard_pid(stack: LocalStack, name: str) -> int:
+    """The process of shard ``name``: LocalStack keeps its processes to itself."""
+    ready_file = str(stack.run_dir / f"{name}.ready").encode()
+    for pid in children_of(os.getpid()):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if ready_file in argv:
+            return pid
+    raise LookupError(f"no process for {name}")
+
+
+def test_a_draining_shard_closes_with_1012_and_gateways_wait_before_returning(
+    tmp_path: Path,
+) -> None:
+    count = 20
+    with LocalStack(StackConfig(tmp_path, shards=1)) as local:
+        fleet, events = new_fleet(local, only(PROFILES["wired"].with_overrides(**NO_FAULTS)))
+        stats = fleet.stats
+        with running(fleet, count):
+            wait_until(lambda: stats.connected == count, 10, "every gateway connected")
+            os.kill(shard_pid(local, "shard-a"), signal.SIGTERM)
+            stopping = time.monotonic()
+            wait_until(lambda: stats.drops["closed 1012"] == count, 5, "1012 for every gateway")
+            wait_until(lambda: stats.connect_failures["tcp"] > 0, 15, "a reconnect attempt")
+    assert stats.drops == {"closed 1012": count}
+    assert stats.unexpected_drops == 0
+    # The close reason says "retry-after=N" with N >= 1: nobody comes back before that.
+    retries = [e["at"] for e in events if e["name"] == "connect: tcp" and e["exception"]]
+    assert min(retries) >= stopping + 1.0
+    assert {event["name"] for event in errors(events)} == {"connect: tcp"}  # the shard is gone
