@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates the virtualenv given as $1 and installs fleetharness into it with its dev tools.
+# Creates the virtualenv given as $1 and installs fleetharness into it with its dev tools,
+# and HAProxy from the system packages when it is missing.
 set -euo pipefail
 venv=${1:-.venv}
 python=${PYTHON:-python3}
@@ -17,3 +18,13 @@ echo "bootstrap: creating $venv and installing fleetharness (first run only)"
 "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 "$venv/bin/python" -m pip install --quiet -e '.[dev]'
+
+# HAProxy (the proxy tier in front of the shards) comes from the system's packages.
+if ! command -v haproxy >/dev/null && ! [ -x /usr/sbin/haproxy ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "bootstrap: installing haproxy (apt-get)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
+    else
+        echo "bootstrap: haproxy is missing; install it (Debian: sudo apt-get install haproxy)" >&2
+    fi
+fi

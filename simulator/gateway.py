@@ -39,7 +39,7 @@ from simulator.behaviour import pick_problem, run_command
 
 if TYPE_CHECKING:
     from simulator.fleet import Fleet, Target
-    from simulator.network import NetworkProfile
+    from simulator.network import FaultKind, NetworkProfile
 
 log = logging.getLogger("fleet.simulator")
 
@@ -117,7 +117,7 @@ class VirtualGateway:
         self.upgraded_at = self.last_heard = 0.0
         self.ping_sent: float | None = None
         self.next_status = self.next_alert = self.next_fault = 0.0
-        self.fault_kind: str | None = None
+        self.fault_kind: FaultKind | None = None
         self.open_problem: tuple[float, str, str, str, str] | None = None  # (clear at, problem)
         self.alert_seq = 0
         self.alert_sent: dict[str, float] | None = None  # unacked alert id -> first sent
@@ -568,6 +568,7 @@ class VirtualGateway:
     def _inject_fault(self, now: float) -> bool:
         """Play the fault that is due; returns True if time passed in silence."""
         kind = self.fault_kind
+        assert kind is not None  # next_fault is infinite on a link without faults
         if kind == "drop":
             raise _Dropped("net_drop", expected=True, reset=True)
         self._quiet_until(now + self.network.fault_duration(kind, self.fleet.rng), connected=True)
