@@ -1,0 +1,1 @@
+"""The HAProxy tier in front of the shards: its generated configuration and local TLS material."""

@@ -1,0 +1,270 @@
+"""The HAProxy configuration in front of the shards, generated from one typed object.
+
+``render`` writes a commented file, so the reasons stay next to the directives an operator
+reads; ``check`` has HAProxy itself validate it (``haproxy -c``) before anything starts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import resource
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from backend.shard.config import DEVICE_PATH
+
+# Descriptors kept back from the connection budget: listeners, the runtime API socket, health
+# checks (one per server line), logs, the poller and HAProxy's internal pipes.
+FD_RESERVE = 256
+# Linux's default ip_local_port_range (32768-60999), if /proc cannot tell.
+DEFAULT_EPHEMERAL_PORTS = 28232
+INSTALL_HINT = "install it: apt-get install haproxy"
+# What HAProxy accepts in a server name ("~", for one, it refuses).
+SERVER_NAME = re.compile(r"[A-Za-z0-9_.:-]+")
+
+
+def max_maxconn() -> int:
+    """What the open-file limit allows: HAProxy spends 2 fds per proxied connection.
+
+    The hard limit counts: HAProxy raises its own soft limit up to it (and, strict-limits
+    being the default since 2.6, refuses to start if it cannot).
+    """
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(0, (hard - FD_RESERVE) // 2)
+
+
+def ephemeral_ports() -> int:
+    """Local ports the kernel hands out per source address: the connections one server line
+    (one source, one shard) can hold."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    except (OSError, ValueError):
+        return DEFAULT_EPHEMERAL_PORTS
+    return int(high) - int(low) + 1
+
+
+@dataclass
+class HaproxyConfig:
+    """Everything the generated file depends on; validated on creation."""
+
+    port: int
+    """The public port devices connect to: 443 in staging."""
+    stats_port: int
+    shards: list[tuple[str, str, int]]
+    """(name, host, port) of each shard."""
+    admin_socket: Path
+    pidfile: Path
+    bind_host: str = "127.0.0.1"
+    stats_host: str = "127.0.0.1"
+    """Metrics and the stats page are for operators, never on the public address by default."""
+    tls_pem: Path | None = None
+    """Certificate and key in one PEM: TLS is terminated on the public port when set."""
+    source_addresses: list[str] = field(default_factory=list)
+    """One server line per shard and source address; none: the kernel picks the source."""
+    maxconn: int = field(default_factory=max_maxconn)
+    server_maxconn: int = field(default_factory=ephemeral_ports)
+    nbthread: int = 1
+
+    def __post_init__(self) -> None:
+        check_port("port", self.port)
+        check_port("stats_port", self.stats_port)
+        if self.port == self.stats_port:
+            raise ValueError(f"port and stats_port are both {self.port}: give stats its own port")
+        check_shards(self.shards)
+        check_sources(self.source_addresses)
+        check_limits(self.maxconn, self.server_maxconn, self.nbthread)
+
+
+def check_port(what: str, port: int) -> None:
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{what} must be 1 to 65535 (HAProxy must know it), not {port}")
+
+
+def check_shards(shards: list[tuple[str, str, int]]) -> None:
+    if not shards:
+        raise ValueError("shards is empty: give at least one (name, host, port)")
+    names = [name for name, _host, _port in shards]
+    if len(set(names)) != len(names):
+        raise ValueError(f"shard names must be unique: {', '.join(names)}")
+    for name, _host, port in shards:
+        if not SERVER_NAME.fullmatch(name):
+            raise ValueError(f"shard name {name!r} may hold only letters, digits and _.:-")
+        check_port(f"the port of {name}", port)
+
+
+def check_sources(addresses: list[str]) -> None:
+    for address in addresses:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ValueError(f"source address {address!r} is not an IP address") from None
+    if len(set(addresses)) != len(addresses):
+        raise ValueError(f"source addresses must be unique: {', '.join(addresses)}")
+
+
+def check_limits(maxconn: int, server_maxconn: int, nbthread: int) -> None:
+    allowed = max_maxconn()
+    if not 0 < maxconn <= allowed:
+        raise ValueError(
+            f"maxconn must be 1 to {allowed} (2 fds per connection within the open-file hard "
+            f"limit, {FD_RESERVE} kept back), not {maxconn}: lower maxconn or raise the limit "
+            "(ulimit -Hn, LimitNOFILE=)"
+        )
+    if server_maxconn <= 0:
+        raise ValueError(f"server_maxconn must be positive, not {server_maxconn}")
+    if nbthread <= 0:
+        raise ValueError(f"nbthread must be positive, not {nbthread}")
+
+
+def render(config: HaproxyConfig) -> str:
+    sections = [
+        global_section(config),
+        defaults_section(),
+        stats_frontend(config),
+        devices_frontend(config),
+        shards_backend(config),
+    ]
+    header = "# Generated by haproxy/config.py from HaproxyConfig: edit that, not this file.\n"
+    return header + "\n".join("\n".join(lines) + "\n" for lines in sections)
+
+
+def global_section(config: HaproxyConfig) -> list[str]:
+    socket = f"stats socket {config.admin_socket} mode 600 level admin expose-fd listeners"
+    return [
+        "global",
+        "    # Per process; 2 fds per proxied connection, within the open-file limit.",
+        f"    maxconn {config.maxconn}",
+        "    # Scale out with more processes on the same port rather than threads: HAProxy",
+        "    # sets SO_REUSEPORT on Linux, so the kernel spreads new connections over them.",
+        f"    nbthread {config.nbthread}",
+        f"    pidfile {config.pidfile}",
+        "    # Runtime API (drain a shard, read counters); expose-fd hands the listening",
+        "    # sockets to the next process on reload (-x), so no connect is refused.",
+        f"    {socket}",
+        "    # Notices and worse only: a line per connection would cost more than it tells.",
+        "    log stdout format raw local0 notice",
+        "    # Memory per connection matters at this scale: gateways send small messages and",
+        "    # WebSocket frames stream through in pieces, so 8 KiB (instead of 16) suffices;",
+        "    # it caps request headers at 7 KiB (bufsize - maxrewrite), ample for a token.",
+        "    tune.bufsize 8192",
+        "    # TLS 1.2 or later; the keys are EC, so no DH parameters are needed.",
+        "    ssl-default-bind-options ssl-min-ver TLSv1.2",
+    ]
+
+
+def defaults_section() -> list[str]:
+    return [
+        "defaults",
+        "    # HTTP mode: HAProxy sees the upgrade, passes it, then tunnels the WebSocket.",
+        "    mode http",
+        "    log global",
+        "    option dontlognull",
+        "    # Another shard gets the connect if the chosen one refuses it.",
+        "    option redispatch",
+        "    retries 3",
+        "    timeout connect 5s",
+        "    # client/server govern the HTTP handshake; once upgraded, tunnel governs.",
+        "    timeout client 30s",
+        "    timeout server 30s",
+        "    # Longer than the shards' keepalive: they reap silent devices, not HAProxy.",
+        "    timeout tunnel 1h",
+        "    # Half-closed connections must not pin fds for the whole tunnel timeout.",
+        "    timeout client-fin 30s",
+        "    timeout server-fin 30s",
+        "    # A client that opens a connection and sends no request is dropped quickly.",
+        "    timeout http-request 10s",
+    ]
+
+
+def stats_frontend(config: HaproxyConfig) -> list[str]:
+    return [
+        "# Operators only: Prometheus scrapes /metrics, people read /stats.",
+        "frontend stats",
+        f"    bind {config.stats_host}:{config.stats_port}",
+        "    no log",
+        "    http-request use-service prometheus-exporter if { path /metrics }",
+        "    stats enable",
+        "    stats uri /stats",
+        "    stats refresh 10s",
+    ]
+
+
+def devices_frontend(config: HaproxyConfig) -> list[str]:
+    bind = f"    bind {config.bind_host}:{config.port}"
+    if config.tls_pem is not None:
+        # Devices speak WebSocket over HTTP/1.1; no h2 (RFC 8441) to keep one code path.
+        bind += f" ssl crt {config.tls_pem} alpn http/1.1"
+    return [
+        "# The public port. Several HAProxy processes may bind it (SO_REUSEPORT, the default).",
+        "frontend devices",
+        bind,
+        f"    maxconn {config.maxconn}",
+        "    # The shards' own /healthz and /metrics are not for the internet.",
+        f"    http-request deny deny_status 404 unless {{ path {DEVICE_PATH} }}",
+        "    # The device's address, for the shards' logs.",
+        "    option forwardfor",
+        "    default_backend shards",
+    ]
+
+
+def shards_backend(config: HaproxyConfig) -> list[str]:
+    return [
+        "backend shards",
+        "    # Sessions last hours: balance what is open now, not what was opened.",
+        "    balance leastconn",
+        "    # 200 only while a shard is ready; a draining shard answers 503 and gets no more.",
+        "    option httpchk",
+        "    http-check send meth GET uri /healthz ver HTTP/1.1 hdr Host haproxy",
+        "    http-check expect status 200",
+        "    # maxconn per server line: one line is one (source, shard) pair, which has only",
+        "    # the ephemeral port range; beyond it connects queue rather than fail.",
+        f"    default-server check inter 2s fall 2 rise 2 maxconn {config.server_maxconn}",
+        *server_lines(config),
+    ]
+
+
+def server_lines(config: HaproxyConfig) -> list[str]:
+    """One line per shard, or per shard and source address: name_1, name_2, ..."""
+    if not config.source_addresses:
+        return [f"    server {name} {host}:{port}" for name, host, port in config.shards]
+    return [
+        f"    server {name}_{index} {host}:{port} source {source}"
+        for name, host, port in config.shards
+        for index, source in enumerate(config.source_addresses, start=1)
+    ]
+
+
+def write(config: HaproxyConfig, path: Path) -> None:
+    """Atomically, so a reload never reads half a file."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(render(config))
+    os.replace(temporary, path)
+
+
+class ConfigCheckFailed(RuntimeError):
+    """HAProxy refused the configuration; the message holds its output."""
+
+
+def find_haproxy() -> str:
+    """The haproxy binary; often in /usr/sbin, which is not on every user's PATH."""
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin"])
+    found = shutil.which("haproxy", path=search)
+    if found is None:
+        raise FileNotFoundError(f"haproxy not found; {INSTALL_HINT}")
+    return found
+
+
+def check(path: Path, haproxy_binary: str | None = None) -> None:
+    """``haproxy -c``, warnings counted as errors (-dW); the default binary: find_haproxy()."""
+    argv = [haproxy_binary or find_haproxy(), "-dW", "-c", "-f", str(path)]
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{argv[0]} not found; {INSTALL_HINT}") from None
+    if result.returncode != 0:
+        output = (result.stdout + result.stderr).strip()
+        raise ConfigCheckFailed(f"haproxy rejects {path} (exit {result.returncode}):\n{output}")

@@ -1,0 +1,260 @@
+"""The generated HAProxy configuration: checked by HAProxy itself, then run for real in front of
+a shard process, plain and with TLS."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import resource
+import socket
+import ssl
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.sync.client import ClientConnection, connect
+
+from backend import process
+from backend.protocol import envelope, messages
+from backend.shard.config import DEVICE_PATH
+from backend.stack import LocalStack, StackConfig
+from haproxy.config import (
+    ConfigCheckFailed,
+    HaproxyConfig,
+    check,
+    ephemeral_ports,
+    find_haproxy,
+    render,
+    write,
+)
+from haproxy.tls import make_local_pki
+from tests.support import children_of
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_config(run_dir: Path, shard_count: int = 1, **overrides: Any) -> HaproxyConfig:
+    values: dict[str, Any] = {
+        "port": free_port(),
+        "stats_port": free_port(),
+        "shards": [(f"shard-{chr(97 + i)}", "127.0.0.1", 9001 + i) for i in range(shard_count)],
+        "admin_socket": run_dir / "haproxy.sock",
+        "pidfile": run_dir / "haproxy.pid",
+    }
+    return HaproxyConfig(**{**values, **overrides})
+
+
+def sources(count: int) -> list[str]:
+    return [f"127.0.0.{i}" for i in range(1, count + 1)]
+
+
+# --- the file --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("shards", "source_count", "tls"),
+    [(1, 0, False), (1, 1, False), (5, 4, False), (1, 4, True), (5, 1, True)],
+)
+def test_haproxy_accepts_the_generated_config(
+    tmp_path: Path, shards: int, source_count: int, tls: bool
+) -> None:
+    pem = make_local_pki(tmp_path / "pki").server_pem if tls else None
+    config = make_config(tmp_path, shards, source_addresses=sources(source_count), tls_pem=pem)
+    write(config, tmp_path / "haproxy.cfg")
+    check(tmp_path / "haproxy.cfg")  # warnings count as errors too
+    assert (tmp_path / "haproxy.cfg").read_text() == render(config)
+
+
+def test_the_config_holds_the_directives_the_tier_relies_on(tmp_path: Path) -> None:
+    pem = tmp_path / "server.pem"
+    config = make_config(tmp_path, tls_pem=pem, maxconn=1000, server_maxconn=500)
+    text = render(config)
+    for directive in [
+        "maxconn 1000",
+        "nbthread 1",
+        f"bind 127.0.0.1:{config.port} ssl crt {pem} alpn http/1.1",
+        f"bind 127.0.0.1:{config.stats_port}\n",
+        f"stats socket {config.admin_socket} mode 600 level admin expose-fd listeners",
+        f"pidfile {config.pidfile}",
+        "timeout tunnel 1h",
+        "timeout client-fin 30s",
+        "timeout http-request 10s",
+        "balance leastconn",
+        "http-check send meth GET uri /healthz ver HTTP/1.1",
+        "http-check expect status 200",
+        "default-server check inter 2s fall 2 rise 2 maxconn 500",
+        "http-request use-service prometheus-exporter if { path /metrics }",
+        "stats uri /stats",
+        "tune.bufsize 8192",
+    ]:
+        assert directive in text
+    assert "compression" not in text
+    assert "noreuseport" not in text
+
+
+def test_without_tls_the_public_port_is_plain(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    assert f"bind 127.0.0.1:{config.port}\n" in render(config)
+    assert "ssl crt" not in render(config)
+
+
+def test_one_server_line_per_shard_and_source_address(tmp_path: Path) -> None:
+    config = make_config(tmp_path, 2, source_addresses=["127.0.0.1", "127.0.0.2"])
+    servers = re.findall(r"^ +server (.*)$", render(config), re.MULTILINE)
+    assert servers == [
+        "shard-a_1 127.0.0.1:9001 source 127.0.0.1",
+        "shard-a_2 127.0.0.1:9001 source 127.0.0.2",
+        "shard-b_1 127.0.0.1:9002 source 127.0.0.1",
+        "shard-b_2 127.0.0.1:9002 source 127.0.0.2",
+    ]
+    servers = re.findall(r"^ +server (.*)$", render(make_config(tmp_path, 2)), re.MULTILINE)
+    assert servers == ["shard-a 127.0.0.1:9001", "shard-b 127.0.0.1:9002"]
+
+
+def test_defaults_follow_the_fd_limit_and_the_port_range(tmp_path: Path) -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    config = make_config(tmp_path)
+    assert 0 < config.maxconn < hard // 2
+    low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    assert config.server_maxconn == ephemeral_ports() == int(high) - int(low) + 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"port": 0}, "port must be 1 to 65535"),
+        ({"stats_port": 70000}, "stats_port must be 1 to 65535"),
+        ({"port": 8443, "stats_port": 8443}, "give stats its own port"),
+        ({"shards": []}, "give at least one"),
+        ({"shards": [("a", "h", 1), ("a", "h", 2)]}, "shard names must be unique"),
+        ({"shards": [("shard~a", "h", 1)]}, "may hold only letters"),
+        ({"shards": [("a", "h", 0)]}, "the port of a must be 1 to 65535"),
+        ({"source_addresses": ["localhost"]}, "is not an IP address"),
+        ({"source_addresses": ["127.0.0.2", "127.0.0.2"]}, "must be unique"),
+        ({"maxconn": 0}, "maxconn must be 1 to"),
+        ({"maxconn": 10**9}, r"lower maxconn or raise the limit \(ulimit -Hn"),
+        ({"server_maxconn": 0}, "server_maxconn must be positive"),
+        ({"nbthread": 0}, "nbthread must be positive"),
+    ],
+)
+def test_config_refuses_what_haproxy_cannot_run(
+    tmp_path: Path, overrides: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_config(tmp_path, **overrides)
+
+
+def test_check_fails_with_haproxy_s_own_words(tmp_path: Path) -> None:
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(render(make_config(tmp_path)) + "    frobnicate on\n")
+    with pytest.raises(ConfigCheckFailed, match="frobnicate") as failed:
+        check(path)
+    assert str(path) in str(failed.value)
+
+
+def test_check_without_haproxy_says_how_to_install_it(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="apt-get install haproxy"):
+        check(tmp_path / "haproxy.cfg", haproxy_binary=str(tmp_path / "no-haproxy"))
+
+
+def test_find_haproxy_finds_an_executable() -> None:
+    assert os.access(find_haproxy(), os.X_OK)
+
+
+# --- the real thing --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def running_haproxy(config: HaproxyConfig, run_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """HAProxy in the foreground (-db) on ``config``, until its metrics answer; always stopped."""
+    path, log = run_dir / "haproxy.cfg", run_dir / "haproxy.log"
+    write(config, path)
+    proc = process.spawn([find_haproxy(), "-db", "-f", str(path)], log)
+    try:
+        metrics = f"http://127.0.0.1:{config.stats_port}/metrics"
+        process.wait_until(lambda: process.answers_ok(metrics), proc, "haproxy", log)
+        yield proc
+    finally:
+        process.stop(proc)
+
+
+def metrics(config: HaproxyConfig) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{config.stats_port}/metrics") as resp:
+        return str(resp.read().decode())
+
+
+def server_metric(config: HaproxyConfig, name: str, server: str, extra: str = "") -> float:
+    labels = f'proxy="shards",server="{server}"{extra}'
+    found = re.search(rf"^haproxy_server_{name}\{{{labels}\}} (\S+)$", metrics(config), re.M)
+    assert found is not None, f"no haproxy_server_{name} for {server}"
+    return float(found.group(1))
+
+
+def open_device(url: str, token: str, context: ssl.SSLContext | None) -> ClientConnection:
+    headers = {"Authorization": f"Bearer {token}"}
+    return connect(url + DEVICE_PATH, additional_headers=headers, ssl=context, open_timeout=5)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_devices_reach_a_real_shard_through_haproxy(tmp_path: Path, tls: bool) -> None:
+    pki = make_local_pki(tmp_path / "pki")
+    context = ssl.create_default_context(cafile=pki.ca_cert) if tls else None
+    with LocalStack(StackConfig(tmp_path, shards=1)) as stack:
+        shard = ("shard-a", "127.0.0.1", stack.shard_ports[0])
+        # Default maxconn: HAProxy (strict-limits) would refuse to start if the fd math were off.
+        config = make_config(
+            tmp_path,
+            shards=[shard],
+            source_addresses=["127.0.0.1", "127.0.0.2"],
+            tls_pem=pki.server_pem if tls else None,
+        )
+        url = f"{'wss' if tls else 'ws'}://localhost:{config.port}"
+        with running_haproxy(config, tmp_path) as proxy:
+            log = tmp_path / "haproxy.log"
+            process.wait_until(lambda: all_checks_pass(config), proxy, "health checks", log)
+            with (
+                open_device(url, stack.token("gw-1"), context) as first,
+                open_device(url, stack.token("gw-2"), context) as second,
+            ):
+                assert_opened(first)
+                assert_opened(second)
+                # leastconn spread the two over both source addresses.
+                for server in ("shard-a_1", "shard-a_2"):
+                    assert server_metric(config, "current_sessions", server) == 1
+            assert_shard_endpoints_are_hidden(url, context)
+            assert f"haproxy_process_max_connections {config.maxconn}\n" in metrics(config)
+            assert process.answers_ok(f"http://127.0.0.1:{config.stats_port}/stats")
+    assert children_of(os.getpid()) == []
+
+
+def assert_opened(ws: ClientConnection) -> None:
+    """Upgraded through HAProxy, and the shard's first ProtoMsg (control "open") came back."""
+    assert ws.response is not None
+    assert ws.response.status_code == 101
+    hello = ws.recv(timeout=5)
+    assert isinstance(hello, bytes)  # ProtoMsg frames are binary
+    opening = envelope.decode(hello)
+    assert (opening.proto, opening.typ) == (messages.Open.PROTO, messages.Open.TYP)
+
+
+def all_checks_pass(config: HaproxyConfig) -> bool:
+    """Every server line's last health check got 200 from the shard's /healthz."""
+    servers = ("shard-a_1", "shard-a_2")
+    return all(server_metric(config, "check_status", s, ',state="L7OK"') == 1 for s in servers)
+
+
+def assert_shard_endpoints_are_hidden(url: str, context: ssl.SSLContext | None) -> None:
+    http_url = url.replace("ws", "http", 1) + "/healthz"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(http_url, timeout=5, context=context)
+    assert refused.value.code == 404
+    refused.value.close()
