@@ -1,18 +1,24 @@
-"""A local stack for the demo, tests and load scenarios: one NATS server and N shard processes.
+"""A local stack for the demo, tests and load scenarios: one NATS server, N shard processes
+and, optionally, M HAProxy processes in front of them on one public port.
 
 Synchronous on purpose (subprocess, urllib, sleep): it must also run inside a gevent-patched
-Locust process, where no asyncio loop can be started. HAProxy in front of the shards belongs
-here too, as one more child started after the shards and stopped before them.
+Locust process, where no asyncio loop can be started. Started in dependency order (NATS,
+shards, HAProxy) and stopped in reverse.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import re
 import secrets
+import shutil
+import socket
 import string
 import subprocess
 import sys
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -20,11 +26,20 @@ from types import TracebackType
 from backend import process
 from backend.auth import issue_device_token
 from backend.natsserver import NatsServer
+from haproxy.config import INSTALL_HINT, HaproxyConfig, check, find_haproxy, write
+from haproxy.tls import make_local_pki
 
 # Set by the stack itself: given again in shard_options they would be ignored (CLI arguments
 # beat environment variables) or, for the secret, break ``LocalStack.token``.
 RESERVED_OPTIONS = frozenset({"host", "port", "shard_id", "nats_urls", "jwt_secret", "ready_file"})
 SHARD_NAMES = [f"shard-{letter}" for letter in string.ascii_lowercase]
+# HAProxy connects to the shards from these: ~28k ephemeral ports per (source, shard) pair, so
+# four sources let one shard hold more than 64k connections through it.
+HAPROXY_SOURCES = [f"127.0.0.{n}" for n in range(2, 6)]
+# A server line's health check got 200 from the shard's /healthz (proxy "shards", state L7OK).
+CHECK_PASSED = re.compile(
+    r'^haproxy_server_check_status\{proxy="shards",server="([^"]+)",state="L7OK"\} (\S+)$', re.M
+)
 
 
 def option_key(name: str) -> str:
@@ -40,10 +55,24 @@ class StackConfig:
     host: str = "127.0.0.1"
     shard_options: dict[str, str] = field(default_factory=dict)
     """Extra ``fleet shard`` options, e.g. ``{"ping_interval": "1"}``; passed as FLEET_SHARD_*."""
+    haproxies: int = 0
+    """HAProxy processes in front of the shards, all on the public port; 0: none."""
+    tls: bool = False
+    """Terminate TLS on the public port, with a certificate from a local CA (``ca_file``)."""
+    public_port: int = 0
+    """HAProxy's public port; 0: a free one."""
+    haproxy_binary: str | None = None
+    """The haproxy to run; None: ``find_haproxy()``."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.shards <= len(SHARD_NAMES):
             raise ValueError(f"shards must be 1 to {len(SHARD_NAMES)}, not {self.shards}")
+        if self.haproxies < 0:
+            raise ValueError(f"haproxies must be 0 or more, not {self.haproxies}")
+        if self.haproxies == 0 and (self.tls or self.public_port):
+            raise ValueError("tls and public_port are HAProxy's: they need haproxies >= 1")
+        if not 0 <= self.public_port <= 65535:
+            raise ValueError(f"public_port must be 0 to 65535, not {self.public_port}")
         reserved = RESERVED_OPTIONS & {option_key(name) for name in self.shard_options}
         if reserved:
             raise ValueError(
@@ -63,6 +92,12 @@ class LocalStack:
         self.nats_url = ""
         self.shard_ports: list[int] = []
         self._shards: list[subprocess.Popen[bytes]] = []
+        self.public_port = 0
+        self.ca_file: Path | None = None
+        """The CA that signed HAProxy's certificate, with ``tls``: what devices must trust."""
+        self.haproxy_stats_ports: list[int] = []
+        self.haproxy_admin_sockets: list[Path] = []
+        self._haproxies: list[subprocess.Popen[bytes]] = []
         self._teardown = contextlib.ExitStack()
 
     @property
@@ -77,22 +112,42 @@ class LocalStack:
     def shard_urls(self) -> list[str]:
         return [f"ws://{self.config.host}:{port}" for port in self.shard_ports]
 
+    @property
+    def public_url(self) -> str:
+        """Where devices connect through HAProxy; "" without it. An IP, not "localhost": it
+        cannot resolve to ::1 (HAProxy binds IPv4 only) and the certificate names it too."""
+        if not self.public_port:
+            return ""
+        scheme = "wss" if self.config.tls else "ws"
+        return f"{scheme}://{self.config.host}:{self.public_port}"
+
+    @property
+    def haproxy_stats_urls(self) -> list[str]:
+        """Each HAProxy's stats frontend: ``/metrics`` for Prometheus, ``/stats`` for people."""
+        return [f"http://{self.config.host}:{port}" for port in self.haproxy_stats_ports]
+
     def token(self, device_id: str) -> str:
         """A device token the shards of this stack accept."""
         return issue_device_token(device_id, self.config.jwt_secret)
 
     def start(self) -> LocalStack:
-        """NATS, then the shards; if any of it fails, stop what already runs before raising."""
+        """NATS, the shards, then HAProxy; if any of it fails, stop what already runs before
+        raising. A missing haproxy fails before anything starts."""
+        haproxy = self._haproxy_binary()
         with contextlib.ExitStack() as teardown:
             nats_server = teardown.enter_context(NatsServer(self.run_dir, host=self.config.host))
             self.nats_url = nats_server.url
             teardown.callback(self._stop_shards)
             self._start_shards()
+            if haproxy is not None:
+                teardown.callback(self._stop_haproxies)
+                self._start_haproxies(haproxy)
             self._teardown = teardown.pop_all()
         return self
 
     def stop(self) -> None:
-        """Shards first, so they drain while NATS still takes what devices send; then NATS."""
+        """HAProxy first, so no device reaches a stopping shard; then the shards, which drain
+        while NATS still takes what devices send; then NATS."""
         self._teardown.close()
 
     def _start_shards(self) -> None:
@@ -127,6 +182,65 @@ class LocalStack:
         for proc in self._shards:
             process.stop(proc)
 
+    def _haproxy_binary(self) -> str | None:
+        if not self.config.haproxies:
+            return None
+        if self.config.haproxy_binary is None:
+            return find_haproxy()
+        found = shutil.which(self.config.haproxy_binary)
+        if found is None:
+            raise FileNotFoundError(f"{self.config.haproxy_binary} not found; {INSTALL_HINT}")
+        return found
+
+    def _start_haproxies(self, binary: str) -> None:
+        """Check every configuration, spawn all processes, then wait for each in turn."""
+        count = self.config.haproxies
+        *self.haproxy_stats_ports, picked = free_ports(count + 1, self.config.host)
+        self.public_port = self.config.public_port or picked
+        self.haproxy_admin_sockets = [self._haproxy_file(i, "sock") for i in range(count)]
+        tls_pem = self._tls_pem()
+        for index in range(count):
+            write(self._haproxy_config(index, tls_pem), self._haproxy_file(index, "cfg"))
+            check(self._haproxy_file(index, "cfg"), binary)
+        for index in range(count):
+            argv = [binary, "-db", "-f", str(self._haproxy_file(index, "cfg"))]
+            self._haproxies.append(process.spawn(argv, self._haproxy_file(index, "log")))
+        urls = self.haproxy_stats_urls
+        for index, (proc, url) in enumerate(zip(self._haproxies, urls, strict=True)):
+            log_file, name = self._haproxy_file(index, "log"), f"haproxy-{index}"
+            process.wait_until(functools.partial(servers_up, url), proc, name, log_file)
+
+    def _haproxy_file(self, index: int, suffix: str) -> Path:
+        """Absolute: HAProxy resolves relative paths against its own working directory."""
+        return self.run_dir.resolve() / f"haproxy-{index}.{suffix}"
+
+    def _tls_pem(self) -> Path | None:
+        if not self.config.tls:
+            return None
+        pki = make_local_pki(self.run_dir.resolve() / "pki", ("localhost",), ("127.0.0.1",))
+        self.ca_file = pki.ca_cert
+        return pki.server_pem
+
+    def _haproxy_config(self, index: int, tls_pem: Path | None) -> HaproxyConfig:
+        names = SHARD_NAMES[: self.config.shards]
+        shards = zip(names, self.shard_ports, strict=True)
+        return HaproxyConfig(
+            port=self.public_port,
+            stats_port=self.haproxy_stats_ports[index],
+            shards=[(name, self.config.host, port) for name, port in shards],
+            admin_socket=self.haproxy_admin_sockets[index],
+            pidfile=self._haproxy_file(index, "pid"),
+            bind_host=self.config.host,
+            stats_host=self.config.host,
+            tls_pem=tls_pem,
+            source_addresses=HAPROXY_SOURCES,
+        )
+
+    def _stop_haproxies(self) -> None:
+        """-db: SIGTERM stops HAProxy at once, closing the devices' connections."""
+        for proc in self._haproxies:
+            process.stop(proc)
+
     def __enter__(self) -> LocalStack:
         return self.start()
 
@@ -137,6 +251,30 @@ class LocalStack:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports free now; all held open while picking, so none repeats."""
+    with contextlib.ExitStack() as held:
+        socks = [held.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
+def haproxy_metrics(stats_url: str) -> str:
+    with urllib.request.urlopen(f"{stats_url}/metrics", timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+def servers_up(stats_url: str) -> bool:
+    """Every server line of the shards backend passed its last health check (L7OK): the first
+    checks run only some time after HAProxy starts, so answering /metrics is not enough."""
+    try:
+        passed = CHECK_PASSED.findall(haproxy_metrics(stats_url))
+    except OSError:
+        return False
+    return bool(passed) and all(float(value) == 1 for _server, value in passed)
 
 
 def listening_port(ready_file: Path) -> int:

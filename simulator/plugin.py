@@ -74,6 +74,10 @@ OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
      {"type": int, "default": 2, **_HIDDEN}),
     ("--shard-option", "KEY=VALUE for the embedded shards, e.g. keepalive_timeout=10 "
      "(repeatable)", {"action": "append", "default": [], **_HIDDEN}),
+    ("--haproxies", "HAProxy processes in front of the embedded shards, on one port; 0: "
+     "gateways connect straight to the shards", {"type": int, "default": 1, **_HIDDEN}),
+    ("--tls", "the embedded stack's HAProxy terminates TLS (wss://), with a local CA that "
+     "gateways trust", {"action": "store_true", "default": False, **_HIDDEN}),
     ("--run-dir", "where logs, NATS storage and summary.json go (default runs/sim-<time>)",
      {"default": "", **_HIDDEN}),
     ("--drain-timeout", "at the end, seconds to wait for outstanding alert acks",
@@ -127,16 +131,30 @@ def on_init(environment: Environment, **_: Any) -> None:
 
 
 def start_embedded_stack(environment: Environment) -> None:
-    """No --host: run NATS and shards locally for the length of the run."""
+    """No --host: run NATS, shards and HAProxy locally for the length of the run."""
     options = environment.parsed_options
     assert options is not None
     assert state.run_dir is not None
-    shard_options = dict(_key_value(item) for item in options.shard_option)
-    config = StackConfig(state.run_dir, shards=options.shards, shard_options=shard_options)
-    log.info("starting the embedded stack (NATS + %d shards) in %s", options.shards, state.run_dir)
-    state.stack = LocalStack(config).start()
-    environment.host = ",".join(state.stack.shard_urls)
-    options.jwt_secret = state.stack.jwt_secret  # reaches workers with the spawn message
+    config = StackConfig(
+        state.run_dir,
+        shards=options.shards,
+        shard_options=dict(_key_value(item) for item in options.shard_option),
+        haproxies=options.haproxies,
+        tls=options.tls,
+    )
+    log.info(
+        "starting the embedded stack (NATS, %d shards, %d HAProxy) in %s",
+        options.shards,
+        options.haproxies,
+        state.run_dir,
+    )
+    state.stack = stack = LocalStack(config).start()
+    # Like a real deployment: every gateway on HAProxy's one public port.
+    environment.host = stack.public_url or ",".join(stack.shard_urls)
+    # Both reach workers with the spawn message.
+    options.jwt_secret = stack.jwt_secret
+    if stack.ca_file is not None:
+        options.ca_file = str(stack.ca_file)
     log.info("embedded stack ready: %s", environment.host)
 
 

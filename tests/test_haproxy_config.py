@@ -7,7 +7,6 @@ import contextlib
 import os
 import re
 import resource
-import socket
 import ssl
 import subprocess
 import urllib.error
@@ -22,7 +21,7 @@ from websockets.sync.client import ClientConnection, connect
 from backend import process
 from backend.protocol import envelope, messages
 from backend.shard.config import DEVICE_PATH
-from backend.stack import LocalStack, StackConfig
+from backend.stack import LocalStack, StackConfig, free_ports, haproxy_metrics, servers_up
 from haproxy.config import (
     ConfigCheckFailed,
     HaproxyConfig,
@@ -33,19 +32,14 @@ from haproxy.config import (
     write,
 )
 from haproxy.tls import make_local_pki
-from tests.support import children_of
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support import children_of, tls_client_context
 
 
 def make_config(run_dir: Path, shard_count: int = 1, **overrides: Any) -> HaproxyConfig:
+    port, stats_port = free_ports(2)
     values: dict[str, Any] = {
-        "port": free_port(),
-        "stats_port": free_port(),
+        "port": port,
+        "stats_port": stats_port,
         "shards": [(f"shard-{chr(97 + i)}", "127.0.0.1", 9001 + i) for i in range(shard_count)],
         "admin_socket": run_dir / "haproxy.sock",
         "pidfile": run_dir / "haproxy.pid",
@@ -188,12 +182,11 @@ def running_haproxy(config: HaproxyConfig, run_dir: Path) -> Iterator[subprocess
 
 
 def metrics(config: HaproxyConfig) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{config.stats_port}/metrics") as resp:
-        return str(resp.read().decode())
+    return haproxy_metrics(f"http://127.0.0.1:{config.stats_port}")
 
 
-def server_metric(config: HaproxyConfig, name: str, server: str, extra: str = "") -> float:
-    labels = f'proxy="shards",server="{server}"{extra}'
+def server_metric(config: HaproxyConfig, name: str, server: str) -> float:
+    labels = f'proxy="shards",server="{server}"'
     found = re.search(rf"^haproxy_server_{name}\{{{labels}\}} (\S+)$", metrics(config), re.M)
     assert found is not None, f"no haproxy_server_{name} for {server}"
     return float(found.group(1))
@@ -207,7 +200,7 @@ def open_device(url: str, token: str, context: ssl.SSLContext | None) -> ClientC
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 def test_devices_reach_a_real_shard_through_haproxy(tmp_path: Path, tls: bool) -> None:
     pki = make_local_pki(tmp_path / "pki")
-    context = ssl.create_default_context(cafile=pki.ca_cert) if tls else None
+    context = tls_client_context(pki.ca_cert) if tls else None
     with LocalStack(StackConfig(tmp_path, shards=1)) as stack:
         shard = ("shard-a", "127.0.0.1", stack.shard_ports[0])
         # Default maxconn: HAProxy (strict-limits) would refuse to start if the fd math were off.
@@ -220,7 +213,8 @@ def test_devices_reach_a_real_shard_through_haproxy(tmp_path: Path, tls: bool) -
         url = f"{'wss' if tls else 'ws'}://localhost:{config.port}"
         with running_haproxy(config, tmp_path) as proxy:
             log = tmp_path / "haproxy.log"
-            process.wait_until(lambda: all_checks_pass(config), proxy, "health checks", log)
+            stats = f"http://127.0.0.1:{config.stats_port}"
+            process.wait_until(lambda: servers_up(stats), proxy, "health checks", log)
             with (
                 open_device(url, stack.token("gw-1"), context) as first,
                 open_device(url, stack.token("gw-2"), context) as second,
@@ -244,12 +238,6 @@ def assert_opened(ws: ClientConnection) -> None:
     assert isinstance(hello, bytes)  # ProtoMsg frames are binary
     opening = envelope.decode(hello)
     assert (opening.proto, opening.typ) == (messages.Open.PROTO, messages.Open.TYP)
-
-
-def all_checks_pass(config: HaproxyConfig) -> bool:
-    """Every server line's last health check got 200 from the shard's /healthz."""
-    servers = ("shard-a_1", "shard-a_2")
-    return all(server_metric(config, "check_status", s, ',state="L7OK"') == 1 for s in servers)
 
 
 def assert_shard_endpoints_are_hidden(url: str, context: ssl.SSLContext | None) -> None:

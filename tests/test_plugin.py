@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from backend.stack import free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 MIXED_FLEET = "scenarios/mixed_fleet.py"
@@ -41,12 +42,6 @@ def run_locust(run_dir: Path, *args: str, timeout: float = 60) -> subprocess.Com
 def clean_env() -> dict[str, str]:
     """Ours, without LOCUST_* settings that would change the run."""
     return {key: value for key, value in os.environ.items() if not key.startswith("LOCUST_")}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def summary_of(run_dir: Path) -> dict[str, Any]:
@@ -79,7 +74,7 @@ def test_an_unreachable_backend_fails_the_run(tmp_path: Path) -> None:
     result = run_locust(
         tmp_path,
         *("-f", MIXED_FLEET, "--headless", "-u", "3", "-r", "3", "-t", "2s"),
-        *("--host", f"ws://127.0.0.1:{free_port()}", "--jwt-secret", "x"),
+        *("--host", f"ws://127.0.0.1:{free_ports(1)[0]}", "--jwt-secret", "x"),
     )
     assert result.returncode != 0
     assert "no gateway ever connected" in result.stdout
@@ -149,7 +144,7 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def test_web_ui_tab_and_prometheus_metrics(tmp_path: Path) -> None:
-    web, metrics = free_port(), free_port()
+    web, metrics = free_ports(2)
     command = locust(
         tmp_path,
         *("-f", MIXED_FLEET, "--autostart", "--autoquit", "0", "-u", "5", "-r", "5", "-t", "8s"),

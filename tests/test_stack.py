@@ -60,6 +60,10 @@ def test_a_shard_failing_to_start_raises_with_its_log_and_stops_the_rest(tmp_pat
         ({"shards": 0}, "shards must be 1 to 26, not 0"),
         ({"shard_options": {"jwt_secret": "x"}}, "shard_options cannot set jwt_secret"),
         ({"shard_options": {"shard-id": "x"}}, "shard_options cannot set shard_id"),
+        ({"haproxies": -1}, "haproxies must be 0 or more, not -1"),
+        ({"tls": True}, "they need haproxies >= 1"),
+        ({"public_port": 8443}, "they need haproxies >= 1"),
+        ({"haproxies": 1, "public_port": 70000}, "public_port must be 0 to 65535"),
     ],
 )
 def test_config_refuses_what_the_stack_cannot_honour(

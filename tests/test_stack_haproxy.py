@@ -1,0 +1,111 @@
+"""The local stack with HAProxy in front: real HAProxy, shard and NATS processes; devices
+connect through the public port, over TLS, and nothing outlives the stack."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import ssl
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.sync.client import connect
+
+from backend.protocol import envelope, messages
+from backend.shard.config import DEVICE_PATH
+from backend.stack import LocalStack, StackConfig, haproxy_metrics
+from tests.support import children_of, tls_client_context
+
+DEVICES = 60  # enough that the kernel's SO_REUSEPORT hash gives both HAProxies some
+
+
+def gauge(metrics_text: str, name: str, **labels: str) -> float:
+    """The value of ``name`` whose labels include ``labels``."""
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                return sample.value
+    raise AssertionError(f"no {name} {labels} in the metrics")
+
+
+def shard_connections(stack: LocalStack) -> list[float]:
+    counts = []
+    for port in stack.shard_ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            counts.append(gauge(resp.read().decode(), "fleet_shard_connections"))
+    return counts
+
+
+def open_device(
+    devices: contextlib.ExitStack, stack: LocalStack, device_id: str, context: ssl.SSLContext
+) -> None:
+    """Connected through HAProxy, once the shard's ProtoMsg "open" arrived (it counts it);
+    closed when ``devices`` closes."""
+    headers = {"Authorization": f"Bearer {stack.token(device_id)}"}
+    url = stack.public_url + DEVICE_PATH
+    ws = devices.enter_context(
+        connect(url, additional_headers=headers, ssl=context, open_timeout=5)
+    )
+    hello = ws.recv(timeout=5)
+    assert isinstance(hello, bytes)
+    opening = envelope.decode(hello)
+    assert (opening.proto, opening.typ) == (messages.Open.PROTO, messages.Open.TYP)
+
+
+def test_devices_spread_over_every_haproxy_and_shard_over_tls(tmp_path: Path) -> None:
+    config = StackConfig(tmp_path, shards=3, haproxies=2, tls=True)
+    with LocalStack(config) as stack, contextlib.ExitStack() as devices:
+        assert len(children_of(os.getpid())) == 1 + 3 + 2  # NATS, shards, HAProxies
+        assert stack.public_url == f"wss://127.0.0.1:{stack.public_port}"
+        assert stack.ca_file is not None
+        context = tls_client_context(stack.ca_file)
+        for n in range(DEVICES):
+            open_device(devices, stack, f"gw-{n}", context)
+        per_shard = shard_connections(stack)
+        assert sum(per_shard) == DEVICES
+        # leastconn over 4 lines per shard in each HAProxy: at most 4 apart per process.
+        assert max(per_shard) - min(per_shard) <= 8, per_shard
+        per_haproxy = [
+            gauge(haproxy_metrics(url), "haproxy_frontend_current_sessions", proxy="devices")
+            for url in stack.haproxy_stats_urls
+        ]
+        assert sum(per_haproxy) == DEVICES
+        assert all(sessions > 0 for sessions in per_haproxy), per_haproxy
+        assert all(path.is_socket() for path in stack.haproxy_admin_sockets)
+    assert (tmp_path / "haproxy-1.log").exists()
+    assert children_of(os.getpid()) == []
+
+
+def test_plain_public_url_without_tls(tmp_path: Path) -> None:
+    with LocalStack(StackConfig(tmp_path, shards=1, haproxies=1)) as stack:
+        assert stack.public_url == f"ws://127.0.0.1:{stack.public_port}"
+        assert stack.ca_file is None
+        headers = {"Authorization": f"Bearer {stack.token('gw-1')}"}
+        with connect(stack.public_url + DEVICE_PATH, additional_headers=headers) as ws:
+            assert ws.response is not None
+            assert ws.response.status_code == 101
+    assert children_of(os.getpid()) == []
+
+
+def test_a_missing_haproxy_fails_before_anything_starts(tmp_path: Path) -> None:
+    config = StackConfig(tmp_path, haproxies=1, haproxy_binary=str(tmp_path / "no-haproxy"))
+    with pytest.raises(FileNotFoundError, match="apt-get install haproxy"):
+        LocalStack(config).start()
+    assert not (tmp_path / "nats.log").exists()
+    assert children_of(os.getpid()) == []
+
+
+def test_haproxy_failing_to_start_stops_the_shards_and_nats(tmp_path: Path) -> None:
+    # A listener without SO_REUSEPORT: HAProxy cannot bind the public port beside it.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = StackConfig(tmp_path, shards=1, haproxies=1, public_port=taken.getsockname()[1])
+        with pytest.raises(RuntimeError, match="haproxy-0 exited") as failed:
+            LocalStack(config).start()
+    assert "cannot bind socket" in str(failed.value)  # HAProxy's words, from the log's tail
+    assert (tmp_path / "shard-a.log").exists()  # the shards were running
+    assert children_of(os.getpid()) == []
