@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -11,10 +12,11 @@ from pathlib import Path
 import click
 import uvloop
 
-from backend import logs, process
+from backend import logs, process, stackctl
 from backend.auth import issue_device_token
 from backend.shard import ShardConfig, serve
 from backend.shard.config import default_max_connections, default_shard_id
+from backend.stack import StackConfig
 
 verbose_option = click.option("-v", "--verbose", count=True, help="More logs (-v info, -vv debug).")
 
@@ -112,6 +114,55 @@ def demo(
         locust.send_signal(signal.SIGINT)
         code = locust.wait()
     sys.exit(code)
+
+
+RUNS = Path("runs")
+run_dir_option = click.option(
+    "--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="The stack's run directory [default: the one runs/current points at].",
+)  # fmt: skip
+
+
+@main.command()
+@click.option("--shards", default=2, help="Shard processes.")
+@click.option("--haproxies", default=1, help="HAProxy processes on the public port (0: none).")
+@click.option("--tls", is_flag=True, help="TLS on the public port, with a local CA.")
+@click.option("--port", default=0, help="The public port (0: a free one).")
+@click.option(
+    "--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Logs, NATS storage and stack.json [default: runs/stack-<time>].",
+)  # fmt: skip
+def up(shards: int, haproxies: int, tls: bool, port: int, run_dir: Path | None) -> None:
+    """Run a local stack (NATS, shards, HAProxy) in the foreground until Ctrl-C or fleet down."""
+    run_dir = run_dir or RUNS / time.strftime("stack-%Y%m%d-%H%M%S")
+    try:
+        config = StackConfig(run_dir, shards=shards, haproxies=haproxies, tls=tls, public_port=port)
+        stackctl.serve(config, click.echo)
+    except (ValueError, OSError, RuntimeError, stackctl.StackError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@run_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts.")
+def status(run_dir: Path | None, as_json: bool) -> None:
+    """Health and connections of the local stack's shards and HAProxies."""
+    try:
+        report = stackctl.status(stackctl.load_state(stackctl.find_run_dir(run_dir, RUNS)))
+    except stackctl.StackError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(report, indent=2) if as_json else stackctl.format_status(report))
+
+
+@main.command()
+@run_dir_option
+def down(run_dir: Path | None) -> None:
+    """Stop the local stack started by fleet up, in order; waits until it exited."""
+    try:
+        pid = stackctl.stop(stackctl.find_run_dir(run_dir, RUNS))
+    except stackctl.StackError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"local stack stopped (pid {pid})")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,92 @@
+"""``fleet up`` / ``status`` / ``down`` as a user runs them: real processes, a tmp run dir."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from websockets.sync.client import connect
+
+from backend.auth import issue_device_token
+from backend.shard.config import DEVICE_PATH
+from tests.support import descendants_of
+
+FLEET = [sys.executable, "-m", "backend.cli"]
+
+
+def fleet(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*FLEET, *args], capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+def status(run_dir: Path) -> dict[str, Any]:
+    result = fleet("status", "--run-dir", str(run_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+def wait_for_stack(up: subprocess.Popen[str], run_dir: Path) -> None:
+    deadline = time.monotonic() + 60
+    while not (run_dir / "stack.json").exists():
+        assert up.poll() is None, up.communicate()
+        assert time.monotonic() < deadline, "the stack did not start"
+        time.sleep(0.2)
+
+
+def test_up_status_down(tmp_path: Path) -> None:
+    run_dir = tmp_path / "stack"
+    up = subprocess.Popen(
+        [*FLEET, "up", "--shards", "2", "--run-dir", str(run_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for_stack(up, run_dir)
+        assert (tmp_path / "current").read_text().strip() == str(run_dir.resolve())
+        report = status(run_dir)
+        assert [s["healthz"] for s in report["shards"]] == ["200", "200"]
+        [haproxy] = report["haproxies"]
+        assert haproxy["servers_total"] > 0
+        assert haproxy["servers_up"] == haproxy["servers_total"]
+        state = json.loads((run_dir / "stack.json").read_text())
+        token = issue_device_token("gw-1", state["jwt_secret"])
+        headers = {"Authorization": f"Bearer {token}"}
+        with connect(state["public_url"] + DEVICE_PATH, additional_headers=headers) as ws:
+            ws.recv(timeout=5)  # the shard's "open": it counts the device by then
+            report = status(run_dir)
+        assert sum(s["connections"] for s in report["shards"]) == 1
+        assert report["haproxies"][0]["current_sessions"] == 1
+        children = descendants_of(up.pid)
+        assert len(children) == 1 + 2 + 1  # NATS, shards, HAProxy
+        down = fleet("down", "--run-dir", str(run_dir))
+        assert down.returncode == 0, down.stderr
+        assert up.poll() == 0
+    finally:
+        up.kill()  # only if an assertion failed while it ran
+        out, _ = up.communicate(timeout=30)
+    assert "fleet down stops it" in out
+    assert all(not Path(f"/proc/{pid}").exists() for pid in children)
+    assert not (tmp_path / "current").exists()
+
+
+def test_status_and_down_without_a_stack_say_how_to_start_one(tmp_path: Path) -> None:
+    for command in ("status", "down"):
+        result = fleet(command, cwd=tmp_path)
+        assert result.returncode == 1
+        assert "no local stack running: start one with fleet up" in result.stderr
+
+
+def test_up_with_a_taken_port_fails_before_starting_anything(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = fleet("up", "--port", port, "--run-dir", str(tmp_path / "stack"))
+    assert result.returncode == 1
+    assert f"port {port} is not free" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "stack").exists()
