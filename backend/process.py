@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -73,13 +74,20 @@ def wait_until(
         time.sleep(0.05)
 
 
-def answers_ok(url: str) -> bool:
-    """True once ``url`` answers 200; urllib raises (an OSError) on 503 or a refused connect."""
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    """Status and body of a GET; status 0 when nothing answers."""
     try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return bool(resp.status == 200)
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return int(resp.status), resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
     except OSError:
-        return False
+        return 0, ""
+
+
+def answers_ok(url: str) -> bool:
+    """True once ``url`` answers 200 (not 503, not a refused connect)."""
+    return http_get(url, timeout=1.0)[0] == 200
 
 
 def tail(path: Path, lines: int = 15) -> str:

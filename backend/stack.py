@@ -13,7 +13,6 @@ import functools
 import json
 import re
 import secrets
-import shutil
 import socket
 import string
 import subprocess
@@ -23,10 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from backend import process
 from backend.auth import issue_device_token
 from backend.natsserver import NatsServer
-from haproxy.config import INSTALL_HINT, HaproxyConfig, check, find_haproxy, write
+from haproxy.config import HaproxyConfig, check, find_haproxy, write
 from haproxy.tls import make_local_pki
 
 # Set by the stack itself: given again in shard_options they would be ignored (CLI arguments
@@ -185,12 +186,7 @@ class LocalStack:
     def _haproxy_binary(self) -> str | None:
         if not self.config.haproxies:
             return None
-        if self.config.haproxy_binary is None:
-            return find_haproxy()
-        found = shutil.which(self.config.haproxy_binary)
-        if found is None:
-            raise FileNotFoundError(f"{self.config.haproxy_binary} not found; {INSTALL_HINT}")
-        return found
+        return find_haproxy(self.config.haproxy_binary or "haproxy")
 
     def _start_haproxies(self, binary: str) -> None:
         """Check every configuration, spawn all processes, then wait for each in turn."""
@@ -262,16 +258,30 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
         return [int(sock.getsockname()[1]) for sock in socks]
 
 
-def haproxy_metrics(stats_url: str) -> str:
-    with urllib.request.urlopen(f"{stats_url}/metrics", timeout=5) as resp:
+def fetch_metrics(base_url: str) -> str:
+    """The Prometheus page under ``base_url``: a shard (``ws://`` or ``http://``) or an HAProxy
+    stats port. Raises OSError when it does not answer."""
+    url = base_url.replace("ws://", "http://", 1) + "/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
         return str(resp.read().decode())
+
+
+def metric_sum(metrics_text: str, name: str, **labels: str) -> float | None:
+    """The sum of the samples of ``name`` whose labels include ``labels``; None if none."""
+    values = [
+        sample.value
+        for family in text_string_to_metric_families(metrics_text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    ]
+    return sum(values) if values else None
 
 
 def servers_up(stats_url: str) -> bool:
     """Every server line of the shards backend passed its last health check (L7OK): the first
     checks run only some time after HAProxy starts, so answering /metrics is not enough."""
     try:
-        passed = CHECK_PASSED.findall(haproxy_metrics(stats_url))
+        passed = CHECK_PASSED.findall(fetch_metrics(stats_url))
     except OSError:
         return False
     return bool(passed) and all(float(value) == 1 for _server, value in passed)

@@ -12,17 +12,21 @@ import os
 import signal
 import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
+from backend.process import http_get
 from backend.shard.config import DEVICE_PATH
-from backend.stack import CHECK_PASSED, SHARD_NAMES, LocalStack, StackConfig, haproxy_metrics
+from backend.stack import (
+    CHECK_PASSED,
+    SHARD_NAMES,
+    LocalStack,
+    StackConfig,
+    fetch_metrics,
+    metric_sum,
+)
 
 STATE_FILE = "stack.json"
 POINTER_FILE = "current"
@@ -160,25 +164,6 @@ def stop(run_dir: Path, timeout: float = 30.0) -> int:
     return pid
 
 
-def fetch(url: str) -> tuple[int, str]:
-    """Status and body; status 0 when nothing answers."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return int(resp.status), resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, ""
-    except OSError:
-        return 0, ""
-
-
-def sample(metrics_text: str, name: str, **labels: str) -> float | None:
-    for family in text_string_to_metric_families(metrics_text):
-        for s in family.samples:
-            if s.name == name and labels.items() <= s.labels.items():
-                return s.value
-    return None
-
-
 @dataclass
 class ShardStatus:
     name: str
@@ -197,19 +182,19 @@ class HaproxyStatus:
 
 def shard_status(name: str, url: str) -> ShardStatus:
     http = url.replace("ws://", "http://", 1)
-    code, _ = fetch(f"{http}/healthz")
-    _, metrics = fetch(f"{http}/metrics")
-    connections = sample(metrics, "fleet_shard_connections") if metrics else None
+    code, _ = http_get(f"{http}/healthz")
+    _, metrics = http_get(f"{http}/metrics")
+    connections = metric_sum(metrics, "fleet_shard_connections") if metrics else None
     return ShardStatus(name, url, str(code) if code else "down", connections)
 
 
 def haproxy_status(stats_url: str) -> HaproxyStatus:
     try:
-        metrics = haproxy_metrics(stats_url)
+        metrics = fetch_metrics(stats_url)
     except OSError:
         return HaproxyStatus(stats_url, None, 0, 0)
     checks = CHECK_PASSED.findall(metrics)
-    sessions = sample(metrics, "haproxy_frontend_current_sessions", proxy="devices")
+    sessions = metric_sum(metrics, "haproxy_frontend_current_sessions", proxy="devices")
     up = sum(float(value) == 1 for _server, value in checks)
     return HaproxyStatus(stats_url, sessions, up, len(checks))
 

@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 
 from backend import process
-from backend.stack import LocalStack, StackConfig
+from backend.stack import LocalStack, StackConfig, fetch_metrics, metric_sum
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL_KIB = 8.0
@@ -51,14 +51,8 @@ def cpu_seconds(pid: int) -> float:
 
 def shard_connections(stack: LocalStack) -> int:
     """Open device connections over all shards, from their ``fleet_shard_connections`` gauge."""
-    total = 0.0
-    for port in stack.shard_ports:
-        url = f"http://{stack.config.host}:{port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            for line in resp.read().decode().splitlines():
-                if line.startswith("fleet_shard_connections "):
-                    total += float(line.split()[1])
-    return int(total)
+    gauges = (metric_sum(fetch_metrics(url), "fleet_shard_connections") for url in stack.shard_urls)
+    return int(sum(value or 0.0 for value in gauges))
 
 
 def wait_connections(

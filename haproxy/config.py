@@ -249,12 +249,12 @@ class ConfigCheckFailed(RuntimeError):
     """HAProxy refused the configuration; the message holds its output."""
 
 
-def find_haproxy() -> str:
-    """The haproxy binary; often in /usr/sbin, which is not on every user's PATH."""
+def find_haproxy(name: str = "haproxy") -> str:
+    """The haproxy binary (a name or a path); often in /usr/sbin, not on every user's PATH."""
     search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin"])
-    found = shutil.which("haproxy", path=search)
+    found = shutil.which(name, path=search)
     if found is None:
-        raise FileNotFoundError(f"haproxy not found; {INSTALL_HINT}")
+        raise FileNotFoundError(f"{name} not found; {INSTALL_HINT}")
     return found
 
 

@@ -14,7 +14,6 @@ import dataclasses
 import os
 import signal
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,13 +23,12 @@ import gevent
 import nats
 import pytest
 from nats.js.kv import KeyValue
-from prometheus_client.parser import text_string_to_metric_families
 
 from backend import bus, presence
 from backend.protocol import closecodes
 from backend.protocol.messages import CommandResult
 from backend.routing import DeviceRouter
-from backend.stack import LocalStack, StackConfig
+from backend.stack import LocalStack, StackConfig, fetch_metrics, metric_sum
 from simulator.audit import audit_stream
 from simulator.behaviour import Behaviour
 from simulator.fleet import Fleet, parse_targets
@@ -108,17 +106,7 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
 
 def server_metric(stack: LocalStack, name: str, **labels: str) -> float:
     """A sample summed over the shards' /metrics pages (labels must match where given)."""
-    total = 0.0
-    for url in stack.shard_urls:
-        with urllib.request.urlopen(url.replace("ws://", "http://") + "/metrics", timeout=5) as r:
-            page = r.read().decode()
-        for family in text_string_to_metric_families(page):
-            total += sum(
-                sample.value
-                for sample in family.samples
-                if sample.name == name and labels.items() <= sample.labels.items()
-            )
-    return total
+    return sum(metric_sum(fetch_metrics(url), name, **labels) or 0.0 for url in stack.shard_urls)
 
 
 def times_of(events: list[Event], name: str) -> list[float]:

@@ -21,7 +21,7 @@ from websockets.sync.client import ClientConnection, connect
 from backend import process
 from backend.protocol import envelope, messages
 from backend.shard.config import DEVICE_PATH
-from backend.stack import LocalStack, StackConfig, free_ports, haproxy_metrics, servers_up
+from backend.stack import LocalStack, StackConfig, fetch_metrics, free_ports, servers_up
 from haproxy.config import (
     ConfigCheckFailed,
     HaproxyConfig,
@@ -182,7 +182,7 @@ def running_haproxy(config: HaproxyConfig, run_dir: Path) -> Iterator[subprocess
 
 
 def metrics(config: HaproxyConfig) -> str:
-    return haproxy_metrics(f"http://127.0.0.1:{config.stats_port}")
+    return fetch_metrics(f"http://127.0.0.1:{config.stats_port}")
 
 
 def server_metric(config: HaproxyConfig, name: str, server: str) -> float:

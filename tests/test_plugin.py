@@ -14,9 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
-from backend.stack import free_ports
+from backend.stack import free_ports, metric_sum
 
 REPO = Path(__file__).resolve().parents[1]
 MIXED_FLEET = "scenarios/mixed_fleet.py"
@@ -119,10 +117,7 @@ def gateway_rows(stats_body: bytes) -> dict[str, Any]:
 
 
 def gauge(metrics_body: bytes, name: str) -> float | None:
-    for family in text_string_to_metric_families(metrics_body.decode()):
-        if family.name == name:
-            return float(family.samples[0].value)
-    return None
+    return metric_sum(metrics_body.decode(), name)
 
 
 def template_args(index_body: bytes) -> dict[str, Any]:

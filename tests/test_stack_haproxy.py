@@ -7,16 +7,14 @@ import contextlib
 import os
 import socket
 import ssl
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
 from backend.protocol import envelope, messages
 from backend.shard.config import DEVICE_PATH
-from backend.stack import LocalStack, StackConfig, haproxy_metrics
+from backend.stack import LocalStack, StackConfig, fetch_metrics, metric_sum
 from tests.support import children_of, tls_client_context
 
 DEVICES = 60  # enough that the kernel's SO_REUSEPORT hash gives both HAProxies some
@@ -24,19 +22,13 @@ DEVICES = 60  # enough that the kernel's SO_REUSEPORT hash gives both HAProxies 
 
 def gauge(metrics_text: str, name: str, **labels: str) -> float:
     """The value of ``name`` whose labels include ``labels``."""
-    for family in text_string_to_metric_families(metrics_text):
-        for sample in family.samples:
-            if sample.name == name and labels.items() <= sample.labels.items():
-                return sample.value
-    raise AssertionError(f"no {name} {labels} in the metrics")
+    value = metric_sum(metrics_text, name, **labels)
+    assert value is not None, f"no {name} {labels} in the metrics"
+    return value
 
 
 def shard_connections(stack: LocalStack) -> list[float]:
-    counts = []
-    for port in stack.shard_ports:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-            counts.append(gauge(resp.read().decode(), "fleet_shard_connections"))
-    return counts
+    return [gauge(fetch_metrics(url), "fleet_shard_connections") for url in stack.shard_urls]
 
 
 def open_device(
@@ -69,7 +61,7 @@ def test_devices_spread_over_every_haproxy_and_shard_over_tls(tmp_path: Path) ->
         # leastconn over 4 lines per shard in each HAProxy: at most 4 apart per process.
         assert max(per_shard) - min(per_shard) <= 8, per_shard
         per_haproxy = [
-            gauge(haproxy_metrics(url), "haproxy_frontend_current_sessions", proxy="devices")
+            gauge(fetch_metrics(url), "haproxy_frontend_current_sessions", proxy="devices")
             for url in stack.haproxy_stats_urls
         ]
         assert sum(per_haproxy) == DEVICES
