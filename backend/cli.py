@@ -16,7 +16,7 @@ from backend import logs, process, stackctl
 from backend.auth import issue_device_token
 from backend.shard import ShardConfig, serve
 from backend.shard.config import default_max_connections, default_shard_id
-from backend.stack import StackConfig
+from backend.stack import StackConfig, count_or_auto
 
 verbose_option = click.option("-v", "--verbose", count=True, help="More logs (-v info, -vv debug).")
 
@@ -123,20 +123,55 @@ run_dir_option = click.option(
 )  # fmt: skip
 
 
+class CountOrAuto(click.ParamType):
+    """A process count, or "auto" (None): derived from --connections."""
+
+    name = "count|auto"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int | None:
+        if value is None or isinstance(value, int):
+            return value
+        try:
+            return count_or_auto(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 @main.command()
-@click.option("--shards", default=2, help="Shard processes.")
-@click.option("--haproxies", default=1, help="HAProxy processes on the public port (0: none).")
+@click.option(
+    "--connections", default=0,
+    help="Device connections to hold at once: sizes auto counts, refuses too few.",
+)  # fmt: skip
+@click.option(
+    "--shards", type=CountOrAuto(), default="auto",
+    help="Shard processes; auto: enough for --connections, at least 2.",
+)  # fmt: skip
+@click.option(
+    "--haproxies", type=CountOrAuto(), default="auto",
+    help="HAProxy processes on the public port (0: none); auto: enough for --connections.",
+)  # fmt: skip
 @click.option("--tls", is_flag=True, help="TLS on the public port, with a local CA.")
 @click.option("--port", default=0, help="The public port (0: a free one).")
 @click.option(
     "--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Logs, NATS storage and stack.json [default: runs/stack-<time>].",
 )  # fmt: skip
-def up(shards: int, haproxies: int, tls: bool, port: int, run_dir: Path | None) -> None:
+def up(
+    connections: int,
+    shards: int | None,
+    haproxies: int | None,
+    tls: bool,
+    port: int,
+    run_dir: Path | None,
+) -> None:
     """Run a local stack (NATS, shards, HAProxy) in the foreground until Ctrl-C or fleet down."""
     run_dir = run_dir or RUNS / time.strftime("stack-%Y%m%d-%H%M%S")
     try:
-        config = StackConfig(run_dir, shards=shards, haproxies=haproxies, tls=tls, public_port=port)
+        config = StackConfig.sized(
+            run_dir, connections, shards, haproxies, tls=tls, public_port=port
+        )
         stackctl.serve(config, click.echo)
     except (ValueError, OSError, RuntimeError, stackctl.StackError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -152,6 +187,23 @@ def status(run_dir: Path | None, as_json: bool) -> None:
     except stackctl.StackError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(report, indent=2) if as_json else stackctl.format_status(report))
+
+
+@main.command()
+@click.argument("shard_name", metavar="SHARD")
+@run_dir_option
+@click.option("--timeout", default=60.0, help="Seconds to wait for the shard to exit.")
+def drain(shard_name: str, run_dir: Path | None, timeout: float) -> None:
+    """Take SHARD (e.g. shard-a) out of the local stack without refusing a device.
+
+    Every HAProxy stops sending it new connections (runtime API), then the shard closes its
+    devices with 1012 and exits; they reconnect through HAProxy to the other shards."""
+    try:
+        state = stackctl.load_state(stackctl.find_run_dir(run_dir, RUNS))
+        count = stackctl.drain(state, shard_name, timeout)
+    except stackctl.StackError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{shard_name} drained: out of {count} HAProxy processes, exited")
 
 
 @main.command()

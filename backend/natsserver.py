@@ -44,6 +44,11 @@ class NatsServer:
     def log_file(self) -> Path:
         return self.run_dir / f"{self.name}.log"
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return self._proc.pid if self._proc is not None else None
+
     def start(self) -> NatsServer:
         ports_dir = self.run_dir / f"{self.name}-ports"
         ports_dir.mkdir(parents=True, exist_ok=True)

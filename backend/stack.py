@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import re
 import secrets
 import socket
@@ -21,18 +22,22 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from backend import process
 from backend.auth import issue_device_token
 from backend.natsserver import NatsServer
-from haproxy.config import HaproxyConfig, check, find_haproxy, write
+from backend.shard.config import default_max_connections
+from haproxy import runtime
+from haproxy.config import HaproxyConfig, check, find_haproxy, max_maxconn, write
 from haproxy.tls import make_local_pki
 
 # Set by the stack itself: given again in shard_options they would be ignored (CLI arguments
 # beat environment variables) or, for the secret, break ``LocalStack.token``.
 RESERVED_OPTIONS = frozenset({"host", "port", "shard_id", "nats_urls", "jwt_secret", "ready_file"})
+DEFAULT_SHARDS = 2
 SHARD_NAMES = [f"shard-{letter}" for letter in string.ascii_lowercase]
 # HAProxy connects to the shards from these: ~28k ephemeral ports per (source, shard) pair, so
 # four sources let one shard hold more than 64k connections through it.
@@ -64,6 +69,22 @@ class StackConfig:
     """HAProxy's public port; 0: a free one."""
     haproxy_binary: str | None = None
     """The haproxy to run; None: ``find_haproxy()``."""
+    connections: int = 0
+    """Device connections the stack must hold at once; 0: unchecked. Too few shards or
+    HAProxy processes for it, within their open-file limits, is refused before starting."""
+
+    @classmethod
+    def sized(
+        cls, run_dir: Path, connections: int, shards: int | None, haproxies: int | None, **rest: Any
+    ) -> StackConfig:
+        """A config for ``connections``: ``None`` counts are derived from the limits."""
+        return cls(
+            run_dir,
+            shards=shards_for(connections) if shards is None else shards,
+            haproxies=haproxies_for(connections) if haproxies is None else haproxies,
+            connections=connections,
+            **rest,
+        )
 
     def __post_init__(self) -> None:
         if not 1 <= self.shards <= len(SHARD_NAMES):
@@ -79,10 +100,65 @@ class StackConfig:
             raise ValueError(
                 f"shard_options cannot set {', '.join(sorted(reserved))}: the stack sets them"
             )
+        self._check_capacity()
+
+    def shard_capacity(self) -> int:
+        """Connections one shard takes: its max_connections option, else its open-file limit."""
+        options = {option_key(k): v for k, v in self.shard_options.items()}
+        given = options.get("max_connections")
+        if given is None:
+            return default_max_connections()
+        try:
+            return int(given)
+        except ValueError:
+            raise ValueError(
+                f"shard option max_connections must be a number, not {given!r}"
+            ) from None
+
+    def _check_capacity(self) -> None:
+        if self.connections < 0:
+            raise ValueError(f"connections must be 0 or more, not {self.connections}")
+        if not self.connections:
+            return
+        per_shard = self.shard_capacity()
+        if self.shards * per_shard < self.connections:
+            raise ValueError(
+                f"{self.connections} connections need at least "
+                f"{math.ceil(self.connections / per_shard)} shards (each takes {per_shard}, "
+                "its open-file limit minus a reserve): raise --shards"
+            )
+        per_haproxy = max_maxconn()
+        if self.haproxies and self.haproxies * per_haproxy < self.connections:
+            raise ValueError(
+                f"{self.connections} connections need at least "
+                f"{math.ceil(self.connections / per_haproxy)} HAProxy processes (each holds "
+                f"{per_haproxy}: 2 open files per connection within its limit): raise --haproxies"
+            )
 
     def shard_env(self) -> dict[str, str]:
         env = {f"FLEET_SHARD_{option_key(k).upper()}": v for k, v in self.shard_options.items()}
         return {**env, "FLEET_SHARD_JWT_SECRET": self.jwt_secret}
+
+
+def shards_for(connections: int) -> int:
+    """Shards to hold ``connections``, each within its open-file limit; at least two, so one
+    can be drained or lost."""
+    return max(DEFAULT_SHARDS, math.ceil(connections / default_max_connections()))
+
+
+def haproxies_for(connections: int) -> int:
+    """HAProxy processes to hold ``connections``, each within its open-file limit."""
+    return max(1, math.ceil(connections / max_maxconn()))
+
+
+def count_or_auto(text: str) -> int | None:
+    """A process count option: a number, or "auto" (None: derived from the connections)."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"expected a number or auto, not {text!r}") from None
 
 
 class LocalStack:
@@ -91,6 +167,7 @@ class LocalStack:
     def __init__(self, config: StackConfig) -> None:
         self.config = config
         self.nats_url = ""
+        self._nats: NatsServer | None = None
         self.shard_ports: list[int] = []
         self._shards: list[subprocess.Popen[bytes]] = []
         self.public_port = 0
@@ -127,6 +204,28 @@ class LocalStack:
         """Each HAProxy's stats frontend: ``/metrics`` for Prometheus, ``/stats`` for people."""
         return [f"http://{self.config.host}:{port}" for port in self.haproxy_stats_ports]
 
+    @property
+    def shard_names(self) -> list[str]:
+        return SHARD_NAMES[: self.config.shards]
+
+    def pids(self) -> dict[str, list[int]]:
+        """Process ids by tier (nats, shards, haproxy): for status views and measurements."""
+        return {
+            "nats": [self._nats.pid] if self._nats and self._nats.pid else [],
+            "shards": [proc.pid for proc in self._shards],
+            "haproxy": [proc.pid for proc in self._haproxies],
+        }
+
+    def drain_shard(self, name: str, timeout: float = 60.0) -> int:
+        """Take ``name`` out of service without refusing anyone: every HAProxy stops sending
+        it new connections (runtime API, state drain), then the shard drains (SIGTERM: close
+        1012, devices reconnect through HAProxy to the others). Its exit code."""
+        if name not in self.shard_names:
+            raise ValueError(f"no shard {name!r}: the stack runs {', '.join(self.shard_names)}")
+        for admin_socket in self.haproxy_admin_sockets:
+            runtime.set_shard_state(admin_socket, name, "drain")
+        return process.stop(self._shards[self.shard_names.index(name)], timeout)
+
     def token(self, device_id: str) -> str:
         """A device token the shards of this stack accept."""
         return issue_device_token(device_id, self.config.jwt_secret)
@@ -136,8 +235,8 @@ class LocalStack:
         raising. A missing haproxy fails before anything starts."""
         haproxy = self._haproxy_binary()
         with contextlib.ExitStack() as teardown:
-            nats_server = teardown.enter_context(NatsServer(self.run_dir, host=self.config.host))
-            self.nats_url = nats_server.url
+            self._nats = teardown.enter_context(NatsServer(self.run_dir, host=self.config.host))
+            self.nats_url = self._nats.url
             teardown.callback(self._stop_shards)
             self._start_shards()
             if haproxy is not None:
@@ -153,7 +252,7 @@ class LocalStack:
 
     def _start_shards(self) -> None:
         """Spawn all shards at once (a faster start), then wait for each in turn."""
-        names = SHARD_NAMES[: self.config.shards]
+        names = self.shard_names
         for name in names:
             ready_file = self.run_dir / f"{name}.ready"
             ready_file.unlink(missing_ok=True)  # left by an earlier run in the same directory
@@ -218,8 +317,7 @@ class LocalStack:
         return pki.server_pem
 
     def _haproxy_config(self, index: int, tls_pem: Path | None) -> HaproxyConfig:
-        names = SHARD_NAMES[: self.config.shards]
-        shards = zip(names, self.shard_ports, strict=True)
+        shards = zip(self.shard_names, self.shard_ports, strict=True)
         return HaproxyConfig(
             port=self.public_port,
             stats_port=self.haproxy_stats_ports[index],

@@ -7,6 +7,7 @@ other commands read them, so they need no arguments.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,12 +22,12 @@ from backend.process import http_get
 from backend.shard.config import DEVICE_PATH
 from backend.stack import (
     CHECK_PASSED,
-    SHARD_NAMES,
     LocalStack,
     StackConfig,
     fetch_metrics,
     metric_sum,
 )
+from haproxy import runtime
 
 STATE_FILE = "stack.json"
 POINTER_FILE = "current"
@@ -72,13 +73,13 @@ def load_state(run_dir: Path) -> dict[str, Any]:
 
 
 def stack_state(stack: LocalStack) -> dict[str, Any]:
-    names = SHARD_NAMES[: stack.config.shards]
+    shards = zip(stack.shard_names, stack.shard_urls, stack.pids()["shards"], strict=True)
     return {
         "pid": os.getpid(),
         "run_dir": str(stack.run_dir.resolve()),
         "public_url": stack.public_url,
         "nats_url": stack.nats_url,
-        "shards": [{"name": n, "url": u} for n, u in zip(names, stack.shard_urls, strict=True)],
+        "shards": [{"name": name, "url": url, "pid": pid} for name, url, pid in shards],
         "haproxies": [
             {"stats_url": url, "admin_socket": str(sock)}
             for url, sock in zip(stack.haproxy_stats_urls, stack.haproxy_admin_sockets, strict=True)
@@ -155,13 +156,36 @@ def serve(config: StackConfig, echo: Callable[[str], None]) -> None:
 def stop(run_dir: Path, timeout: float = 30.0) -> int:
     """SIGTERM the stack's ``fleet up``, wait until it exited; its pid."""
     pid = int(load_state(run_dir)["pid"])
-    os.kill(pid, signal.SIGTERM)
+    terminate(pid, f"the stack (pid {pid})", timeout)
+    return pid
+
+
+def terminate(pid: int, what: str, timeout: float) -> None:
+    """SIGTERM ``pid`` and wait until it exited (a zombie counts as exited)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while pid_alive(pid):
         if time.monotonic() > deadline:
-            raise StackError(f"the stack (pid {pid}) did not stop within {timeout:.0f} s")
+            raise StackError(f"{what} did not stop within {timeout:.0f} s")
         time.sleep(0.1)
-    return pid
+
+
+def drain(state: dict[str, Any], name: str, timeout: float = 60.0) -> int:
+    """``LocalStack.drain_shard`` for the stack of ``fleet up``: every HAProxy stops sending
+    ``name`` new connections, then the shard drains; how many HAProxy processes drained it."""
+    shards = {shard["name"]: shard for shard in state["shards"]}
+    if name not in shards:
+        raise StackError(f"no shard {name!r}: the stack runs {', '.join(shards)}")
+    if not pid_alive(shards[name]["pid"]):
+        raise StackError(f"{name} is not running (drained already?)")
+    try:
+        for haproxy in state["haproxies"]:
+            runtime.set_shard_state(Path(haproxy["admin_socket"]), name, "drain")
+    except runtime.RuntimeApiError as exc:
+        raise StackError(f"{exc}; is the stack still running? (fleet status)") from None
+    terminate(shards[name]["pid"], name, timeout)
+    return len(state["haproxies"])
 
 
 @dataclass

@@ -14,10 +14,12 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import gevent
+import gevent.ssl
 
 from backend.shard.config import DEVICE_PATH
 from simulator.behaviour import Behaviour
@@ -91,6 +93,18 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def tls_context(ca_file: str | Path | None = None) -> ssl.SSLContext:
+    """A client context verifying the server against ``ca_file`` (None: the system's CAs).
+    gevent's class, not ``ssl.create_default_context``: its sockets yield to the other
+    gateways during handshakes and reads, whether or not the process is monkey patched."""
+    context = gevent.ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies cert and host name
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    else:
+        context.load_default_certs()
+    return context
+
+
 @dataclass
 class Fleet:
     """Everything gateways of one process share. ``credentials(device_id)`` returns its JWT."""
@@ -103,6 +117,7 @@ class Fleet:
     prefix: str = "gw"
     source_addresses: tuple[str, ...] = ()
     ssl_context: ssl.SSLContext | None = None
+    """For wss:// targets: made by ``tls_context``."""
     rng: random.Random = field(default_factory=random.Random)
     # Alert ids must not repeat across runs within the stream's de-duplication window.
     run_id: str = field(default_factory=lambda: secrets.token_hex(3))

@@ -22,7 +22,7 @@ from locust import events
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
-from backend.stack import LocalStack, StackConfig
+from backend.stack import LocalStack, StackConfig, count_or_auto
 from simulator import audit
 from simulator.metrics import SimulatorMetrics
 from simulator.stats import FleetStats, format_progress, merge_snapshots, table_rows, verdict
@@ -70,12 +70,13 @@ OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("--ca-file", "CA certificate to trust for wss://", {"default": ""}),
     ("--source-addresses", "local addresses to connect from: a,b,c or a range like "
      "127.0.0.2-127.0.0.9; 'auto' spreads loopback targets over 8", {"default": "auto"}),
-    ("--shards", "shard processes of the embedded stack (used when there is no --host)",
-     {"type": int, "default": 2, **_HIDDEN}),
+    ("--shards", "shard processes of the embedded stack (used when there is no --host); "
+     "auto: enough for -u gateways, at least 2", {"default": "auto", **_HIDDEN}),
     ("--shard-option", "KEY=VALUE for the embedded shards, e.g. keepalive_timeout=10 "
      "(repeatable)", {"action": "append", "default": [], **_HIDDEN}),
     ("--haproxies", "HAProxy processes in front of the embedded shards, on one port; 0: "
-     "gateways connect straight to the shards", {"type": int, "default": 1, **_HIDDEN}),
+     "gateways connect straight to the shards; auto: enough for -u gateways",
+     {"default": "auto", **_HIDDEN}),
     ("--tls", "the embedded stack's HAProxy terminates TLS (wss://), with a local CA that "
      "gateways trust", {"action": "store_true", "default": False, **_HIDDEN}),
     ("--run-dir", "where logs, NATS storage and summary.json go (default runs/sim-<time>)",
@@ -135,17 +136,21 @@ def start_embedded_stack(environment: Environment) -> None:
     options = environment.parsed_options
     assert options is not None
     assert state.run_dir is not None
-    config = StackConfig(
-        state.run_dir,
-        shards=options.shards,
-        shard_options=dict(_key_value(item) for item in options.shard_option),
-        haproxies=options.haproxies,
-        tls=options.tls,
-    )
+    try:
+        config = StackConfig.sized(
+            state.run_dir,
+            options.num_users or 0,
+            count_or_auto(options.shards),
+            count_or_auto(options.haproxies),
+            shard_options=dict(_key_value(item) for item in options.shard_option),
+            tls=options.tls,
+        )
+    except ValueError as exc:
+        sys.exit(f"the embedded stack cannot start: {exc}")
     log.info(
         "starting the embedded stack (NATS, %d shards, %d HAProxy) in %s",
-        options.shards,
-        options.haproxies,
+        config.shards,
+        config.haproxies,
         state.run_dir,
     )
     state.stack = stack = LocalStack(config).start()

@@ -20,7 +20,7 @@ from locust.runners import WorkerRunner
 from backend.auth import issue_device_token
 from simulator import plugin
 from simulator.behaviour import Behaviour
-from simulator.fleet import Fleet, Target, parse_targets, source_addresses
+from simulator.fleet import Fleet, Target, parse_targets, source_addresses, tls_context
 from simulator.network import PROFILES, NetworkMix, load_profiles, parse_mix
 
 _fleets: WeakKeyDictionary[Environment, dict[type[GatewayUser], Fleet]] = WeakKeyDictionary()
@@ -102,4 +102,4 @@ def _profiles(path: str) -> dict[str, Any]:
 def _tls_context(targets: list[Target], ca_file: str) -> ssl.SSLContext | None:
     if not any(target.tls for target in targets):
         return None
-    return ssl.create_default_context(cafile=ca_file or None)
+    return tls_context(ca_file or None)

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import Callable
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import gevent
+
+from backend import process
 from backend.auth import issue_device_token
 from backend.shard import Shard
+from backend.stack import free_ports
+from haproxy.config import HaproxyConfig, find_haproxy, write
+from simulator.fleet import Fleet
+from simulator.gateway import VirtualGateway
 
 JWT_SECRET = "test-secret-not-for-production-0123456789"
 
@@ -45,3 +54,56 @@ def tls_client_context(ca_file: Path) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=ca_file)
     context.maximum_version = ssl.TLSVersion.TLSv1_2
     return context
+
+
+# --- HAProxy ------------------------------------------------------------------------------
+
+
+def make_config(run_dir: Path, shard_count: int = 1, **overrides: Any) -> HaproxyConfig:
+    port, stats_port = free_ports(2)
+    values: dict[str, Any] = {
+        "port": port,
+        "stats_port": stats_port,
+        "shards": [(f"shard-{chr(97 + i)}", "127.0.0.1", 9001 + i) for i in range(shard_count)],
+        "admin_socket": run_dir / "haproxy.sock",
+        "pidfile": run_dir / "haproxy.pid",
+    }
+    return HaproxyConfig(**{**values, **overrides})
+
+
+@contextlib.contextmanager
+def running_haproxy(config: HaproxyConfig, run_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """HAProxy in the foreground (-db) on ``config``, until its metrics answer; always stopped."""
+    path, log = run_dir / "haproxy.cfg", run_dir / "haproxy.log"
+    write(config, path)
+    proc = process.spawn([find_haproxy(), "-db", "-f", str(path)], log)
+    try:
+        metrics = f"http://127.0.0.1:{config.stats_port}/metrics"
+        process.wait_until(lambda: process.answers_ok(metrics), proc, "haproxy", log)
+        yield proc
+    finally:
+        process.stop(proc)
+
+
+# --- virtual gateways (gevent, without monkey patching) ----------------------------------
+
+
+@contextlib.contextmanager
+def running(fleet: Fleet, count: int) -> Iterator[list[VirtualGateway]]:
+    """``count`` gateways, each in its greenlet, stopped on exit; a crashed one fails the test."""
+    gateways = [fleet.new_gateway() for _ in range(count)]
+    greenlets = [gevent.spawn(gateway.run) for gateway in gateways]
+    try:
+        yield gateways
+        crashed = [greenlet.exception for greenlet in greenlets if greenlet.dead]
+        assert not crashed, f"gateway greenlets ended: {crashed}"
+    finally:
+        gevent.killall(greenlets, timeout=10)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Let the gateways run until ``condition`` holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not reached within {timeout:.0f}s"
+        gevent.sleep(0.1)

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import re
+import ssl
 import time
+from pathlib import Path
 from typing import Any
 
 import gevent
+import gevent.ssl
 import pytest
 
 from backend.protocol import messages as m
 from backend.protocol.session import DeviceSession, Role
 from backend.shard.config import DEVICE_PATH
-from simulator.fleet import Fleet, Target, parse_targets
+from haproxy.tls import make_local_pki
+from simulator.fleet import Fleet, Target, parse_targets, tls_context
 from simulator.gateway import VirtualGateway
 
 # --- targets ---------------------------------------------------------------------------------
@@ -173,3 +177,16 @@ def test_drain_returns_once_the_last_ack_arrives() -> None:
     started = time.monotonic()
     assert fleet.drain(timeout=10.0) == 0
     assert 0.2 <= time.monotonic() - started < 2.0
+
+
+# --- TLS -------------------------------------------------------------------------------------
+
+
+def test_tls_context_is_gevents_own_and_verifies(tmp_path: Path) -> None:
+    pki = make_local_pki(tmp_path)
+    context = tls_context(pki.ca_cert)
+    # stdlib's SSLSocket would block the hub in a process that is not monkey patched.
+    assert isinstance(context, gevent.ssl.SSLContext)
+    assert context.sslsocket_class is gevent.ssl.SSLSocket
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname

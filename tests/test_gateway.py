@@ -9,12 +9,11 @@ reconnecting happen within seconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from simulator.behaviour import Behaviour
 from simulator.fleet import Fleet, parse_targets
 from simulator.gateway import VirtualGateway
 from simulator.network import PROFILES, NetworkMix, NetworkProfile
-from tests.support import children_of
+from tests.support import children_of, running, wait_until
 
 SERVER_KEEPALIVE_TIMEOUT = 3.0
 SERVER_KEEPALIVE = {"ping_interval": "1", "keepalive_timeout": str(SERVER_KEEPALIVE_TIMEOUT)}
@@ -81,27 +80,6 @@ def new_fleet(stack: LocalStack, mix: NetworkMix, **behaviour: Any) -> tuple[Fle
 
 def only(profile: NetworkProfile) -> NetworkMix:
     return NetworkMix(((profile, 1.0),))
-
-
-@contextlib.contextmanager
-def running(fleet: Fleet, count: int) -> Iterator[list[VirtualGateway]]:
-    """``count`` gateways, each in its greenlet, stopped on exit; a crashed one fails the test."""
-    gateways = [fleet.new_gateway() for _ in range(count)]
-    greenlets = [gevent.spawn(gateway.run) for gateway in gateways]
-    try:
-        yield gateways
-        crashed = [greenlet.exception for greenlet in greenlets if greenlet.dead]
-        assert not crashed, f"gateway greenlets ended: {crashed}"
-    finally:
-        gevent.killall(greenlets, timeout=10)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Let the gateways run until ``condition`` holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: not reached within {timeout:.0f}s"
-        gevent.sleep(0.1)
 
 
 def server_metric(stack: LocalStack, name: str, **labels: str) -> float:

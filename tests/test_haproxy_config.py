@@ -3,15 +3,12 @@ a shard process, plain and with TLS."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import resource
 import ssl
-import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +18,7 @@ from websockets.sync.client import ClientConnection, connect
 from backend import process
 from backend.protocol import envelope, messages
 from backend.shard.config import DEVICE_PATH
-from backend.stack import LocalStack, StackConfig, fetch_metrics, free_ports, servers_up
+from backend.stack import LocalStack, StackConfig, fetch_metrics, servers_up
 from haproxy.config import (
     ConfigCheckFailed,
     HaproxyConfig,
@@ -32,19 +29,7 @@ from haproxy.config import (
     write,
 )
 from haproxy.tls import make_local_pki
-from tests.support import children_of, tls_client_context
-
-
-def make_config(run_dir: Path, shard_count: int = 1, **overrides: Any) -> HaproxyConfig:
-    port, stats_port = free_ports(2)
-    values: dict[str, Any] = {
-        "port": port,
-        "stats_port": stats_port,
-        "shards": [(f"shard-{chr(97 + i)}", "127.0.0.1", 9001 + i) for i in range(shard_count)],
-        "admin_socket": run_dir / "haproxy.sock",
-        "pidfile": run_dir / "haproxy.pid",
-    }
-    return HaproxyConfig(**{**values, **overrides})
+from tests.support import children_of, make_config, running_haproxy, tls_client_context
 
 
 def sources(count: int) -> list[str]:
@@ -165,20 +150,6 @@ def test_find_haproxy_finds_an_executable() -> None:
 
 
 # --- the real thing --------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def running_haproxy(config: HaproxyConfig, run_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """HAProxy in the foreground (-db) on ``config``, until its metrics answer; always stopped."""
-    path, log = run_dir / "haproxy.cfg", run_dir / "haproxy.log"
-    write(config, path)
-    proc = process.spawn([find_haproxy(), "-db", "-f", str(path)], log)
-    try:
-        metrics = f"http://127.0.0.1:{config.stats_port}/metrics"
-        process.wait_until(lambda: process.answers_ok(metrics), proc, "haproxy", log)
-        yield proc
-    finally:
-        process.stop(proc)
 
 
 def metrics(config: HaproxyConfig) -> str:

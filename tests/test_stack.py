@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import urllib.request
 from pathlib import Path
@@ -10,8 +11,9 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from backend.shard.config import DEVICE_PATH
-from backend.stack import LocalStack, StackConfig
+from backend.shard.config import DEVICE_PATH, default_max_connections
+from backend.stack import LocalStack, StackConfig, count_or_auto
+from haproxy.config import max_maxconn
 from tests.support import children_of
 
 
@@ -71,3 +73,39 @@ def test_config_refuses_what_the_stack_cannot_honour(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         StackConfig(tmp_path, **overrides)  # type: ignore[arg-type]
+
+
+def test_sized_derives_process_counts_from_the_open_file_limits(tmp_path: Path) -> None:
+    per_shard, per_haproxy = default_max_connections(), max_maxconn()
+    config = StackConfig.sized(tmp_path, 100_000, None, None)
+    assert config.shards == max(2, math.ceil(100_000 / per_shard))
+    assert config.haproxies == math.ceil(100_000 / per_haproxy)
+    assert (config.shards - 1) * per_shard < 100_000 or config.shards == 2
+    small = StackConfig.sized(tmp_path, 0, None, None)
+    assert (small.shards, small.haproxies) == (2, 1)
+    given = StackConfig.sized(tmp_path, 10, 3, 0)
+    assert (given.shards, given.haproxies) == (3, 0)
+
+
+def test_too_few_processes_for_the_connections_are_refused(tmp_path: Path) -> None:
+    per_shard = default_max_connections()
+    with pytest.raises(ValueError, match=r"need at least 3 shards .*: raise --shards"):
+        StackConfig(tmp_path, shards=2, connections=2 * per_shard + 1)
+    per_haproxy = max_maxconn()
+    with pytest.raises(ValueError, match=r"need at least 2 HAProxy processes .*--haproxies"):
+        StackConfig(tmp_path, shards=4, haproxies=1, connections=per_haproxy + 1)
+    # A shard_options max_connections is the shard's capacity.
+    with pytest.raises(ValueError, match="need at least 5 shards"):
+        StackConfig(tmp_path, shards=4, shard_options={"max-connections": "10"}, connections=41)
+    StackConfig(tmp_path, shards=4, haproxies=0, connections=per_haproxy + 1)  # no HAProxy
+
+
+@pytest.mark.parametrize("text", ["auto", " Auto "])
+def test_count_or_auto_reads_auto(text: str) -> None:
+    assert count_or_auto(text) is None
+
+
+def test_count_or_auto_reads_a_count_and_refuses_the_rest() -> None:
+    assert count_or_auto("3") == 3
+    with pytest.raises(ValueError, match="expected a number or auto, not 'many'"):
+        count_or_auto("many")

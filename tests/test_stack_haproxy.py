@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import ssl
 from pathlib import Path
@@ -15,7 +16,11 @@ from websockets.sync.client import connect
 from backend.protocol import envelope, messages
 from backend.shard.config import DEVICE_PATH
 from backend.stack import LocalStack, StackConfig, fetch_metrics, metric_sum
-from tests.support import children_of, tls_client_context
+from haproxy import runtime
+from simulator.behaviour import Behaviour
+from simulator.fleet import Fleet, parse_targets, tls_context
+from simulator.network import PROFILES, NetworkMix
+from tests.support import children_of, running, tls_client_context, wait_until
 
 DEVICES = 60  # enough that the kernel's SO_REUSEPORT hash gives both HAProxies some
 
@@ -69,6 +74,67 @@ def test_devices_spread_over_every_haproxy_and_shard_over_tls(tmp_path: Path) ->
         assert all(path.is_socket() for path in stack.haproxy_admin_sockets)
     assert (tmp_path / "haproxy-1.log").exists()
     assert children_of(os.getpid()) == []
+
+
+FAST_RECONNECT = Behaviour(alerts_per_hour=0.0, reconnect_base=0.1, reconnect_cap=1.0)
+NO_FAULTS = {"drops_per_hour": 0, "blackholes_per_hour": 0, "offline_per_hour": 0}
+WIRED = NetworkMix(((PROFILES["wired"].with_overrides(**NO_FAULTS), 1.0),))
+
+
+def tls_fleet(stack: LocalStack) -> Fleet:
+    """Gateways on the stack's public port over TLS, trusting its CA, coming back quickly."""
+    assert stack.ca_file is not None
+    context = tls_context(stack.ca_file)
+    targets = parse_targets(stack.public_url)
+    return Fleet(targets, stack.token, behaviour=FAST_RECONNECT, mix=WIRED, ssl_context=context)
+
+
+def test_a_killed_shards_gateways_come_back_and_a_drained_shard_gets_none(tmp_path: Path) -> None:
+    config = StackConfig(tmp_path, shards=3, haproxies=2, tls=True)
+    with LocalStack(config) as stack:
+        fleet = tls_fleet(stack)
+        with running(fleet, 300):
+            wait_until(lambda: sum(shard_connections(stack)) == 300, 60, "300 gateways on")
+            a, b, c = shard_connections(stack)
+            assert min(a, b, c) >= 80, (a, b, c)  # leastconn in each HAProxy
+            for admin_socket in stack.haproxy_admin_sockets:
+                runtime.set_shard_state(admin_socket, "shard-c", "drain")
+            with running(fleet, 60):
+                wait_until(lambda: fleet.stats.connected == 360, 30, "60 more gateways on")
+                assert shard_connections(stack)[2] == c  # none for the drained shard
+                os.kill(stack.pids()["shards"][0], signal.SIGKILL)
+                alive = stack.shard_urls[1:]
+                wait_until(
+                    lambda: (
+                        sum(gauge(fetch_metrics(url), "fleet_shard_connections") for url in alive)
+                        == 360
+                    ),
+                    60,
+                    "the killed shard's gateways back on the others",
+                )
+                assert gauge(fetch_metrics(alive[1]), "fleet_shard_connections") == c
+        assert fleet.stats.reconnects >= a
+
+
+def test_a_drained_shard_hands_its_gateways_over_without_an_unexpected_drop(
+    tmp_path: Path,
+) -> None:
+    with LocalStack(StackConfig(tmp_path, shards=2, haproxies=1, tls=True)) as stack:
+        fleet = tls_fleet(stack)
+        with running(fleet, 40):
+            wait_until(lambda: sum(shard_connections(stack)) == 40, 30, "40 gateways on")
+            on_a = shard_connections(stack)[0]
+            assert stack.drain_shard("shard-a") == 0  # a clean exit
+            alive = stack.shard_urls[1]
+            wait_until(
+                lambda: gauge(fetch_metrics(alive), "fleet_shard_connections") == 40,
+                30,
+                "every gateway on shard-b",
+            )
+        assert fleet.stats.drops == {"closed 1012": on_a}
+        assert fleet.stats.unexpected_drops == 0
+        with pytest.raises(ValueError, match="no shard 'shard-z': the stack runs shard-a, shard-b"):
+            stack.drain_shard("shard-z")
 
 
 def test_plain_public_url_without_tls(tmp_path: Path) -> None:

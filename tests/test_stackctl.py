@@ -90,3 +90,47 @@ def test_up_with_a_taken_port_fails_before_starting_anything(tmp_path: Path) -> 
     assert f"port {port} is not free" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "stack").exists()
+
+
+def test_up_with_too_few_shards_for_the_connections_fails_before_starting(tmp_path: Path) -> None:
+    run_dir = tmp_path / "stack"
+    result = fleet("up", "--connections", "100000", "--shards", "2", "--run-dir", str(run_dir))
+    assert result.returncode == 1
+    assert "100000 connections need at least" in result.stderr
+    assert "raise --shards" in result.stderr
+    assert not run_dir.exists()
+    result = fleet("up", "--haproxies", "several", "--run-dir", str(run_dir))
+    assert result.returncode == 2
+    assert "expected a number or auto, not 'several'" in result.stderr
+
+
+def test_drain_moves_a_shards_devices_to_the_others(tmp_path: Path) -> None:
+    run_dir = tmp_path / "stack"
+    up = subprocess.Popen(
+        [*FLEET, "up", "--shards", "2", "--haproxies", "2", "--run-dir", str(run_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for_stack(up, run_dir)
+        state = json.loads((run_dir / "stack.json").read_text())
+        drained = fleet("drain", "shard-a", "--run-dir", str(run_dir))
+        assert drained.returncode == 0, drained.stderr
+        assert "shard-a drained: out of 2 HAProxy processes, exited" in drained.stdout
+        report = status(run_dir)
+        assert [s["healthz"] for s in report["shards"]] == ["down", "200"]
+        token = issue_device_token("gw-1", state["jwt_secret"])
+        headers = {"Authorization": f"Bearer {token}"}
+        with connect(state["public_url"] + DEVICE_PATH, additional_headers=headers) as ws:
+            ws.recv(timeout=5)
+            report = status(run_dir)
+        assert [s["connections"] for s in report["shards"]] == [None, 1]
+        again = fleet("drain", "shard-a", "--run-dir", str(run_dir))
+        assert again.returncode == 1
+        assert "shard-a is not running (drained already?)" in again.stderr
+        unknown = fleet("drain", "shard-z", "--run-dir", str(run_dir))
+        assert "no shard 'shard-z': the stack runs shard-a, shard-b" in unknown.stderr
+        assert fleet("down", "--run-dir", str(run_dir)).returncode == 0
+        assert up.wait(timeout=30) == 0
+    finally:
+        up.kill()
+        up.communicate(timeout=30)
