@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates the virtualenv given as $1 and installs fleetharness into it with its dev tools,
-# and HAProxy from the system packages when it is missing.
+# and HAProxy and Prometheus from the system packages when they are missing.
 set -euo pipefail
 venv=${1:-.venv}
 python=${PYTHON:-python3}
@@ -19,12 +19,23 @@ echo "bootstrap: creating $venv and installing fleetharness (first run only)"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 "$venv/bin/python" -m pip install --quiet -e '.[dev]'
 
-# HAProxy (the proxy tier in front of the shards) comes from the system's packages.
-if ! command -v haproxy >/dev/null && ! [ -x /usr/sbin/haproxy ]; then
+# HAProxy (the proxy tier in front of the shards) and Prometheus (scrapes the stack for the
+# dashboards) come from the system's packages. The stack runs its own processes of both, so
+# the services the packages start are stopped: they would only hold ports (Prometheus: 9090).
+missing=()
+for package in haproxy prometheus; do
+    command -v "$package" >/dev/null || [ -x "/usr/sbin/$package" ] || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "bootstrap: installing haproxy (apt-get)"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
+        echo "bootstrap: installing ${missing[*]} (apt-get)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            "${missing[@]}" >/dev/null
+        for package in "${missing[@]}"; do
+            systemctl disable --now "$package" || service "$package" stop
+        done >/dev/null 2>&1 || true
     else
-        echo "bootstrap: haproxy is missing; install it (Debian: sudo apt-get install haproxy)" >&2
+        echo "bootstrap: ${missing[*]} missing; install (Debian): sudo apt-get install ${missing[*]}" >&2
     fi
 fi

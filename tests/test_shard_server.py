@@ -98,6 +98,7 @@ async def test_healthz_and_metrics(start_shard: ShardFactory) -> None:
         page = await asyncio.to_thread(raw_exchange, shard.port, b"GET /metrics HTTP/1.1\r\n"
                                        b"Host: x\r\n\r\n")  # fmt: skip
         assert b"fleet_shard_connections 0.0" in page
+        assert b"process_resident_memory_bytes " in page
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ fold anything else into "other", so a misbehaving device cannot explode the seri
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from backend.protocol import envelope
 
@@ -36,6 +36,9 @@ class ShardMetrics:
     def __init__(self, shard_id: str) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # process_resident_memory_bytes and process_cpu_seconds_total: the capacity dashboard
+        # divides them by the connections.
+        ProcessCollector(registry=r)
         self.connections = Gauge(
             "fleet_shard_connections", "Open authenticated device connections", registry=r
         )
