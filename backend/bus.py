@@ -16,10 +16,19 @@ ALERTS_STREAM = "FLEET_ALERTS"
 STATUS_STREAM = "FLEET_STATUS"
 UPDATES_STREAM = "FLEET_UPDATES"
 PRESENCE_BUCKET = "fleet-presence"
+DEVICES_BUCKET = "fleet-devices"
+"""Per-device fleet state (health, open alerts, last status) kept by ``backend.fleetstate``."""
+ROLLOUTS_BUCKET = "fleet-rollouts"
+"""Update rollouts (request, state, each target's progress) kept by ``backend.rollouts``."""
+# A KV bucket is a stream named KV_<bucket> with subjects $KV.<bucket>.<key>: consumers of
+# its changes read that stream like any other.
+PRESENCE_STREAM = f"KV_{PRESENCE_BUCKET}"
+PRESENCE_SUBJECTS = f"$KV.{PRESENCE_BUCKET}.>"
 
 MSG_ID_HEADER = "Nats-Msg-Id"  # JetStream de-duplicates on it within duplicate_window
 DEVICE_HEADER = "Fleet-Device"
 SHARD_HEADER = "Fleet-Shard"
+UPDATE_HEADER = "Fleet-Update"  # on update progress: the sid of the offer it answers
 
 DEDUP_WINDOW = 120.0
 """Seconds within which a resent alert is recognised (JetStream's default window)."""
@@ -45,6 +54,11 @@ def relay_subject(sid: str) -> str:
 def shard_subject(shard_id: str) -> str:
     """Requests for devices held by ``shard_id`` (commands, deliveries, kicks)."""
     return f"fleet.shard.{shard_id}"
+
+
+def device_of(subject: str) -> str:
+    """The device id, the last token of every per-device subject (ids contain no dots)."""
+    return subject.rpartition(".")[2]
 
 
 def alert_msg_id(device_id: str, alert_id: str) -> str:
@@ -84,4 +98,16 @@ async def ensure_streams(js: JetStreamContext) -> KeyValue:
             await js.update_stream(config)
     return await js.create_key_value(
         KeyValueConfig(bucket=PRESENCE_BUCKET, history=1, storage=StorageType.FILE)
+    )
+
+
+async def ensure_devices_bucket(js: JetStreamContext) -> KeyValue:
+    return await js.create_key_value(
+        KeyValueConfig(bucket=DEVICES_BUCKET, history=1, storage=StorageType.FILE)
+    )
+
+
+async def ensure_rollouts_bucket(js: JetStreamContext) -> KeyValue:
+    return await js.create_key_value(
+        KeyValueConfig(bucket=ROLLOUTS_BUCKET, history=1, storage=StorageType.FILE)
     )

@@ -4,6 +4,8 @@ Used by the local demo and by the tests. It speaks through ``websockets``' own c
 independent implementation of RFC 6455, so the shard's codec is checked against it. The
 alert outbox lives in the ``DeviceSession``, which outlives each connection: after a
 reconnect the unacked alerts are sent again and the stream's de-duplication keeps them single.
+Shell sessions are served by the line-oriented ``DeviceShells`` (lines run as commands), and
+update offers by ``on_update`` when one is given.
 """
 
 from __future__ import annotations
@@ -12,19 +14,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from backend.protocol import messages
+from backend.protocol import envelope, messages
 from backend.protocol import session as ps
+from backend.protocol.terminal import DeviceShells
 from backend.shard.config import DEVICE_PATH
 
 log = logging.getLogger("fleet.testdevice")
 
 CommandHandler = Callable[[str], tuple[int, bytes] | None]
 """Runs a command: (exit code, output), or None for a command that never finishes."""
+UpdateHandler = Callable[[messages.UpdateOffer], Awaitable[str]]
+"""Installs an offered update: "" when it succeeded, else the failure's reason."""
 
 
 def echo_command(command: str) -> tuple[int, bytes]:
@@ -47,11 +52,15 @@ class TestDevice:
         url: str,
         *,
         on_command: CommandHandler = echo_command,
+        on_update: UpdateHandler | None = None,
     ) -> None:
         self.device_id = device_id
         self.token = token
         self.url = url.rstrip("/") + DEVICE_PATH
         self.on_command = on_command
+        self.on_update = on_update
+        self.shells = DeviceShells()
+        self._updates: set[asyncio.Task[None]] = set()
         self.session = ps.DeviceSession(ps.Role.DEVICE, device_id=device_id)
         self.events: asyncio.Queue[ps.Event] = asyncio.Queue()
         self.acked: set[str] = set()
@@ -82,6 +91,8 @@ class TestDevice:
         await self.wait_closed()
 
     async def wait_closed(self) -> None:
+        for task in list(self._updates):
+            task.cancel()  # an install does not outlive the connection that offered it
         if self._reader is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
@@ -120,6 +131,7 @@ class TestDevice:
             if received is not None:
                 self.close_code, self.close_reason = received.code, received.reason
             self.session.connection_lost()
+            self.shells.close_all()
 
     async def _handle_events(self) -> None:
         for event in self.session.events_received():
@@ -130,6 +142,10 @@ class TestDevice:
                 self.handshake.set()
             elif isinstance(event, ps.CommandRequested):
                 self._run_command(event)
+            elif isinstance(event, ps.MessageReceived) and event.msg.proto == envelope.PROTO_SHELL:
+                self._shell_message(event.msg)
+            elif isinstance(event, ps.UpdateOffered) and self.on_update is not None:
+                self._start_update(event)
             self.events.put_nowait(event)
         await self._flush()
 
@@ -139,6 +155,26 @@ class TestDevice:
         if outcome is not None:
             result = messages.CommandResult(*outcome, time.monotonic() - started)
             self.session.send_command_result(event.sid, result)
+
+    def _shell_message(self, msg: envelope.ProtoMsg) -> None:
+        """Shell lines run through ``on_command``, like commands (a silent one prints nothing)."""
+        for line in self.shells.receive(msg, self.session):
+            outcome = self.on_command(line.command)
+            if outcome is not None:
+                self.shells.output(self.session, line.sid, outcome[1])
+
+    def _start_update(self, event: ps.UpdateOffered) -> None:
+        self.session.send_update_progress(event.sid, messages.UpdateProgress("downloading", 0))
+        task = asyncio.create_task(self._install(event))
+        self._updates.add(task)
+        task.add_done_callback(self._updates.discard)
+
+    async def _install(self, event: ps.UpdateOffered) -> None:
+        assert self.on_update is not None
+        failure = await self.on_update(event.offer)
+        final = messages.UpdateProgress("failure" if failure else "success", 100, failure)
+        self.session.send_update_progress(event.sid, final)
+        await self._flush()
 
     async def _flush(self) -> None:
         if self._ws is None:

@@ -29,9 +29,11 @@ import gevent
 from gevent import socket
 
 from backend.protocol import closecodes, http
+from backend.protocol import envelope as env
 from backend.protocol import messages as m
 from backend.protocol import session as ps
 from backend.protocol.errors import HandshakeError, UpgradeRejected
+from backend.protocol.terminal import DeviceShells
 from backend.protocol.websocket import Closed, Failed, Message, Pong, Role, WebSocketConnection
 from backend.shard.config import SUBPROTOCOL
 from simulator.backoff import Backoff
@@ -93,6 +95,7 @@ class VirtualGateway:
         "ping_sent",
         "reboot_update",
         "session",
+        "shells",
         "silent_ended",
         "sock",
         "timers",
@@ -126,6 +129,7 @@ class VirtualGateway:
         self.inbound: deque[tuple[float, bytes]] | None = None
         self.outbound: deque[tuple[float, bytes]] | None = None
         self.reboot_update: str | None = None  # sid of an update that rebooted the gateway
+        self.shells: DeviceShells | None = None  # created by the first shell session
         self.silent_ended = False  # a blackhole just ended: a drop now is its consequence
         self._schedule_alert(time.monotonic())
 
@@ -204,6 +208,7 @@ class VirtualGateway:
         self.connected_at = None
         self.ping_sent = None
         self.timers = None
+        self.shells = None  # a shell lives as long as its connection
         self.inbound = self.outbound = None
         self.silent_ended = False
 
@@ -359,6 +364,8 @@ class VirtualGateway:
                 self._command_requested(event, now)
             elif isinstance(event, ps.UpdateOffered):
                 self._update_offered(event, now)
+            elif isinstance(event, ps.MessageReceived) and event.msg.proto == env.PROTO_SHELL:
+                self._shell_message(event.msg, now)
             elif isinstance(event, ps.ProtocolViolation) and event.error.close_code:
                 raise _Dropped(f"protocol error {event.error.close_code}", expected=False)
             elif isinstance(event, ps.ErrorReceived):
@@ -525,6 +532,25 @@ class VirtualGateway:
         self.session.send_command_result(sid, m.CommandResult(code, output, now - received))
         self.fleet.stats.commands += 1
         self.fleet.stats.request("command", now - received, len(output))
+
+    def _shell_message(self, msg: env.ProtoMsg, now: float) -> None:
+        """Lines typed in a shell session run as commands do, output after their latency."""
+        shells = self.shells
+        if shells is None:
+            shells = self.shells = DeviceShells()
+        fleet = self.fleet
+        for line in shells.receive(msg, self.session):
+            _code, output, latency = run_command(
+                line.command, self.device_id, self.firmware, fleet.rng,
+                fleet.behaviour.command_latency,
+            )  # fmt: skip
+            self._after(now + latency, self._shell_output, (line.sid, output))
+        if not shells.open_sessions:
+            self.shells = None
+
+    def _shell_output(self, arg: tuple[str, bytes], now: float) -> None:
+        if self.shells is not None:
+            self.shells.output(self.session, *arg)
 
     def _update_offered(self, event: ps.UpdateOffered, now: float) -> None:
         """Download at the network's bandwidth (progress every quarter), then install."""

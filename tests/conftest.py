@@ -8,19 +8,31 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import nats
 import pytest
 import uvloop
 from nats.aio.client import Client as NATS
 
+from backend.api import OperatorApi
+from backend.fleetconfig import FleetConfig
+from backend.fleetstate import FleetState
 from backend.natsserver import NatsServer
 from backend.shard import Shard, ShardConfig
+from tests.fleet_support import OPERATOR_TOKENS, ApiFactory, FleetStateFactory
 from tests.support import JWT_SECRET, ShardFactory
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
     """Async tests run on uvloop, as the shard does in production."""
     return {"uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP (and WebSocket) client, as an operator uses."""
+    async with aiohttp.ClientSession() as session:
+        yield session
 
 
 @pytest.fixture
@@ -51,5 +63,49 @@ def start_shard(nats_server: NatsServer) -> ShardFactory:
             yield shard
         finally:
             await shard.drain()
+
+    return start
+
+
+@pytest.fixture
+def fleet_config(nats_server: NatsServer) -> FleetConfig:
+    """Operator side settings for tests: short fetches so that stops are quick."""
+    return FleetConfig(
+        port=0,
+        nats_urls=(nats_server.url,),
+        operator_tokens=OPERATOR_TOKENS,
+        fetch_timeout=0.5,
+        drain_timeout=5.0,
+    )
+
+
+@pytest.fixture
+def start_fleet_state(fleet_config: FleetConfig) -> FleetStateFactory:
+    """``async with start_fleet_state() as state:`` a fleet state instance, stopped after."""
+
+    @contextlib.asynccontextmanager
+    async def start(**overrides: Any) -> AsyncIterator[FleetState]:
+        service = FleetState(dataclasses.replace(fleet_config, **overrides))
+        await service.start()
+        try:
+            yield service
+        finally:
+            await service.stop()
+
+    return start
+
+
+@pytest.fixture
+def start_api(fleet_config: FleetConfig) -> ApiFactory:
+    """``async with start_api() as api:`` the operator API (with a fleet state) on a free port."""
+
+    @contextlib.asynccontextmanager
+    async def start(**overrides: Any) -> AsyncIterator[OperatorApi]:
+        api = OperatorApi(dataclasses.replace(fleet_config, **overrides))
+        await api.start()
+        try:
+            yield api
+        finally:
+            await api.stop()
 
     return start

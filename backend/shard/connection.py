@@ -43,6 +43,7 @@ class DeviceConnection(asyncio.Protocol):
         "phase",
         "ping_sent",
         "registration",
+        "relays",
         "session",
         "shard",
         "transport",
@@ -58,6 +59,7 @@ class DeviceConnection(asyncio.Protocol):
         self.session: ps.DeviceSession | None = None
         self.device_id = ""
         self.registration: Registration | None = None
+        self.relays: dict[str, int] | None = None  # operator sessions open: sid -> proto
         self.kicked_version = 0
         self.last_received = 0.0
         self.ping_sent: float | None = None

@@ -217,8 +217,19 @@ class Shard:
                 self._no_devices.set()
         self.metrics.connections.set(len(self.devices))
         self.metrics.disconnects.labels(conn.disconnect_reason).inc()
+        self._end_relays(conn)
         if conn.registration is not None:
             self._spawn(self._unregister_presence(conn))
+
+    def _end_relays(self, conn: DeviceConnection) -> None:
+        """Tell each operator session still open on the device that it is gone: a "stop" with
+        status 2 (error) and the reason, so an operator is not left waiting for output."""
+        reason = f"device {conn.device_id} disconnected ({conn.disconnect_reason})".encode()
+        props = {envelope.PROP_STATUS: envelope.STATUS_ERROR}
+        for sid, proto in (conn.relays or {}).items():
+            stop = envelope.ProtoMsg(proto, envelope.TYP_SHELL_STOP, sid, props, reason)
+            self._enqueue(partial(self._publish, bus.relay_subject(sid), envelope.encode(stop)))
+        conn.relays = None
 
     # --- presence ------------------------------------------------------------------------------
 
@@ -268,9 +279,10 @@ class Shard:
                 future.set_result(event.result)
         elif kind is ps.UpdateProgressReceived:
             subject = bus.update_subject(conn.device_id)
-            headers = {"Fleet-Update": event.sid}
+            headers = {bus.UPDATE_HEADER: event.sid}
             self._enqueue(partial(self._publish, subject, event.progress.to_body(), headers))
         elif kind is ps.Relayed:
+            _track_relay(conn, event.msg)
             subject = bus.relay_subject(event.msg.sid)
             self._enqueue(partial(self._publish, subject, envelope.encode(event.msg)))
         elif kind is ps.ProtocolViolation:
@@ -354,7 +366,9 @@ class Shard:
         elif op == routing.OP_COMMAND:
             reply = await self._run_command(conn, request)
         elif op == routing.OP_DELIVER:
-            conn.session.send(_stamped(envelope.decode(request["message"]), request))
+            msg = _stamped(envelope.decode(request["message"]), request)
+            _track_relay(conn, msg)
+            conn.session.send(msg)
             conn.flush()
             reply = routing.ok()
         elif op == routing.OP_OFFER:
@@ -412,6 +426,21 @@ def _stamped(msg: envelope.ProtoMsg, request: dict[str, Any]) -> envelope.ProtoM
     if user_id:
         msg.props = {**(msg.props or {}), "user_id": user_id}
     return msg
+
+
+def _track_relay(conn: DeviceConnection, msg: envelope.ProtoMsg) -> None:
+    """Operator sessions (Mender's shell and port forward) open with "new" and end with
+    "stop" from either side (or a refused "new": status 2); the connection keeps the open
+    ones until it closes."""
+    refused = (msg.props or {}).get(envelope.PROP_STATUS) == envelope.STATUS_ERROR
+    if msg.typ == envelope.TYP_SHELL_NEW and msg.sid and not refused:
+        if conn.relays is None:
+            conn.relays = {}
+        conn.relays[msg.sid] = msg.proto
+    elif msg.typ in (envelope.TYP_SHELL_NEW, envelope.TYP_SHELL_STOP) and conn.relays:
+        conn.relays.pop(msg.sid, None)
+        if not conn.relays:
+            conn.relays = None
 
 
 def _tokens(value: str) -> set[str]:

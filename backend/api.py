@@ -1,0 +1,540 @@
+"""The operator API: the fleet's state, commands and shells on devices (``backend.shell``),
+and update rollouts (``backend.rollouts``), over HTTP (aiohttp).
+
+Every endpoint but ``/healthz``, ``/metrics`` and ``/openapi.json`` takes an operator's bearer
+token (``FleetConfig.operator_tokens``); the operator's id is stamped as ``user_id`` into what
+reaches the device, as Mender's deviceconnect does. Errors are JSON
+``{"error": <reason>, "message": <text>, "field": <name, for bad input>}``; each is counted in
+``fleet_api_rejected_total{reason,field}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+import nats
+from aiohttp import web
+from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
+from nats.js.errors import NoKeysError
+from nats.js.kv import KeyValue
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from backend import bus, fleetstate, presence, rollouts
+from backend.api_schema import openapi_document
+from backend.auth import BEARER, DEVICE_ID
+from backend.fleetconfig import FleetConfig
+from backend.fleetstate import FleetState, wait_for_stop_signal
+from backend.protocol.errors import DeviceOffline, DeviceTimeout, FleetError, RoutingError
+from backend.rollouts import Rollouts
+from backend.routing import DeviceRouter
+from backend.shell import MAX_TERMINAL, ShellRelay
+
+log = logging.getLogger("fleet.api")
+
+MAX_COMMAND_CHARS = 4096
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/openapi.json"})
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+OPERATOR = web.RequestKey("operator", str)
+
+
+# --- errors: each one is an HTTP answer ----------------------------------------------------------
+
+
+class ApiError(FleetError):
+    status = 400
+    reason = "bad_request"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class Unauthenticated(ApiError):
+    status = 401
+    reason = "unauthorized"
+
+
+class NotFound(ApiError):
+    status = 404
+    reason = "not_found"
+
+
+class OfflineDevice(ApiError):
+    status = 409
+    reason = "offline"
+
+
+class CommandTimedOut(ApiError):
+    status = 504
+    reason = "timeout"
+
+
+class RoutingFailed(ApiError):
+    status = 502
+    reason = "routing"
+
+
+class Conflict(ApiError):
+    status = 409
+    reason = "conflict"
+
+
+class HttpRefused(ApiError):
+    """aiohttp's own refusals (no such route, wrong method, body too large)."""
+
+    def __init__(self, exc: web.HTTPException) -> None:
+        super().__init__(exc.text or exc.reason)
+        self.status = exc.status
+        self.reason = HTTPStatus(exc.status).phrase.lower().replace(" ", "_")
+
+
+def bad_field(field: str, message: str) -> ApiError:
+    return ApiError(message, field=field)
+
+
+# --- input --------------------------------------------------------------------------------------
+
+
+def device_id_of(request: web.Request) -> str:
+    device_id = request.match_info["id"]
+    if not DEVICE_ID.fullmatch(device_id):
+        raise bad_field("id", f"{device_id[:64]!r} is not a device id ([A-Za-z0-9_-]{{1,128}})")
+    return device_id
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceQuery:
+    health: str | None
+    online: bool | None
+    limit: int
+    cursor: str
+
+    def matches(self, state: fleetstate.DeviceState) -> bool:
+        return (self.health is None or state.health == self.health) and (
+            self.online is None or state.online == self.online
+        )
+
+
+def device_query(query: Any, config: FleetConfig) -> DeviceQuery:
+    health = query.get("state")
+    if health not in (None, fleetstate.RED, fleetstate.GREEN):
+        raise bad_field("state", "'state' must be 'red' or 'green'")
+    online = query.get("online")
+    if online not in (None, "true", "false"):
+        raise bad_field("online", "'online' must be 'true' or 'false'")
+    limit_text = query.get("limit", str(config.page_limit))
+    if not limit_text.isdigit() or not 0 < int(limit_text) <= config.max_page_limit:
+        raise bad_field("limit", f"'limit' must be an integer from 1 to {config.max_page_limit}")
+    cursor = query.get("cursor", "")
+    if cursor and not DEVICE_ID.fullmatch(cursor):
+        raise bad_field("cursor", "'cursor' must be the next_cursor of a previous page")
+    return DeviceQuery(
+        health, None if online is None else online == "true", int(limit_text), cursor
+    )
+
+
+def json_object(raw: str) -> dict[str, Any]:
+    """A request body, which must be a JSON object."""
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise bad_field("body", f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise bad_field("body", "the request body must be a JSON object")
+    return body
+
+
+def command_request(raw: str, config: FleetConfig) -> tuple[str, float]:
+    """``{"command": str, "timeout": seconds}`` from a request body, or the field at fault."""
+    body = json_object(raw)
+    command = body.get("command")
+    if not isinstance(command, str) or not command.strip():
+        raise bad_field("command", "'command' must be a non-empty string")
+    if len(command) > MAX_COMMAND_CHARS:
+        raise bad_field("command", f"'command' is longer than {MAX_COMMAND_CHARS} characters")
+    timeout = body.get("timeout", config.command_timeout)
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not (math.isfinite(timeout) and 0 < timeout <= config.max_command_timeout)
+    ):
+        raise bad_field(
+            "timeout",
+            f"'timeout' must be a number of seconds in (0, {config.max_command_timeout:g}]",
+        )
+    return command, float(timeout)
+
+
+def shell_size(query: Any) -> tuple[int, int]:
+    """The terminal's ``cols`` and ``rows`` query parameters (default 80x24)."""
+    size = []
+    for name, default in (("cols", "80"), ("rows", "24")):
+        text = query.get(name, default)
+        if not (text.isascii() and text.isdigit() and 0 < int(text) <= MAX_TERMINAL):
+            raise bad_field(name, f"'{name}' must be an integer from 1 to {MAX_TERMINAL}")
+        size.append(int(text))
+    return size[0], size[1]
+
+
+def rollout_id_of(request: web.Request) -> str:
+    rollout_id = request.match_info["rid"]
+    if not DEVICE_ID.fullmatch(rollout_id):
+        raise bad_field("id", f"{rollout_id[:64]!r} is not a rollout id")
+    return rollout_id
+
+
+def clipped_output(output: bytes, limit: int) -> tuple[str, bool]:
+    """The output as text, cut at ``limit`` bytes with a marker saying how much is missing."""
+    if len(output) <= limit:
+        return output.decode(errors="replace"), False
+    missing = len(output) - limit
+    marker = f"\n[output truncated: {missing} of {len(output)} bytes not shown]\n"
+    return output[:limit].decode(errors="ignore") + marker, True
+
+
+# --- metrics ------------------------------------------------------------------------------------
+
+
+class ApiMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "fleet_api_requests", "Requests, by route, method and status",
+            ["route", "method", "status"], registry=r,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "fleet_api_request_seconds", "Time to answer a request, by route", ["route"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.rejected = Counter(
+            "fleet_api_rejected", "Requests refused, by reason and the field at fault",
+            ["reason", "field"], registry=r,
+        )  # fmt: skip
+        self.commands = Counter(
+            "fleet_api_commands", "Operator commands, by outcome", ["outcome"], registry=r
+        )
+        self.shells = Counter(
+            "fleet_api_shell_sessions", "Shell sessions by outcome: how they ended (operator, "
+            "device, device_gone, idle, shutdown) or why they did not open", ["outcome"],
+            registry=r,
+        )  # fmt: skip
+        self.open_shells = Gauge(
+            "fleet_api_shell_sessions_open", "Shell sessions relayed now", registry=r
+        )
+
+
+# --- the service ---------------------------------------------------------------------------------
+
+
+class OperatorApi:
+    """``start()`` connects NATS (and a fleet state instance if configured) and listens."""
+
+    def __init__(self, config: FleetConfig) -> None:
+        self.config = config
+        self.metrics = ApiMetrics()
+        self.port = config.port
+        self.state: FleetState | None = FleetState(config) if config.run_state_service else None
+        self.nc: NATS | None = None
+        self._devices: KeyValue | None = None
+        self._presence: KeyValue | None = None
+        self._router: DeviceRouter | None = None
+        self._runner: web.AppRunner | None = None
+        self.rollouts: Rollouts | None = None
+        self._shells: set[ShellRelay] = set()
+
+    async def start(self) -> None:
+        self.nc = await nats.connect(
+            list(self.config.nats_urls), name=self.config.instance_id, max_reconnect_attempts=-1
+        )
+        js = self.nc.jetstream()
+        self._presence = await bus.ensure_streams(js)
+        self._devices = await bus.ensure_devices_bucket(js)
+        self._router = DeviceRouter(self.nc, self._presence)
+        self.rollouts = Rollouts(
+            self.config, self.nc, self._router, self._devices, self.metrics.registry
+        )
+        await self.rollouts.start()
+        if self.state is not None:
+            await self.state.start()
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.config.host, self.config.port).start()
+        self.port = self._runner.addresses[0][1]
+        log.info("operator API listening on %s:%d", self.config.host, self.port)
+        if not self.config.operator_tokens:
+            log.warning("no operator tokens configured: every device request will get 401")
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()  # ends shells, finishes the requests in flight
+        if self.rollouts is not None:
+            await self.rollouts.stop()
+        if self.state is not None:
+            await self.state.stop()
+        if self.nc is not None:
+            try:
+                await self.nc.drain()
+            except NatsError as exc:
+                log.warning("closing NATS: %s", exc)
+        log.info("operator API stopped")
+
+    def app(self) -> web.Application:
+        app = web.Application(
+            middlewares=[self._observe, self._authenticate],
+            client_max_size=self.config.max_body_bytes,
+        )
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics_page)
+        app.router.add_get("/openapi.json", self.openapi)
+        app.router.add_get("/devices", self.list_devices)
+        app.router.add_get("/devices/{id}", self.get_device)
+        app.router.add_post("/devices/{id}/commands", self.run_command)
+        app.router.add_get("/devices/{id}/shell", self.open_shell)
+        app.router.add_get("/rollouts", self.list_rollouts)
+        app.router.add_post("/rollouts", self.create_rollout)
+        app.router.add_get("/rollouts/{rid}", self.get_rollout)
+        app.router.add_post("/rollouts/{rid}/{action:pause|resume|abort}", self.control_rollout)
+        app.on_shutdown.append(self._end_shells)
+        return app
+
+    # --- middlewares ---------------------------------------------------------------------------
+
+    @web.middleware
+    async def _observe(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Errors become JSON answers; every request is counted and timed."""
+        started = time.monotonic()
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            response = self._refusal(HttpRefused(exc))
+        except ApiError as exc:
+            response = self._refusal(exc)
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        self.metrics.requests.labels(route, request.method, str(response.status)).inc()
+        self.metrics.latency.labels(route).observe(time.monotonic() - started)
+        return response
+
+    def _refusal(self, exc: ApiError) -> web.Response:
+        self.metrics.rejected.labels(exc.reason, exc.field or "").inc()
+        body: dict[str, Any] = {"error": exc.reason, "message": str(exc)}
+        if exc.field is not None:
+            body["field"] = exc.field
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return web.json_response(body, status=exc.status, headers=headers)
+
+    @web.middleware
+    async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in PUBLIC_PATHS:
+            request[OPERATOR] = self._operator(request.headers.get("Authorization", ""))
+        return await handler(request)
+
+    def _operator(self, authorization: str) -> str:
+        if authorization[: len(BEARER)].lower() != BEARER:
+            raise Unauthenticated("missing 'Authorization: Bearer <operator token>' header")
+        operator = self.config.operator_of(authorization[len(BEARER) :].strip())
+        if operator is None:
+            raise Unauthenticated("unknown operator token")
+        return operator
+
+    # --- public endpoints ----------------------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        ready = self.nc is not None and self.nc.is_connected
+        return web.Response(status=200 if ready else 503, text="ok\n" if ready else "no NATS\n")
+
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        pages = [generate_latest(self.metrics.registry)]
+        if self.state is not None:
+            pages.append(generate_latest(self.state.metrics.registry))
+        response = web.Response(body=b"".join(pages))
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(openapi_document(self.config))
+
+    # --- devices -------------------------------------------------------------------------------
+
+    async def list_devices(self, request: web.Request) -> web.Response:
+        query = device_query(request.query, self.config)
+        devices, next_cursor = await self._page(query)
+        return web.json_response({"devices": devices, "next_cursor": next_cursor})
+
+    async def _page(self, query: DeviceQuery) -> tuple[list[dict[str, Any]], str | None]:
+        """Devices in id order after the cursor; a filtered page reads at most max_page_scan
+        entries, so it may hold fewer than ``limit``: follow next_cursor until it is null."""
+        assert self._devices is not None
+        keys = await _sorted_keys(self._devices)
+        start = bisect.bisect_right(keys, query.cursor) if query.cursor else 0
+        window = keys[start : start + self.config.max_page_scan]
+        found: list[dict[str, Any]] = []
+        for offset in range(0, len(window), query.limit):
+            chunk = window[offset : offset + query.limit]
+            loaded = await asyncio.gather(*(fleetstate.load(self._devices, k) for k in chunk))
+            for key, (state, _revision) in zip(chunk, loaded, strict=True):
+                if state is not None and query.matches(state):
+                    found.append(state.summary())
+                    if len(found) == query.limit:
+                        return found, key if key != keys[-1] else None
+        last = window[-1] if window else None
+        return found, last if last is not None and last != keys[-1] else None
+
+    async def get_device(self, request: web.Request) -> web.Response:
+        assert self._devices is not None
+        device_id = device_id_of(request)
+        state, _revision = await fleetstate.load(self._devices, device_id)
+        if state is None:
+            raise NotFound(f"no device {device_id} is known to the fleet")
+        return web.json_response(state.detail())
+
+    async def run_command(self, request: web.Request) -> web.Response:
+        assert self._router is not None
+        device_id = device_id_of(request)
+        command, timeout = command_request(await request.text(), self.config)
+        operator = request[OPERATOR]
+        try:
+            result = await self._router.run_command(
+                device_id, command, timeout=timeout, user_id=operator
+            )
+        except RoutingError as exc:
+            error = await self._routing_error(device_id, exc)
+            self.metrics.commands.labels(error.reason).inc()
+            raise error from None
+        self.metrics.commands.labels("ok").inc()
+        log.info("operator %s ran a command on %s: exit %d", operator, device_id, result.exit_code)
+        output, truncated = clipped_output(result.output, self.config.max_output_bytes)
+        return web.json_response(
+            {"device": device_id, "exit_code": result.exit_code, "output": output,
+             "truncated": truncated, "output_bytes": len(result.output),
+             "duration": result.duration}
+        )  # fmt: skip
+
+    async def _routing_error(
+        self, device_id: str, exc: RoutingError, needs: str = "commands need"
+    ) -> ApiError:
+        if isinstance(exc, DeviceTimeout):
+            return CommandTimedOut(str(exc))
+        if not isinstance(exc, DeviceOffline):
+            return RoutingFailed(str(exc))
+        assert self._presence is not None
+        known, _revision = await presence.lookup(self._presence, device_id)
+        if known is None:
+            return NotFound(f"no device {device_id} has ever connected")
+        return OfflineDevice(f"device {device_id} is not connected; {needs} it online")
+
+    # --- shell ---------------------------------------------------------------------------------
+
+    async def open_shell(self, request: web.Request) -> web.StreamResponse:
+        """A WebSocket relayed to the device's shell (``backend.shell``); refusals (offline,
+        unknown, a device without a shell) are HTTP answers, before the upgrade."""
+        assert self.nc is not None and self._router is not None
+        device_id = device_id_of(request)
+        size = shell_size(request.query)
+        ws = web.WebSocketResponse(heartbeat=30.0)
+        if not ws.can_prepare(request).ok:
+            raise bad_field("upgrade", "GET /devices/{id}/shell takes a WebSocket upgrade")
+        relay = ShellRelay(
+            self.nc, self._router, device_id, request[OPERATOR], self.config.shell_idle_timeout
+        )
+        try:
+            await relay.open(size, self.config.shell_start_timeout)
+        except RoutingError as exc:
+            await relay.close()
+            self.metrics.shells.labels(exc.reason).inc()
+            raise await self._routing_error(device_id, exc, "a shell needs") from None
+        self._shells.add(relay)
+        self.metrics.open_shells.inc()
+        try:
+            await ws.prepare(request)
+            outcome = await relay.run(ws, self._bad_shell_input)
+        finally:
+            self._shells.discard(relay)
+            self.metrics.open_shells.dec()
+            await relay.close()
+        self.metrics.shells.labels(outcome).inc()
+        return ws
+
+    def _bad_shell_input(self, field: str) -> None:
+        self.metrics.rejected.labels("bad_request", field).inc()
+
+    async def _end_shells(self, app: web.Application) -> None:
+        for relay in self._shells:
+            relay.shutdown()
+
+    # --- rollouts ------------------------------------------------------------------------------
+
+    async def create_rollout(self, request: web.Request) -> web.Response:
+        assert self.rollouts is not None
+        body = json_object(await request.text())
+        with _rollout_errors():
+            spec = rollouts.rollout_spec(body, self.config)
+            rollout = await self.rollouts.create(spec, request[OPERATOR])
+        return web.json_response(rollout.summary(), status=201)
+
+    async def list_rollouts(self, request: web.Request) -> web.Response:
+        assert self.rollouts is not None
+        found = await self.rollouts.all()
+        return web.json_response({"rollouts": [rollout.summary() for rollout in found]})
+
+    async def get_rollout(self, request: web.Request) -> web.Response:
+        assert self.rollouts is not None
+        with _rollout_errors():
+            rollout = await self.rollouts.get(rollout_id_of(request))
+        return web.json_response(rollout.detail())
+
+    async def control_rollout(self, request: web.Request) -> web.Response:
+        assert self.rollouts is not None
+        rollout_id, action = rollout_id_of(request), request.match_info["action"]
+        with _rollout_errors():
+            rollout = await self.rollouts.control(rollout_id, action)
+        log.info("operator %s: %s rollout %s", request[OPERATOR], action, rollout_id)
+        return web.json_response(rollout.detail())
+
+
+@contextlib.contextmanager
+def _rollout_errors() -> Iterator[None]:
+    """The rollout service's refusals as HTTP answers."""
+    try:
+        yield
+    except rollouts.InvalidRollout as exc:
+        raise bad_field(exc.field, str(exc)) from None
+    except rollouts.UnknownRollout as exc:
+        raise NotFound(str(exc)) from None
+    except rollouts.RolloutConflict as exc:
+        raise Conflict(str(exc)) from None
+
+
+async def _sorted_keys(kv: KeyValue) -> list[str]:
+    try:
+        return sorted(await kv.keys())
+    except NoKeysError:
+        return []
+
+
+async def serve(config: FleetConfig) -> None:
+    """Run the operator API until SIGTERM or SIGINT, then stop it."""
+    api = OperatorApi(config)
+    await api.start()
+    await wait_for_stop_signal()
+    await api.stop()

@@ -1,0 +1,90 @@
+"""One configuration object for the operator side: the fleet state service and the HTTP API."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def default_instance_id() -> str:
+    return f"fleet-{uuid.uuid4().hex[:8]}"
+
+
+def token_digest(token: str) -> str:
+    """Tokens are looked up by digest: no secret is compared byte by byte (timing)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def load_operator_tokens(path: Path) -> dict[str, str]:
+    """A JSON object ``{"<token>": "<operator id>", ...}``, the file operators' tokens live in."""
+    tokens = json.loads(path.read_text())
+    if not isinstance(tokens, dict) or not all(
+        isinstance(k, str) and k and isinstance(v, str) and v for k, v in tokens.items()
+    ):
+        raise ValueError(f"{path}: expected a JSON object of token -> operator id strings")
+    return tokens
+
+
+@dataclass(slots=True)
+class FleetConfig:
+    nats_urls: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    instance_id: str = field(default_factory=default_instance_id)
+
+    # --- operator API ---------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8090
+    operator_tokens: dict[str, str] = field(default_factory=dict)
+    """Bearer token -> operator id; the id is stamped as ``user_id`` on what operators send."""
+    command_timeout: float = 10.0
+    """Default deadline of a command when the request names none."""
+    max_command_timeout: float = 300.0
+    max_output_bytes: int = 64 * 1024
+    """Command output beyond this is cut, with a marker saying how much was left out."""
+    max_body_bytes: int = 64 * 1024
+    page_limit: int = 100
+    max_page_limit: int = 1000
+    max_page_scan: int = 5000
+    """Device entries one filtered page reads at most; the cursor resumes after them."""
+    shell_idle_timeout: float = 900.0
+    """A shell session with no bytes either way for this long is closed."""
+    shell_start_timeout: float = 10.0
+    """How long the device gets to answer a shell "new" before the API gives up (504)."""
+    rollout_durable: str = "fleet-rollouts"
+    """Consumer of update progress (FLEET_UPDATES) that every API instance shares."""
+    rollout_device_timeout: float = 3600.0
+    """A rollout device with no final result this long after its offer counts as failed."""
+    rollout_tick: float = 0.2
+    """How often a rollout driver looks for devices to offer (also after every progress batch)."""
+    max_rollout_devices: int = 5000
+    """Devices one rollout may target: its whole state is one KV entry (under 1 MiB)."""
+    run_state_service: bool = True
+    """Also run a fleet state instance in the API process (a small fleet needs no more)."""
+
+    # --- fleet state service --------------------------------------------------------------
+    durable: str = "fleet-state"
+    """Durable consumer name; every instance binds the same consumers and shares the work."""
+    fetch_batch: int = 64
+    fetch_timeout: float = 2.0
+    ack_wait: float = 30.0
+    retry_delay: float = 1.0
+    """Redelivery delay of an event whose state update failed (NATS trouble, CAS exhausted)."""
+    drain_timeout: float = 10.0
+
+    _digests: dict[str, str] = field(init=False, repr=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.command_timeout <= 0 or self.command_timeout > self.max_command_timeout:
+            raise ValueError("command_timeout must be in (0, max_command_timeout]")
+        if not 0 < self.page_limit <= self.max_page_limit:
+            raise ValueError("page_limit must be in (0, max_page_limit]")
+        for name in ("shell_idle_timeout", "shell_start_timeout", "rollout_tick",
+                     "rollout_device_timeout"):  # fmt: skip
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+        self._digests = {token_digest(t): op for t, op in self.operator_tokens.items()}
+
+    def operator_of(self, token: str) -> str | None:
+        return self._digests.get(token_digest(token))

@@ -1,0 +1,245 @@
+"""The operator API end to end: real nats-server, in-process shards and fleet state, test
+devices, and an HTTP client on a real socket."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import pytest
+
+from backend.api import OperatorApi
+from backend.protocol import messages
+from backend.protocol import session as ps
+from backend.shard import Shard
+from backend.testdevice import TestDevice
+from tests.fleet_support import AUTH, ApiFactory, base, call, connected, until
+from tests.support import ShardFactory
+
+
+async def command(
+    http: aiohttp.ClientSession, api: OperatorApi, device_id: str, **body: Any
+) -> tuple[int, Any]:
+    url = f"{base(api)}/devices/{device_id}/commands"
+    return await call(http, "POST", url, json=body)
+
+
+async def listed(http: aiohttp.ClientSession, api: OperatorApi, query: str) -> list[str]:
+    status, page = await call(http, "GET", f"{base(api)}/devices?{query}")
+    assert status == 200, page
+    return [device["id"] for device in page["devices"]]
+
+
+async def shown(http: aiohttp.ClientSession, api: OperatorApi, device_id: str, check: Any) -> Any:
+    """The device's page once ``check`` holds for it (the fleet state is eventually updated)."""
+
+    async def probe() -> Any:
+        status, body = await call(http, "GET", f"{base(api)}/devices/{device_id}")
+        return body if status == 200 and check(body) else None
+
+    return await until(probe)
+
+
+def rejected(api: OperatorApi, reason: str, field: str = "") -> float:
+    labels = {"reason": reason, "field": field}
+    return api.metrics.registry.get_sample_value("fleet_api_rejected_total", labels) or 0.0
+
+
+# --- authentication and public endpoints ------------------------------------------------------
+
+
+async def test_devices_need_an_operator_token(
+    start_api: ApiFactory, http: aiohttp.ClientSession
+) -> None:
+    async with start_api() as api:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic x"}):
+            async with http.get(f"{base(api)}/devices", headers=headers) as resp:
+                assert resp.status == 401
+                assert resp.headers["WWW-Authenticate"] == "Bearer"
+                assert (await resp.json())["error"] == "unauthorized"
+        assert rejected(api, "unauthorized") == 3
+
+
+async def test_health_metrics_and_openapi_are_public(
+    start_api: ApiFactory, http: aiohttp.ClientSession
+) -> None:
+    async with start_api() as api:
+        async with http.get(f"{base(api)}/healthz") as resp:
+            assert (resp.status, await resp.text()) == (200, "ok\n")
+        async with http.get(f"{base(api)}/openapi.json") as resp:
+            document = await resp.json()
+        assert document["openapi"] == "3.1.0"
+        assert set(document["paths"]) >= {"/devices", "/devices/{id}", "/devices/{id}/commands"}
+        async with http.get(f"{base(api)}/metrics") as resp:
+            page = await resp.text()
+        assert 'fleet_api_requests_total{method="GET",route="/healthz",status="200"} 1.0' in page
+        assert "fleet_state_events_total" in page or "fleet_state_devices" in page
+
+
+# --- devices ---------------------------------------------------------------------------------
+
+
+async def fleet_of_three(shard: Shard) -> list[TestDevice]:
+    """gw-1 red (an open alert), gw-2 and gw-3 green; all online."""
+    devices = [await connected(f"gw-{n}", shard) for n in (1, 2, 3)]
+    alert = messages.Alert("a-1", "disk_full", "critical", "raised", "disk 97%", "rotate logs")
+    await devices[0].send_alert(alert)
+    async with asyncio.timeout(10):
+        await devices[0].wait_acked("a-1")
+    return devices
+
+
+async def test_devices_are_listed_by_state_and_paged_by_cursor(
+    start_shard: ShardFactory, start_api: ApiFactory, http: aiohttp.ClientSession
+) -> None:
+    async with start_shard() as shard, start_api() as api:
+        devices = await fleet_of_three(shard)
+        await shown(http, api, "gw-1", lambda d: d["health"] == "red")
+        for device_id in ("gw-2", "gw-3"):
+            await shown(http, api, device_id, lambda d: d["online"])
+        assert await listed(http, api, "state=red") == ["gw-1"]
+        assert await listed(http, api, "state=green&online=true") == ["gw-2", "gw-3"]
+        assert await listed(http, api, "online=false") == []
+
+        pages, cursor = [], ""
+        while cursor is not None:
+            _status, page = await call(http, "GET", f"{base(api)}/devices?limit=2&cursor={cursor}")
+            pages.append([d["id"] for d in page["devices"]])
+            cursor = page["next_cursor"]
+        assert pages == [["gw-1", "gw-2"], ["gw-3"]]
+        for device in devices:
+            await device.close()
+
+
+async def test_a_device_page_shows_its_open_alerts(
+    start_shard: ShardFactory, start_api: ApiFactory, http: aiohttp.ClientSession
+) -> None:
+    async with start_shard() as shard, start_api() as api:
+        devices = await fleet_of_three(shard)
+        await devices[0].send_status(messages.Status("1.4.2", {"cpu": 0.5}))
+        page = await shown(http, api, "gw-1", lambda d: d["health"] == "red" and d["firmware"])
+        assert page["alerts"] == [
+            {"id": "a-1", "code": "disk_full", "severity": "critical",
+             "description": "disk 97%", "fix": "rotate logs", "ts": 0.0}
+        ]  # fmt: skip
+        assert (page["firmware"], page["status"]["values"]) == ("1.4.2", {"cpu": 0.5})
+        assert await call(http, "GET", f"{base(api)}/devices/gw-9") == (
+            404, {"error": "not_found", "message": "no device gw-9 is known to the fleet"}
+        )  # fmt: skip
+        for device in devices:
+            await device.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [("state=amber", "state"), ("online=yes", "online"), ("limit=0", "limit"),
+     ("limit=many", "limit"), ("cursor=a.b", "cursor")],
+)  # fmt: skip
+async def test_a_bad_listing_query_names_its_field(
+    start_api: ApiFactory, http: aiohttp.ClientSession, query: str, field: str
+) -> None:
+    async with start_api(run_state_service=False) as api:
+        status, body = await call(http, "GET", f"{base(api)}/devices?{query}")
+        assert (status, body["error"], body["field"]) == (400, "bad_request", field)
+        assert rejected(api, "bad_request", field) == 1
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+async def test_a_command_runs_on_the_device_as_the_operator(
+    start_shard: ShardFactory, start_api: ApiFactory, http: aiohttp.ClientSession
+) -> None:
+    async with start_shard() as shard, start_api(run_state_service=False) as api:
+        device = await connected("gw-1", shard)
+        status, result = await command(http, api, "gw-1", command="echo hello", timeout=5)
+        assert status == 200
+        assert (result["exit_code"], result["output"], result["truncated"]) == (0, "hello\n", False)
+        requested = await _next_command(device)
+        assert (requested.request.command, requested.user_id) == ("echo hello", "op-alice")
+        status, result = await command(http, api, "gw-1", command="false")
+        assert (status, result["exit_code"]) == (200, 1)
+        await device.close()
+
+
+async def test_long_output_is_truncated_with_a_marker(
+    start_shard: ShardFactory, start_api: ApiFactory, http: aiohttp.ClientSession
+) -> None:
+    async with (
+        start_shard() as shard,
+        start_api(run_state_service=False, max_output_bytes=16) as api,
+    ):
+        device = await connected("gw-1", shard, on_command=lambda _cmd: (0, b"x" * 100))
+        status, result = await command(http, api, "gw-1", command="dump")
+        assert status == 200, result
+        assert result["truncated"] is True
+        assert result["output_bytes"] == 100
+        assert result["output"] == "x" * 16 + "\n[output truncated: 84 of 100 bytes not shown]\n"
+        await device.close()
+
+
+async def test_a_silent_device_times_out_with_504(
+    start_shard: ShardFactory, start_api: ApiFactory, http: aiohttp.ClientSession
+) -> None:
+    async with start_shard() as shard, start_api(run_state_service=False) as api:
+        device = await connected("gw-1", shard, on_command=lambda _cmd: None)
+        status, body = await command(http, api, "gw-1", command="sleep 100", timeout=0.2)
+        assert (status, body["error"]) == (504, "timeout")
+        await device.close()
+
+
+async def test_offline_and_unknown_devices_are_told_apart(
+    start_shard: ShardFactory, start_api: ApiFactory, http: aiohttp.ClientSession
+) -> None:
+    async with start_shard() as shard, start_api(run_state_service=False) as api:
+        device = await connected("gw-1", shard)
+        await device.close()
+
+        async def offline() -> Any:
+            status, body = await command(http, api, "gw-1", command="uptime")
+            return body if status == 409 else None
+
+        body = await until(offline)
+        assert body == {
+            "error": "offline",
+            "message": "device gw-1 is not connected; commands need it online",
+        }
+        status, body = await command(http, api, "gw-never", command="uptime")
+        assert (status, body["error"]) == (404, "not_found")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [(b"{", "body"), (b"[1]", "body"), (b'{"timeout": 5}', "command"),
+     (b'{"command": 7}', "command"), (b'{"command": "  "}', "command"),
+     (b'{"command": "ls", "timeout": "soon"}', "timeout"),
+     (b'{"command": "ls", "timeout": true}', "timeout"),
+     (b'{"command": "ls", "timeout": -1}', "timeout"),
+     (b'{"command": "ls", "timeout": 100000}', "timeout")],
+)  # fmt: skip
+async def test_a_bad_command_request_names_its_field(
+    start_api: ApiFactory, http: aiohttp.ClientSession, body: bytes, field: str
+) -> None:
+    async with start_api(run_state_service=False) as api:
+        url = f"{base(api)}/devices/gw-1/commands"
+        status, answer = await call(http, "POST", url, data=body, headers=AUTH)
+        assert (status, answer["field"]) == (400, field), answer
+        assert field in answer["message"] or field == "body"
+        assert rejected(api, "bad_request", field) == 1
+
+
+async def test_a_bad_device_id_is_refused(
+    start_api: ApiFactory, http: aiohttp.ClientSession
+) -> None:
+    async with start_api(run_state_service=False) as api:
+        status, body = await call(http, "GET", f"{base(api)}/devices/not%20an%20id")
+        assert (status, body["field"]) == (400, "id")
+
+
+async def _next_command(device: TestDevice) -> ps.CommandRequested:
+    async with asyncio.timeout(5):
+        while True:
+            event = await device.events.get()
+            if isinstance(event, ps.CommandRequested):
+                return event
