@@ -21,8 +21,9 @@ from nats.js.api import DeliverPolicy
 from backend import bus
 
 
-async def count_alerts(nats_url: str, run_id: str) -> dict[str, int]:
-    """Stored alert messages of run ``run_id``: unique ids and extra copies."""
+async def count_alerts(nats_url: str, run_id: str) -> dict[str, Any]:
+    """Stored alert messages of run ``run_id``: unique ids, extra copies, and the seconds
+    from the first stored to the last (the stream's own timestamps: the rate it took them)."""
     # One retry: nats-py's default (60, two seconds apart, even before the first connect)
     # would outlast audit_stream's timeout when NATS is gone.
     nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=1)
@@ -30,6 +31,7 @@ async def count_alerts(nats_url: str, run_id: str) -> dict[str, int]:
         js = nc.jetstream()
         info = await js.stream_info(bus.ALERTS_STREAM)
         ids: Counter[str] = Counter()
+        stored_at: list[float] = []
         if info.state.messages:
             sub = await js.subscribe(
                 bus.alert_subject("*"),
@@ -41,14 +43,16 @@ async def count_alerts(nats_url: str, run_id: str) -> dict[str, int]:
                 msg_id = (msg.headers or {}).get(bus.MSG_ID_HEADER, "")
                 if f":{run_id}-" in msg_id:
                     ids[msg_id] += 1
+                    stored_at.append(msg.metadata.timestamp.timestamp())
                 if msg.metadata.num_pending == 0:
                     break
     finally:
         await nc.close()
-    return {"unique": len(ids), "duplicates": sum(ids.values()) - len(ids)}
+    span = max(stored_at) - min(stored_at) if stored_at else 0.0
+    return {"unique": len(ids), "duplicates": sum(ids.values()) - len(ids), "span_s": span}
 
 
-def audit_stream(nats_url: str, run_id: str, timeout: float = 120.0) -> dict[str, int]:
+def audit_stream(nats_url: str, run_id: str, timeout: float = 120.0) -> dict[str, Any]:
     """``count_alerts`` in a child process (safe to call from a gevent-patched process)."""
     result = subprocess.run(
         [sys.executable, "-m", "simulator.audit", nats_url, run_id],
@@ -59,7 +63,7 @@ def audit_stream(nats_url: str, run_id: str, timeout: float = 120.0) -> dict[str
     )
     if result.returncode != 0:
         raise RuntimeError(f"reading the alert stream failed: {result.stderr.strip()}")
-    counts: dict[str, int] = json.loads(result.stdout)
+    counts: dict[str, Any] = json.loads(result.stdout)
     return counts
 
 

@@ -1,0 +1,157 @@
+"""The verdict checks of each SRE scenario, from a finished run's record.
+
+Every threshold has a default here and can be overridden per run with ``--threshold
+NAME=VALUE`` (the check's name). Pure, like ``simulator.verdicts``: tests build records by
+hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from simulator import timeline as tl
+from simulator.timeline import Timeline
+from simulator.verdicts import Check, judge
+
+SHARD_KILLED = "shard_killed"  # the timeline mark the storm sets
+ALERT_GOAL = 20_000.0  # alerts/s end to end the backend is meant to sustain
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a scenario's checks may look at once the run is over."""
+
+    summary: Mapping[str, Any]
+    timeline: Timeline
+    users: int
+    """Gateways asked for (-u)."""
+    shard_settings: Mapping[str, float] = field(default_factory=dict)
+    """The embedded shards' accept_rate and accept_burst; empty with --host."""
+    shards: int = 0
+    overrides: Mapping[str, float] = field(default_factory=dict)
+
+    def threshold(self, name: str, default: float) -> float:
+        return self.overrides.get(name, default)
+
+    def latency(self, name: str, key: str) -> float | None:
+        entry = self.summary["latency_ms"].get(name)
+        return None if entry is None else float(entry[key])
+
+    def alerts(self, key: str) -> float | None:
+        value = self.summary["alerts"].get(key)
+        return None if value is None else float(value)
+
+
+def check(record: RunRecord, name: str, measured: float | None, rule: str, default: float,
+          unit: str = "") -> Check:  # fmt: skip
+    """A check whose threshold the run may override."""
+    return judge(name, measured, rule, record.threshold(name, default), unit)
+
+
+def no_loss(record: RunRecord) -> list[Check]:
+    """Acked alerts all in the stream, none twice (needs the embedded stack's stream)."""
+    return [
+        check(record, "alerts_lost", record.alerts("lost"), "<=", 0),
+        check(record, "alerts_duplicated", record.alerts("duplicated"), "<=", 0),
+    ]
+
+
+def storm_checks(record: RunRecord) -> list[Check]:
+    """After one of K shards is killed: how fast the fleet is back, within the admission
+    budget of the survivors, with no 5xx beyond shedding and no alert lost."""
+    samples, killed = record.timeline.samples, record.timeline.marks.get(SHARD_KILLED)
+    held = tl.before(samples, killed) if killed is not None else None
+    target = held["connected"] if held else None
+    since = killed if killed is not None else float("inf")
+    per_shard = record.shard_settings.get("accept_rate", 0) + record.shard_settings.get(
+        "accept_burst", 0
+    )
+    shed, answered_5xx = tl.last_known(samples, "shed"), _last(samples, "haproxy_5xx")
+    unexplained = None if shed is None or answered_5xx is None else answered_5xx - shed
+    return [
+        check(record, "connected_at_kill", target, ">=", 0.99 * record.users, "gateways"),
+        check(record, "reconnect_99pct_s", _recovery(samples, since, target, 0.99), "<=", 30, "s"),
+        check(record, "reconnect_100pct_s", _recovery(samples, since, target, 1.0), "<=", 60, "s"),
+        # A token bucket admits at most burst + rate in a second, on each surviving shard.
+        check(
+            record,
+            "peak_accept_per_s",
+            tl.peak_rate(samples, "connects", since),
+            "<=",
+            per_shard * max(record.shards - 1, 1),
+            "/s",
+        ),
+        check(record, "haproxy_5xx_beyond_shed", unexplained, "<=", 0),
+        *no_loss(record),
+    ]
+
+
+def _recovery(
+    samples: list[tl.Sample], since: float, target: float | None, share: float
+) -> float | None:
+    return None if target is None else tl.recovery_time(samples, since, share * target)
+
+
+def _last(samples: list[tl.Sample], key: str) -> float | None:
+    values = [s[key] for s in samples if s.get(key) is not None]
+    return values[-1] if values else None
+
+
+def burst_checks(record: RunRecord) -> list[Check]:
+    """Alerts end to end into the durable stream, counted by reading the stream back."""
+    return [
+        check(record, "alerts_per_s_stored", record.alerts("stored_per_s"), ">=", ALERT_GOAL, "/s"),
+        check(record, "alert_p50_ms", record.latency("alert", "p50"), "<=", 250, "ms"),
+        check(record, "alert_p99_ms", record.latency("alert", "p99"), "<=", 2000, "ms"),
+        *no_loss(record),
+    ]
+
+
+def soak_checks(record: RunRecord) -> list[Check]:
+    """Held connections stay up; blackholed ones that died were reaped by the shards'
+    keep-alive (not by anything else, and none escaped it)."""
+    drops: Mapping[str, int] = record.summary["drops"]
+    deaths = sum(n for cause, n in drops.items() if cause.startswith("net_blackhole"))
+    reaped = tl.last_known(record.timeline.samples, "reaped")
+    unreaped = None if reaped is None else max(0.0, deaths - reaped)
+    return [
+        check(
+            record,
+            "peak_connected",
+            record.summary["gateways"]["peak_connected"],
+            ">=",
+            record.users,
+            "gateways",
+        ),
+        check(record, "unexpected_drops", record.summary["unexpected_drops"], "<=", 0),
+        check(record, "ping_p99_ms", record.latency("ping", "p99"), "<=", 1000, "ms"),
+        check(record, "blackhole_deaths_not_reaped", unreaped, "<=", 0),
+        *no_loss(record),
+    ]
+
+
+def day_checks(record: RunRecord) -> list[Check]:
+    """A mixed fleet on good and bad links through a day: it connects, stays, loses nothing."""
+    return [
+        check(
+            record,
+            "peak_connected",
+            record.summary["gateways"]["peak_connected"],
+            ">=",
+            0.99 * record.users,
+            "gateways",
+        ),
+        check(
+            record, "connect_p99_ms", record.latency("connect: handshake", "p99"), "<=", 5000, "ms"
+        ),
+        check(
+            record,
+            "unexpected_drops",
+            record.summary["unexpected_drops"],
+            "<=",
+            0.01 * record.users,
+        ),
+        *no_loss(record),
+    ]

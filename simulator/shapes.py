@@ -1,0 +1,124 @@
+"""Load shapes of the SRE scenarios, and what lets those scenarios live in ``scenarios/``
+without joining the whole-fleet run.
+
+``locust -f scenarios`` loads every file of the directory, runs every user class in it and
+the first shape it finds. The SRE scenarios are experiments of their own (a shard kill, an
+alert flood), so their classes stay abstract unless their file is named with ``-f``.
+
+Every shape reads Locust's common options: ``-u`` gateways, ``-r`` per second, ``-t`` the
+whole run (a hard limit Locust also enforces).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from locust import LoadTestShape, argument_parser
+from locust.env import Environment
+
+from simulator import plugin
+from simulator.checks import SHARD_KILLED
+
+log = logging.getLogger("fleet.simulator")
+
+Tick = tuple[int, float] | None
+
+
+def named_explicitly(path: str) -> bool:
+    """Whether ``-f`` (or LOCUST_LOCUSTFILE) names the file ``path`` itself, not a directory
+    holding it. A worker fetching its locustfile from the master (``-f -``) runs it."""
+    # Locust's annotation says a tuple; it returns the parsed Namespace.
+    parsed: Any = argument_parser.parse_locustfile_option(sys.argv[1:])
+    option = parsed.locustfile or ""
+    if option.strip() == "-":
+        return True
+    named = {Path(item.strip()).resolve() for item in option.split(",") if item.strip()}
+    return Path(path).resolve() in named
+
+
+class FleetShape(LoadTestShape):
+    """Ramp to ``-u`` gateways at ``-r`` a second and hold them until ``-t``."""
+
+    abstract = True  # LoadTestShape's metaclass makes every subclass concrete unless told
+    use_common_options = True
+
+    @property
+    def environment(self) -> Environment:
+        assert self.runner is not None
+        return self.runner.environment
+
+    def users(self) -> tuple[int, float, float]:
+        """(-u, -r, -t); -t 0 (not given) holds until stopped."""
+        options = self.environment.parsed_options
+        assert options is not None
+        return options.num_users or 1, options.spawn_rate or 1.0, float(options.run_time or 0)
+
+    def tick(self) -> Tick:
+        users, rate, run_time = self.users()
+        if run_time and self.get_run_time() >= run_time:
+            return None
+        return users, rate
+
+
+class StormShape(FleetShape):
+    """Ramp, then once every gateway is connected (or the ramp overran by a minute) wait
+    ``--kill-after`` s, SIGKILL the first shard of the embedded stack and stop
+    ``--recovery-time`` s later."""
+
+    abstract = True  # scenario files import it: only their own subclass may run
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.full_at: float | None = None
+        self.killed_at: float | None = None
+
+    def tick(self) -> Tick:
+        users, rate, _ = self.users()
+        options = self.environment.parsed_options
+        assert options is not None
+        now = self.get_run_time()
+        if self.killed_at is not None:
+            return None if now >= self.killed_at + options.recovery_time else (users, rate)
+        connected = plugin.totals(self.environment)["connected"]
+        if self.full_at is None and (connected >= users or now > users / rate + 60):
+            self.full_at = now
+        if self.full_at is not None and now >= self.full_at + options.kill_after:
+            self.killed_at = now
+            kill_first_shard()
+        return super().tick()
+
+
+def kill_first_shard() -> None:
+    """SIGKILL shard-a: no drain, no close frames, as when a host dies."""
+    stack = plugin.state.stack
+    assert stack is not None  # the scenario refuses to start without it
+    name, pid = stack.shard_names[0], stack.pids()["shards"][0]
+    os.kill(pid, signal.SIGKILL)
+    plugin.state.timeline.mark(SHARD_KILLED, plugin.elapsed())
+    log.info("reconnect storm: killed %s (pid %d)", name, pid)
+
+
+class DayShape(FleetShape):
+    """A day compressed into ``-t``: the fleet ramps up, holds, dips to 70% in the evening
+    (those gateways stop; new ones join when it comes back) and holds to the end."""
+
+    abstract = True
+
+    def tick(self) -> Tick:
+        users, rate, run_time = self.users()
+        base = super().tick()
+        if base is None or not run_time:
+            return base
+        share = self.get_run_time() / run_time
+        return (round(users * 0.7), rate) if 0.5 <= share < 0.7 else base
+
+
+def require_embedded_stack(environment: Environment, scenario: str) -> None:
+    """Stop before any gateway starts: ``scenario`` kills or reads the stack's processes."""
+    if plugin.owns_stack(environment) and plugin.state.stack is None:
+        sys.exit(f"the {scenario} needs the embedded stack: run it without --host")

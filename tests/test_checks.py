@@ -1,0 +1,136 @@
+"""The SRE scenarios' verdict checks on hand-built run records."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from simulator.checks import (
+    SHARD_KILLED,
+    RunRecord,
+    burst_checks,
+    day_checks,
+    soak_checks,
+    storm_checks,
+)
+from simulator.timeline import Timeline
+from tests.test_timeline import fleet
+
+SUMMARY: dict[str, Any] = {
+    "gateways": {"connected": 1000, "peak_connected": 1000, "connects": 1500},
+    "unexpected_drops": 0,
+    "drops": {},
+    "alerts": {"sent": 500, "acked": 500, "stored": 500, "duplicated": 0, "lost": 0,
+               "stored_per_s": 3800.0},
+    "latency_ms": {
+        "alert": {"count": 500, "p50": 12, "p95": 40, "p99": 90, "max": 300},
+        "ping": {"count": 900, "p50": 80, "p95": 150, "p99": 240, "max": 400},
+        "connect: handshake": {"count": 1500, "p50": 3, "p95": 20, "p99": 60, "max": 90},
+    },
+}  # fmt: skip
+SETTINGS = {"accept_rate": 2000.0, "accept_burst": 1000.0, "keepalive_timeout": 25.0}
+
+
+def by_name(checks: list[Any]) -> dict[str, Any]:
+    return {check.name: check for check in checks}
+
+
+def storm(connected: list[int], connects: list[int], five: list[float], shed: float) -> Timeline:
+    """Two shards; shard-a dies at t=3 having shed ``shed`` upgrades."""
+    line = Timeline()
+    for t, count in enumerate(connected):
+        up = {"connections": count / 2, "connects": 0.0, "shed": shed, "reaped": 0.0}
+        shards = {"shard-a": up if t <= 3 else None, "shard-b": {**up, "shed": 0.0}}
+        line.add(float(t), fleet(count, connects[t]), {}, shards, five[t])
+    line.mark(SHARD_KILLED, 3.5)
+    return line
+
+
+def test_a_storm_that_recovers_within_budget_passes() -> None:
+    line = storm(
+        [1000, 1000, 1000, 1000, 520, 900, 992, 1000],
+        [1000, 1000, 1000, 1000, 1010, 1400, 1492, 1500],
+        [0, 0, 0, 0, 20, 30, 30, 30],
+        shed=30,
+    )
+    checks = by_name(storm_checks(RunRecord(SUMMARY, line, 1000, SETTINGS, shards=2)))
+    assert {name: c.measured for name, c in checks.items()} == {
+        "connected_at_kill": 1000,
+        "reconnect_99pct_s": 2.5,
+        "reconnect_100pct_s": 3.5,
+        "peak_accept_per_s": 390,
+        "haproxy_5xx_beyond_shed": 0,
+        "alerts_lost": 0,
+        "alerts_duplicated": 0,
+    }
+    assert all(c.ok for c in checks.values())
+    assert checks["peak_accept_per_s"].threshold == 3000  # (2,000/s + 1,000) x 1 survivor
+
+
+def test_a_storm_over_budget_with_unexplained_5xx_and_no_full_recovery_fails() -> None:
+    line = storm(
+        [1000, 1000, 1000, 1000, 500, 900, 995, 995],
+        [1000, 1000, 1000, 1000, 1000, 4400, 4495, 4495],
+        [0, 0, 0, 0, 50, 60, 60, 60],
+        shed=10,
+    )
+    checks = by_name(storm_checks(RunRecord(SUMMARY, line, 1000, SETTINGS, shards=2)))
+    failed = {name for name, c in checks.items() if not c.ok}
+    assert failed == {"reconnect_100pct_s", "peak_accept_per_s", "haproxy_5xx_beyond_shed"}
+    assert checks["reconnect_100pct_s"].measured is None
+    assert checks["haproxy_5xx_beyond_shed"].measured == 50
+
+
+def test_a_storm_without_a_kill_measures_nothing() -> None:
+    line = Timeline()
+    line.add(1.0, fleet(10, 10), {})
+    checks = by_name(storm_checks(RunRecord(SUMMARY, line, 10, SETTINGS, shards=2)))
+    assert checks["reconnect_99pct_s"].measured is None
+    assert not checks["connected_at_kill"].ok
+
+
+def test_the_burst_is_judged_on_the_stream_rate_against_the_goal() -> None:
+    checks = by_name(burst_checks(RunRecord(SUMMARY, Timeline(), 200)))
+    assert (checks["alerts_per_s_stored"].measured, checks["alerts_per_s_stored"].ok) == (
+        3800,
+        False,
+    )
+    assert checks["alert_p99_ms"].ok
+    assert checks["alert_p50_ms"].measured == 12
+    lowered = burst_checks(
+        RunRecord(SUMMARY, Timeline(), 200, overrides={"alerts_per_s_stored": 3000})
+    )
+    assert all(check.ok for check in lowered)
+
+
+def test_a_lost_or_duplicated_alert_fails_every_scenario() -> None:
+    summary = copy.deepcopy(SUMMARY)
+    summary["alerts"].update(lost=1, duplicated=2)
+    for checks in (burst_checks, soak_checks, day_checks):
+        failed = {c.name for c in checks(RunRecord(summary, Timeline(), 1000)) if not c.ok}
+        assert {"alerts_lost", "alerts_duplicated"} <= failed
+
+
+def test_soak_blackhole_deaths_must_be_keepalive_reaps() -> None:
+    summary = copy.deepcopy(SUMMARY)
+    summary["drops"] = {"net_blackhole (reset)": 6, "net_blackhole (eof)": 2, "net_drop": 5}
+    line = Timeline()
+    figures = {"connections": 500.0, "connects": 500.0, "shed": 0.0, "reaped": 4.0}
+    line.add(1.0, fleet(1000, 1000), {}, {"shard-a": figures, "shard-b": figures})
+    checks = by_name(soak_checks(RunRecord(summary, line, 1000, SETTINGS, shards=2)))
+    assert checks["blackhole_deaths_not_reaped"].measured == 0  # 8 deaths, 8 reaps
+    assert checks["ping_p99_ms"].measured == 240
+    assert all(c.ok for c in checks.values())
+    summary["drops"]["net_blackhole (reset)"] = 9
+    checks = by_name(soak_checks(RunRecord(summary, line, 1000, SETTINGS, shards=2)))
+    assert checks["blackhole_deaths_not_reaped"].measured == 3
+    assert not checks["blackhole_deaths_not_reaped"].ok
+
+
+def test_a_day_tolerates_a_few_unexpected_drops_but_not_a_thin_fleet() -> None:
+    summary = copy.deepcopy(SUMMARY)
+    summary["unexpected_drops"] = 10
+    assert all(c.ok for c in day_checks(RunRecord(summary, Timeline(), 1000)))
+    summary["gateways"]["peak_connected"] = 900
+    failed = [c.name for c in day_checks(RunRecord(summary, Timeline(), 1000)) if not c.ok]
+    assert failed == ["peak_connected"]

@@ -1,0 +1,89 @@
+"""The HTML run report: verdict table and inline SVG plots, no plotting library."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
+
+from simulator.report import charts, rate_of, render, shard_series, svg_chart
+from simulator.timeline import Timeline
+from simulator.verdicts import at_least, at_most
+from tests.test_timeline import fleet
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def storm_timeline() -> Timeline:
+    line = Timeline()
+    for t, (a, b) in enumerate([(500, 500), (500, 500), (None, 990), (None, 1000)]):
+        shards = {
+            "shard-a": None if a is None else {"connections": a, "connects": a, "shed": 0,
+                                               "reaped": 0},
+            "shard-b": {"connections": b, "connects": b, "shed": 0, "reaped": 0},
+        }  # fmt: skip
+        line.add(float(t), fleet((a or 0) + b, 1000 + t * 200, acked=t * 10), {10: t + 1}, shards)
+    line.mark("shard_killed", 1.5)
+    return line
+
+
+def test_a_chart_is_valid_svg_with_one_line_per_series_and_the_marks() -> None:
+    svg = svg_chart("Connected", {"a": [(0, 1), (1, 5)], "b": [(0, 2), (2, 3)]}, "n", {"kill": 1})
+    root = ET.fromstring(svg)
+    assert root.tag == f"{SVG}svg"
+    lines = root.findall(f"{SVG}polyline")
+    assert len(lines) == 2
+    assert len(lines[0].attrib["points"].split()) == 2
+    assert "kill" in [text.text for text in root.findall(f"{SVG}text")]
+
+
+def test_a_chart_without_points_says_so() -> None:
+    assert "no data" in svg_chart("Empty", {"a": []})
+
+
+def test_series_from_the_timeline() -> None:
+    samples = storm_timeline().samples
+    assert rate_of(samples, "connects") == [(1.0, 200.0), (2.0, 200.0), (3.0, 200.0)]
+    per_shard = shard_series(samples)
+    assert per_shard["shard-a"] == [(0.0, 500), (1.0, 500)]  # ends where it stopped answering
+    assert len(per_shard["shard-b"]) == 4
+    assert len(charts(samples, {})) == 5
+
+
+class _Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: object) -> None:
+        self.tags.append(tag)
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def test_the_report_has_the_verdict_and_every_plot() -> None:
+    line = storm_timeline()
+    summary = {
+        "host": "ws://127.0.0.1:8080",
+        "duration_s": 4.0,
+        "gateways": {"connected": 1000, "peak_connected": 1000, "connects": 1600},
+        "reconnects": 500,
+        "unexpected_drops": 500,
+        "alerts": {"sent": 30, "acked": 30, "lost": 0},
+        "verdict": {"failures": ["reconnect_99pct_s: measured 31 s"], "ok": False},
+        "verdicts": [
+            at_most("reconnect_99pct_s", 31, 30, "s").as_dict(),
+            at_least("connected_at_kill", 1000, 990).as_dict(),
+        ],
+    }
+    page = render(summary, line.as_dict())
+    parser = _Collector()
+    parser.feed(page)
+    text = " ".join(parser.text)
+    assert parser.tags.count("svg") == 5
+    assert "Fleet run: FAIL" in text
+    assert "reconnect_99pct_s" in text
+    assert "31 s" in text
+    assert "<= 30 s" in text
+    assert "Connections per shard" in text

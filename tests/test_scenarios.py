@@ -1,0 +1,85 @@
+"""The SRE scenarios end to end: small real Locust runs on the embedded stack, in child
+processes (the plugin patches with gevent), checked through their verdicts and run records."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from tests.test_plugin import run_locust, summary_of
+
+RECORD_FILES = (
+    "summary.json", "verdicts.json", "timeline.json", "report.html", "locust.html",
+    "locust_stats.csv", "locust_failures.csv", "locust_exceptions.csv",
+)  # fmt: skip
+
+
+def test_a_reconnect_storm_is_judged_and_leaves_a_full_run_record(tmp_path: Path) -> None:
+    result = run_locust(
+        tmp_path,
+        *("-f", "scenarios/reconnect_storm.py", "--headless", "-u", "100", "-r", "100"),
+        *("--kill-after", "2", "--recovery-time", "25", "-t", "50s"),
+        timeout=100,
+    )
+    assert "reconnect storm: killed shard-a" in result.stderr
+    summary = summary_of(tmp_path)
+    checks = {check["name"]: check for check in summary["verdicts"]}
+    assert set(checks) == {
+        "connected_at_kill", "reconnect_99pct_s", "reconnect_100pct_s", "peak_accept_per_s",
+        "haproxy_5xx_beyond_shed", "alerts_lost", "alerts_duplicated",
+    }  # fmt: skip
+    # The checks decide the exit code, not the drops the kill provoked.
+    assert summary["unexpected_drops"] > 0
+    assert result.returncode == (0 if summary["verdict"]["ok"] else 1), result.stderr[-3000:]
+    assert checks["connected_at_kill"]["measured"] == 100
+    assert 0 < checks["reconnect_99pct_s"]["measured"] <= checks["reconnect_100pct_s"]["measured"]
+    assert checks["haproxy_5xx_beyond_shed"]["measured"] is not None
+    assert checks["alerts_lost"]["ok"]
+    assert checks["alerts_duplicated"]["ok"]
+    assert "reconnect_99pct_s" in result.stdout
+    assert "threshold" in result.stdout
+    for name in RECORD_FILES:
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert json.loads((tmp_path / "verdicts.json").read_text()) == summary["verdicts"]
+    timeline = json.loads((tmp_path / "timeline.json").read_text())
+    assert "shard_killed" in timeline["marks"]
+    assert timeline["samples"][0]["shards"].keys() == {"shard-a", "shard-b"}
+    assert timeline["samples"][-1]["shards"]["shard-a"] is None  # killed
+    with (tmp_path / "locust_stats.csv").open() as file:
+        names = {row["Name"] for row in csv.DictReader(file)}
+    assert {"connect: handshake", "reconnect", "Aggregated"} <= names
+    assert (tmp_path / "report.html").read_text().count("<svg") == 5
+
+
+def test_an_alert_burst_counts_what_the_stream_stored_and_misses_the_goal(
+    tmp_path: Path,
+) -> None:
+    result = run_locust(
+        tmp_path,
+        *("-f", "scenarios/alert_burst.py", "--headless", "-u", "20", "-r", "20", "-t", "8s"),
+        *("--alert-window", "4", "--threshold", "alert_p99_ms=60000"),
+    )
+    summary = summary_of(tmp_path)
+    alerts = summary["alerts"]
+    assert alerts["stored"] >= alerts["acked"] > 20 * 4  # each gateway refilled its window
+    assert (alerts["lost"], alerts["duplicated"]) == (0, 0)
+    checks = {check["name"]: check for check in summary["verdicts"]}
+    assert checks["alert_p99_ms"]["threshold"] == 60000  # overridden
+    rate = checks["alerts_per_s_stored"]
+    assert rate["measured"] == alerts["stored_per_s"] > 1
+    # Far below the 20,000/s goal on a test machine: a failed check fails the run.
+    assert (rate["threshold"], rate["ok"]) == (20000, False)
+    assert "alerts_per_s_stored: measured" in result.stdout
+    assert result.returncode == 1
+    assert summary["verdict"]["ok"] is False
+
+
+def test_the_storm_refuses_an_external_backend(tmp_path: Path) -> None:
+    result = run_locust(
+        tmp_path,
+        *("-f", "scenarios/reconnect_storm.py", "--headless", "-u", "1", "-t", "2s"),
+        *("--host", "ws://127.0.0.1:9", "--jwt-secret", "x"),
+    )
+    assert result.returncode != 0
+    assert "needs the embedded stack" in result.stderr

@@ -1,0 +1,102 @@
+"""The run timeline: what is kept of each second, and the figures scenarios read from it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import generate_latest
+
+from backend.shard.metrics import ShardMetrics
+from simulator.stats import FleetStats
+from simulator.timeline import (
+    Timeline,
+    before,
+    haproxy_5xx,
+    last_known,
+    peak_rate,
+    percentile,
+    recovery_time,
+    shard_figures,
+)
+
+HAPROXY_METRICS = """\
+# HELP haproxy_backend_http_responses_total Total number of HTTP responses with status 100-199 \
+returned by this object since the worker process started
+# TYPE haproxy_backend_http_responses_total counter
+haproxy_backend_http_responses_total{proxy="shards",code="1xx"} 2000
+haproxy_backend_http_responses_total{proxy="shards",code="5xx"} 37
+haproxy_backend_http_responses_total{proxy="stats",code="5xx"} 1
+"""
+
+
+def fleet(connected: int, connects: int, acked: int = 0) -> dict[str, Any]:
+    snapshot = FleetStats().snapshot()
+    snapshot.update(connected=connected, connects=connects, alerts={"acked": acked})
+    return snapshot
+
+
+def timeline(connected: list[int], connects: list[int] | None = None) -> Timeline:
+    result = Timeline()
+    for t, count in enumerate(connected):
+        result.add(float(t), fleet(count, (connects or connected)[t]), {})
+    return result
+
+
+def test_a_shards_metrics_page_gives_its_figures() -> None:
+    metrics = ShardMetrics("shard-a")
+    metrics.connections.set(812)
+    metrics.connects.inc(900)
+    metrics.rejected_upgrades.labels("overloaded").inc(40)
+    metrics.rejected_upgrades.labels("unauthorized").inc(3)
+    metrics.disconnects.labels("keepalive_timeout").inc(7)
+    metrics.disconnects.labels("reset").inc(81)
+    figures = shard_figures(generate_latest(metrics.registry).decode())
+    assert figures == {"connections": 812, "connects": 900, "shed": 40, "reaped": 7}
+
+
+def test_haproxy_5xx_counts_the_shards_backend_only() -> None:
+    assert haproxy_5xx(HAPROXY_METRICS) == 37
+    assert haproxy_5xx("") == 0
+
+
+def test_percentiles_of_a_histogram() -> None:
+    counts = {10: 50, 20: 45, 900: 5}
+    assert percentile(counts, 0.5) == 10
+    assert percentile(counts, 0.95) == 20
+    assert percentile(counts, 0.99) == 900
+    assert percentile({}, 0.5) is None
+
+
+def test_each_sample_has_the_alert_latency_of_its_own_second() -> None:
+    line = Timeline()
+    first = line.add(1.0, fleet(10, 10, acked=100), {10: 100})
+    second = line.add(2.0, fleet(10, 10, acked=102), {10: 100, 500: 2})
+    third = line.add(3.0, fleet(10, 10, acked=102), {10: 100, 500: 2})
+    assert (first["alert_p50_ms"], second["alert_p50_ms"], third["alert_p99_ms"]) == (10, 500, None)
+    assert second["alerts_acked"] == 102
+
+
+def test_recovery_is_timed_from_the_mark_to_the_count_after_its_low_point() -> None:
+    # connected: full, the kill at t=3 (not yet seen at 3), low at 5, back to 99% at 7, 100% at 9
+    line = timeline([1000, 1000, 1000, 1000, 600, 500, 800, 995, 998, 1000, 1000])
+    assert before(line.samples, 3.0) == line.samples[2]
+    assert recovery_time(line.samples, 3.0, 990) == 4.0
+    assert recovery_time(line.samples, 3.0, 1000) == 6.0
+    assert recovery_time(line.samples, 3.0, 1001) is None
+    assert recovery_time(line.samples, 99.0, 1000) is None
+
+
+def test_peak_rate_is_the_steepest_second() -> None:
+    line = timeline([0, 0, 0, 0], connects=[0, 1000, 1500, 4000])
+    assert peak_rate(line.samples, "connects") == 2500
+    assert peak_rate(line.samples, "connects", since=1.0) == 2500
+    assert peak_rate(line.samples, "connects", since=3.0) is None
+
+
+def test_a_killed_shard_counts_with_its_last_figures() -> None:
+    line = Timeline()
+    up = {"connections": 500.0, "connects": 500.0, "shed": 4.0, "reaped": 1.0}
+    line.add(1.0, fleet(0, 0), {}, {"shard-a": up, "shard-b": {**up, "shed": 2.0}})
+    line.add(2.0, fleet(0, 0), {}, {"shard-a": None, "shard-b": {**up, "shed": 9.0}})
+    assert last_known(line.samples, "shed") == 4 + 9
+    assert last_known(timeline([1]).samples, "shed") is None
