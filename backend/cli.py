@@ -3,22 +3,44 @@
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 import uvloop
 
-from backend import logs, process, stackctl
+from backend import api as operator_api
+from backend import capacity as capacity_model
+from backend import fleetstate, logs, natsexporter, process, stackctl
 from backend.auth import issue_device_token
+from backend.check import check_run
+from backend.fleetconfig import FleetConfig, load_operator_tokens
+from backend.operator_client import (
+    OperatorClient,
+    OperatorError,
+    format_command,
+    format_device,
+    format_devices,
+    format_rollout,
+    format_rollouts,
+    raw_mode,
+    relay_terminal,
+    terminal_size,
+)
 from backend.shard import ShardConfig, serve
 from backend.shard.config import default_max_connections, default_shard_id
 from backend.stack import StackConfig, count_or_auto
 
 verbose_option = click.option("-v", "--verbose", count=True, help="More logs (-v info, -vv debug).")
+nats_urls_option = click.option(
+    "--nats-url", "nats_urls", multiple=True, default=["nats://127.0.0.1:4222"],
+    help="NATS server URL; repeat for a cluster.",
+)  # fmt: skip
 
 
 @click.group(context_settings={"auto_envvar_prefix": "FLEET", "show_default": True})
@@ -30,10 +52,7 @@ def main() -> None:
 @click.option("--host", default="127.0.0.1", help="Address to listen on.")
 @click.option("--port", default=8080, help="Port for devices, /healthz and /metrics (0: any).")
 @click.option("--shard-id", default=None, help="Name on the bus [default: shard-<random>].")
-@click.option(
-    "--nats-url", "nats_urls", multiple=True, default=["nats://127.0.0.1:4222"],
-    help="NATS server URL; repeat for a cluster.",
-)  # fmt: skip
+@nats_urls_option
 @click.option("--jwt-secret", default=None, help="HS256 secret for device tokens.")
 @click.option(
     "--jwt-public-key-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -154,6 +173,8 @@ class CountOrAuto(click.ParamType):
 )  # fmt: skip
 @click.option("--tls", is_flag=True, help="TLS on the public port, with a local CA.")
 @click.option("--port", default=0, help="The public port (0: a free one).")
+@click.option("--observe", is_flag=True, help="Also run Prometheus scraping every part.")
+@click.option("--prometheus-port", default=9090, help="Prometheus' port with --observe.")
 @click.option(
     "--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Logs, NATS storage and stack.json [default: runs/stack-<time>].",
@@ -162,15 +183,15 @@ def up(
     connections: int,
     shards: int | None,
     haproxies: int | None,
-    tls: bool,
-    port: int,
     run_dir: Path | None,
+    port: int,
+    **options: Any,
 ) -> None:
     """Run a local stack (NATS, shards, HAProxy) in the foreground until Ctrl-C or fleet down."""
     run_dir = run_dir or RUNS / time.strftime("stack-%Y%m%d-%H%M%S")
     try:
         config = StackConfig.sized(
-            run_dir, connections, shards, haproxies, tls=tls, public_port=port
+            run_dir, connections, shards, haproxies, public_port=port, **options
         )
         stackctl.serve(config, click.echo)
     except (ValueError, OSError, RuntimeError, stackctl.StackError) as exc:
@@ -215,6 +236,294 @@ def down(run_dir: Path | None) -> None:
     except stackctl.StackError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"local stack stopped (pid {pid})")
+
+
+# --- operator side ----------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", help="Address to listen on.")
+@click.option("--port", default=8090, help="Port of the API (0: any).")
+@nats_urls_option
+@click.option(
+    "--operator-tokens-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True, help='JSON {"<bearer token>": "<operator id>", ...}.',
+)  # fmt: skip
+@click.option("--command-timeout", default=10.0, help="Default command deadline (seconds).")
+@click.option("--max-output-bytes", default=64 * 1024, help="Command output kept (bytes).")
+@click.option("--no-state", is_flag=True, help="Run no fleet state instance in this process.")
+@verbose_option
+def api(verbose: int, operator_tokens_file: Path, no_state: bool, **options: Any) -> None:
+    """Run the operator API (devices, commands; OpenAPI at /openapi.json)."""
+    logs.setup(verbose)
+    try:
+        tokens = load_operator_tokens(operator_tokens_file)
+        config = FleetConfig(operator_tokens=tokens, run_state_service=not no_state, **options)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    uvloop.run(operator_api.serve(config))
+
+
+@main.command()
+@nats_urls_option
+@click.option("--durable", default="fleet-state", help="Consumer name the instances share.")
+@click.option("--fetch-batch", default=64, help="Events fetched at once.")
+@verbose_option
+def state(verbose: int, **options: Any) -> None:
+    """Run a fleet state instance: alerts, status and presence into per-device state."""
+    logs.setup(verbose)
+    uvloop.run(fleetstate.serve(FleetConfig(**options)))
+
+
+api_url_option = click.option(
+    "--api-url", envvar="FLEET_API_URL", default="http://127.0.0.1:8090",
+    help="The operator API [env FLEET_API_URL].",
+)  # fmt: skip
+token_option = click.option(
+    "--token", envvar="FLEET_API_TOKEN", required=True,
+    help="Operator bearer token [env FLEET_API_TOKEN].",
+)  # fmt: skip
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts.")
+
+
+@main.command()
+@click.argument("device_id", required=False)
+@click.option("--state", "health", type=click.Choice(["red", "green"]), help="Only these.")
+@click.option("--online/--offline", default=None, help="Only connected / disconnected ones.")
+@api_url_option
+@token_option
+@json_option
+def devices(
+    device_id: str | None,
+    health: str | None,
+    online: bool | None,
+    api_url: str,
+    token: str,
+    as_json: bool,
+) -> None:
+    """List devices with their state, or show DEVICE_ID with its open alerts."""
+    client = OperatorClient(api_url, token)
+    try:
+        if device_id is not None:
+            found: Any = client.device(device_id)
+            text = "" if as_json else format_device(found)
+        else:
+            found = list(client.all_devices(state=health, online=online))
+            text = "" if as_json else format_devices(found)
+    except OperatorError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(found, indent=2) if as_json else text)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("device_id")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--timeout", default=10.0, help="Seconds to wait for the device's answer.")
+@api_url_option
+@token_option
+@json_option
+def cmd(
+    device_id: str,
+    command: tuple[str, ...],
+    timeout: float,
+    api_url: str,
+    token: str,
+    as_json: bool,
+) -> None:
+    """Run COMMAND on DEVICE_ID (fleet cmd gw-1 -- df -h); exits with its exit code."""
+    try:
+        result = OperatorClient(api_url, token).run_command(device_id, shlex.join(command), timeout)
+    except OperatorError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(result, indent=2) if as_json else format_command(result), nl=as_json)
+    sys.exit(int(result["exit_code"]))
+
+
+@main.command()
+@click.option("--devices", type=click.IntRange(min=1), required=True, help="Fleet size.")
+@click.option(
+    "--from", "source", type=click.Path(exists=True, path_type=Path), default=None,
+    help="A bench/hold.py run directory or its hold.json [default: the committed proof run].",
+)  # fmt: skip
+@click.option("--utilisation", default=0.6, help="Share of each process's limits to plan for.")
+@click.option("--host-cores", default=16, help="Cores per host.")
+@click.option("--host-memory-gib", default=64, help="Memory per host (GiB).")
+@click.option("--nats-cores-per-node", default=4, help="Cores per NATS node.")
+@click.option(
+    "--open-files", default=0, help="Open files per process on the hosts [default: this one's]."
+)
+@click.option(
+    "--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Write hosts vs fleet size (10k to 10x --devices) as SVG here.",
+)  # fmt: skip
+@json_option
+def capacity(
+    devices: int, source: Path | None, plot: Path | None, as_json: bool, **sizes: Any
+) -> None:
+    """Size shards, HAProxy, NATS and load generators for DEVICES from measured costs."""
+    if source is not None and source.is_dir():
+        source = source / "hold.json"
+    try:
+        costs, run = capacity_model.load_costs(source or capacity_model.MEASURED)
+        assumptions = capacity_model.Assumptions(devices, **sizes)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    plans = capacity_model.plan(costs, assumptions)
+    if as_json:
+        click.echo(json.dumps([vars(p) for p in plans], indent=2))
+    else:
+        click.echo(capacity_model.format_plan(plans, assumptions, run))
+    if plot is not None:
+        curve = capacity_model.cost_curve(costs, assumptions)
+        plot.write_text(capacity_model.curve_svg(curve))
+        click.echo(f"plot: {plot}", err=True)
+
+
+@main.command()
+@click.argument("device_id")
+@api_url_option
+@token_option
+def shell(device_id: str, api_url: str, token: str) -> None:
+    """An interactive shell on DEVICE_ID; exit, or Ctrl-D on an empty line, ends it."""
+
+    stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
+    try:
+        session = OperatorClient(api_url, token).open_shell(device_id, *terminal_size(stdout))
+    except OperatorError as exc:
+        raise click.ClickException(str(exc)) from None
+    with raw_mode(stdin):
+        reason = relay_terminal(session, stdin, stdout, lambda: terminal_size(stdout))
+    click.echo(f"\n[{reason}]", err=True)  # the terminal is back in cooked mode here
+
+
+@main.group()
+def rollout() -> None:
+    """Update rollouts: create one, follow it, pause, resume or abort it."""
+
+
+@rollout.command("create")
+@click.option("--version", "version", required=True, help="Firmware version to install.")
+@click.option("--artifact-url", required=True, help="Where devices download it.")
+@click.option("--checksum", required=True, help="SHA-256 of the artifact (64 hex digits).")
+@click.option("--size", default=0, help="Artifact size in bytes.")
+@click.option("--device", "devices", multiple=True, help="A target device; repeat for more.")
+@click.option("--state", "health", type=click.Choice(["red", "green"]), help="Only these.")
+@click.option("--firmware", default=None, help="Only devices reporting this firmware.")
+@click.option("--prefix", default=None, help="Only device ids starting with this.")
+@click.option("--online/--offline", default=None, help="Only connected / disconnected ones.")
+@click.option("--percent", type=float, default=None, help="Share of the selection (id order).")
+@click.option("--count", type=int, default=None, help="Number of the selection (id order).")
+@click.option("--max-concurrent", default=10, help="Devices updating at once, at most.")
+@click.option("--rate", default=10.0, help="Offers started per second, at most.")
+@api_url_option
+@token_option
+@json_option
+def rollout_create(api_url: str, token: str, as_json: bool, **options: Any) -> None:
+    """Offer a firmware to the selected devices (--device..., or the filters)."""
+
+    devices = list(options.pop("devices"))
+    filters = {"state": options.pop("health"), "firmware": options.pop("firmware"),
+               "prefix": options.pop("prefix"), "online": options.pop("online")}  # fmt: skip
+    selector = {"devices": devices} if devices else filters
+    spec = {key: value for key, value in options.items() if value is not None}
+    spec["selector"] = {key: value for key, value in selector.items() if value is not None}
+    try:
+        created = OperatorClient(api_url, token).create_rollout(spec)
+    except OperatorError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(created, indent=2) if as_json else format_rollout(created))
+
+
+@rollout.command("list")
+@api_url_option
+@token_option
+@json_option
+def rollout_list(api_url: str, token: str, as_json: bool) -> None:
+    """Every rollout, oldest first, with its progress."""
+
+    try:
+        found = OperatorClient(api_url, token).rollouts()["rollouts"]
+    except OperatorError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(found, indent=2) if as_json else format_rollouts(found))
+
+
+@rollout.command("status")
+@click.argument("rollout_id")
+@api_url_option
+@token_option
+@json_option
+def rollout_status(rollout_id: str, api_url: str, token: str, as_json: bool) -> None:
+    """ROLLOUT_ID's progress and its failed devices with the reasons."""
+    _show_rollout(rollout_id, None, api_url, token, as_json)
+
+
+@rollout.command("pause")
+@click.argument("rollout_id")
+@api_url_option
+@token_option
+@json_option
+def rollout_pause(rollout_id: str, api_url: str, token: str, as_json: bool) -> None:
+    """Offer no more devices until resumed (offers made run on)."""
+    _show_rollout(rollout_id, "pause", api_url, token, as_json)
+
+
+@rollout.command("resume")
+@click.argument("rollout_id")
+@api_url_option
+@token_option
+@json_option
+def rollout_resume(rollout_id: str, api_url: str, token: str, as_json: bool) -> None:
+    """Offer devices again after a pause."""
+    _show_rollout(rollout_id, "resume", api_url, token, as_json)
+
+
+@rollout.command("abort")
+@click.argument("rollout_id")
+@api_url_option
+@token_option
+@json_option
+def rollout_abort(rollout_id: str, api_url: str, token: str, as_json: bool) -> None:
+    """Offer no more devices, for good (offers made run on)."""
+    _show_rollout(rollout_id, "abort", api_url, token, as_json)
+
+
+def _show_rollout(
+    rollout_id: str, action: str | None, api_url: str, token: str, as_json: bool
+) -> None:
+    """Apply ``action`` (None: only look) and print the rollout as it is then."""
+
+    client = OperatorClient(api_url, token)
+    try:
+        if action is None:
+            found = client.rollout(rollout_id)
+        else:
+            found = client.control_rollout(rollout_id, action)
+    except OperatorError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(found, indent=2) if as_json else format_rollout(found))
+
+
+@main.command("check")
+@click.option(
+    "--baseline", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+    help="JSON file of metric bounds, e.g. scenarios/baselines/ci.json.",
+)  # fmt: skip
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def check(baseline: Path, run_dir: Path) -> None:
+    """Compare a run's summary.json to a baseline; exit 1 on any regression."""
+
+    try:
+        passed, lines = check_run(baseline, run_dir)
+    except (OSError, ValueError, KeyError) as exc:
+        raise click.ClickException(f"cannot compare {run_dir} to {baseline}: {exc}") from None
+    click.echo("\n".join(lines))
+    click.echo("no regression" if passed else "REGRESSION against the baseline")
+    if not passed:
+        sys.exit(1)
+
+
+main.add_command(natsexporter.main, name="nats-exporter")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import TracebackType
 
 from backend import process
 
@@ -29,7 +28,7 @@ def nats_server_binary() -> str:
     return found
 
 
-class NatsServer:
+class NatsServer(process.Service):
     """``with NatsServer(run_dir) as nats: nats.url``: started, ready, and stopped on exit."""
 
     def __init__(self, run_dir: Path, *, host: str = "127.0.0.1", name: str = "nats") -> None:
@@ -76,14 +75,3 @@ class NatsServer:
         if self._proc is not None:
             process.stop(self._proc)
             self._proc = None
-
-    def __enter__(self) -> NatsServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -7,15 +7,20 @@ only the parent, which then stops the children in order (shards drain before NAT
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 PR_SET_PDEATHSIG = 1
 
@@ -95,3 +100,68 @@ def tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except FileNotFoundError:
         return "(no log written)"
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` (VmRSS); 0 once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0  # a zombie has no memory left
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` (fields 14 and 15 of /proc/<pid>/stat); 0 once gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports free now; all held open while picking, so none repeats."""
+    with contextlib.ExitStack() as held:
+        socks = [held.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
+def find_binary(name: str, install_hint: str) -> str:
+    """A program by name or path: on PATH, else where system packages put daemons (often not
+    on a user's PATH). FileNotFoundError with ``install_hint`` when it is nowhere."""
+    search = os.pathsep.join(
+        [os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/usr/bin"]
+    )
+    found = shutil.which(name, path=search)
+    if found is None:
+        raise FileNotFoundError(f"{name} not found; {install_hint}")
+    return found
+
+
+class Service:
+    """A ``start()``/``stop()`` class used as ``with Server(...) as server:``: started on
+    entry, stopped on exit (also when the block raises)."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

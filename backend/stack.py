@@ -14,14 +14,12 @@ import json
 import math
 import re
 import secrets
-import socket
 import string
 import subprocess
 import sys
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -29,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from backend import process
 from backend.auth import issue_device_token
 from backend.natsserver import NatsServer
+from backend.prometheus import PrometheusServer
 from backend.shard.config import default_max_connections
 from haproxy import runtime
 from haproxy.config import HaproxyConfig, check, find_haproxy, max_maxconn, write
@@ -69,6 +68,12 @@ class StackConfig:
     """HAProxy's public port; 0: a free one."""
     haproxy_binary: str | None = None
     """The haproxy to run; None: ``find_haproxy()``."""
+    observe: bool = False
+    """Also run Prometheus scraping every part (and a NATS exporter for it)."""
+    prometheus_port: int = 0
+    """Prometheus' port with ``observe``; 0: a free one."""
+    scrape_targets: dict[str, list[str]] = field(default_factory=dict)
+    """More ``host:port`` targets by job for Prometheus to scrape, e.g. the simulator's."""
     connections: int = 0
     """Device connections the stack must hold at once; 0: unchecked. Too few shards or
     HAProxy processes for it, within their open-file limits, is refused before starting."""
@@ -161,13 +166,17 @@ def count_or_auto(text: str) -> int | None:
         raise ValueError(f"expected a number or auto, not {text!r}") from None
 
 
-class LocalStack:
+class LocalStack(process.Service):
     """``with LocalStack(config) as stack:`` NATS and every shard ready; all stopped on exit."""
 
     def __init__(self, config: StackConfig) -> None:
         self.config = config
         self.nats_url = ""
+        self.nats_monitor_url = ""
         self._nats: NatsServer | None = None
+        self.prometheus_url = ""
+        """With ``observe``: Prometheus' web UI and API."""
+        self._nats_exporter_port = 0
         self.shard_ports: list[int] = []
         self._shards: list[subprocess.Popen[bytes]] = []
         self.public_port = 0
@@ -216,6 +225,10 @@ class LocalStack:
             "haproxy": [proc.pid for proc in self._haproxies],
         }
 
+    def shard_connections(self) -> list[int | None]:
+        """Each shard's open device connections (its gauge); None for one that does not answer."""
+        return [connections_of(url) for url in self.shard_urls]
+
     def drain_shard(self, name: str, timeout: float = 60.0) -> int:
         """Take ``name`` out of service without refusing anyone: every HAProxy stops sending
         it new connections (runtime API, state drain), then the shard drains (SIGTERM: close
@@ -236,12 +249,14 @@ class LocalStack:
         haproxy = self._haproxy_binary()
         with contextlib.ExitStack() as teardown:
             self._nats = teardown.enter_context(NatsServer(self.run_dir, host=self.config.host))
-            self.nats_url = self._nats.url
+            self.nats_url, self.nats_monitor_url = self._nats.url, self._nats.monitor_url
             teardown.callback(self._stop_shards)
             self._start_shards()
             if haproxy is not None:
                 teardown.callback(self._stop_haproxies)
                 self._start_haproxies(haproxy)
+            if self.config.observe:
+                self._start_observing(teardown)
             self._teardown = teardown.pop_all()
         return self
 
@@ -290,7 +305,7 @@ class LocalStack:
     def _start_haproxies(self, binary: str) -> None:
         """Check every configuration, spawn all processes, then wait for each in turn."""
         count = self.config.haproxies
-        *self.haproxy_stats_ports, picked = free_ports(count + 1, self.config.host)
+        *self.haproxy_stats_ports, picked = process.free_ports(count + 1, self.config.host)
         self.public_port = self.config.public_port or picked
         self.haproxy_admin_sockets = [self._haproxy_file(i, "sock") for i in range(count)]
         tls_pem = self._tls_pem()
@@ -330,30 +345,41 @@ class LocalStack:
             source_addresses=HAPROXY_SOURCES,
         )
 
+    def scrape_targets(self) -> dict[str, list[str]]:
+        """What Prometheus scrapes (``host:port`` by job), the NATS exporter once it runs."""
+        targets = {
+            "shards": [url.removeprefix("ws://") for url in self.shard_urls],
+            "haproxy": [url.removeprefix("http://") for url in self.haproxy_stats_urls],
+        }
+        if self._nats_exporter_port:
+            targets["nats"] = [f"{self.config.host}:{self._nats_exporter_port}"]
+        return {**targets, **self.config.scrape_targets}
+
+    def _start_observing(self, teardown: contextlib.ExitStack) -> None:
+        """The NATS exporter (NATS serves JSON, not Prometheus' format), then Prometheus."""
+        host = self.config.host
+        (self._nats_exporter_port,) = process.free_ports(1, host)
+        argv = [
+            sys.executable, "-m", "backend.natsexporter", "--host", host,
+            "--port", str(self._nats_exporter_port), "--nats-monitor-url", self.nats_monitor_url,
+        ]  # fmt: skip
+        log_file = self.run_dir / "nats-exporter.log"
+        exporter = process.spawn(argv, log_file)
+        teardown.callback(process.stop, exporter)
+        metrics = f"http://{host}:{self._nats_exporter_port}/metrics"
+        process.wait_until(lambda: process.answers_ok(metrics), exporter, "nats-exporter", log_file)
+        prometheus = PrometheusServer(
+            self.run_dir / "prometheus",
+            self.scrape_targets(),
+            host,
+            port=self.config.prometheus_port,
+        )
+        self.prometheus_url = teardown.enter_context(prometheus).url
+
     def _stop_haproxies(self) -> None:
         """-db: SIGTERM stops HAProxy at once, closing the devices' connections."""
         for proc in self._haproxies:
             process.stop(proc)
-
-    def __enter__(self) -> LocalStack:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct ports free now; all held open while picking, so none repeats."""
-    with contextlib.ExitStack() as held:
-        socks = [held.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
-            sock.bind((host, 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 def fetch_metrics(base_url: str) -> str:
@@ -373,6 +399,14 @@ def metric_sum(metrics_text: str, name: str, **labels: str) -> float | None:
         if sample.name == name and labels.items() <= sample.labels.items()
     ]
     return sum(values) if values else None
+
+
+def connections_of(shard_url: str) -> int | None:
+    """A shard's ``fleet_shard_connections``; None when it does not answer."""
+    try:
+        return int(metric_sum(fetch_metrics(shard_url), "fleet_shard_connections") or 0)
+    except OSError:
+        return None
 
 
 def servers_up(stats_url: str) -> bool:

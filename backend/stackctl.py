@@ -85,6 +85,7 @@ def stack_state(stack: LocalStack) -> dict[str, Any]:
             for url, sock in zip(stack.haproxy_stats_urls, stack.haproxy_admin_sockets, strict=True)
         ],
         "ca_file": str(stack.ca_file) if stack.ca_file else None,
+        "prometheus_url": stack.prometheus_url,
         "jwt_secret": stack.jwt_secret,
     }
 
@@ -102,12 +103,20 @@ def check_startable(config: StackConfig) -> None:
                 f"a local stack is already running (pid {state['pid']}, {state['run_dir']}): "
                 "stop it with fleet down"
             )
-    if config.public_port:
-        with socket.socket() as sock:
-            try:
-                sock.bind((config.host, config.public_port))
-            except OSError as exc:
-                raise StackError(f"port {config.public_port} is not free: {exc}") from None
+    wanted = {"port": config.public_port}
+    if config.observe:
+        wanted["prometheus port"] = config.prometheus_port
+    for what, port in wanted.items():
+        if port:
+            check_free(what, config.host, port)
+
+
+def check_free(what: str, host: str, port: int) -> None:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise StackError(f"{what} {port} is not free: {exc}") from None
 
 
 def summary(state: dict[str, Any]) -> str:
@@ -122,6 +131,10 @@ def summary(state: dict[str, Any]) -> str:
     ]
     if state["ca_file"]:
         lines.append(f"  trust this CA       {state['ca_file']}")
+    if state["prometheus_url"]:
+        lines.append(
+            f"  prometheus          {state['prometheus_url']} (Grafana: docs/observability.md)"
+        )
     lines += [
         f"  logs                {state['run_dir']}",
         "fleet status shows it; Ctrl-C or fleet down stops it.",

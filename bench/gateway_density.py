@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 
 from backend import process
-from backend.stack import LocalStack, StackConfig, fetch_metrics, metric_sum
+from backend.stack import LocalStack, StackConfig
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL_KIB = 8.0
@@ -36,23 +36,12 @@ STALL = 30.0  # seconds without a new connection before a ramp counts as failed
 IDLE_PROFILE = "[idle]\n"  # no base: a perfect link (no latency, no faults), as the naive has
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` (fields 14 and 15 of /proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def rss_kib(pid: int) -> float:
+    return process.rss_bytes(pid) / 1024
 
 
 def shard_connections(stack: LocalStack) -> int:
-    """Open device connections over all shards, from their ``fleet_shard_connections`` gauge."""
-    gauges = (metric_sum(fetch_metrics(url), "fleet_shard_connections") for url in stack.shard_urls)
-    return int(sum(value or 0.0 for value in gauges))
+    return sum(count or 0 for count in stack.shard_connections())
 
 
 def wait_connections(
@@ -112,9 +101,9 @@ def measure(
         rss_first = rss_kib(proc.pid)
         swarm(web_port, count, args.rate)
         wait_connections(stack, count, proc, name, log_file)
-        cpu_before = cpu_seconds(proc.pid)
+        cpu_before = process.cpu_seconds(proc.pid)
         time.sleep(args.hold)
-        cpu_idle = cpu_seconds(proc.pid) - cpu_before
+        cpu_idle = process.cpu_seconds(proc.pid) - cpu_before
         rss_all = rss_kib(proc.pid)
         if (held := shard_connections(stack)) != count:
             raise RuntimeError(f"{name} lost connections while idle: {held}/{count}")

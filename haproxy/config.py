@@ -10,11 +10,11 @@ import ipaddress
 import os
 import re
 import resource
-import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backend.process import find_binary
 from backend.shard.config import DEVICE_PATH
 
 # Descriptors kept back from the connection budget: listeners, the runtime API socket, health
@@ -163,8 +163,9 @@ def defaults_section() -> list[str]:
         "    mode http",
         "    log global",
         "    option dontlognull",
-        "    # Another shard gets the connect if the chosen one refuses it.",
-        "    option redispatch",
+        "    # A refused connect is retried on another server line at once (1: every retry),",
+        "    # not on the same one: a killed shard refuses until its health checks fail.",
+        "    option redispatch 1",
         "    retries 3",
         "    timeout connect 5s",
         "    # client/server govern the HTTP handshake; once upgraded, tunnel governs.",
@@ -222,7 +223,11 @@ def shards_backend(config: HaproxyConfig) -> list[str]:
         "    http-check expect status 200",
         "    # maxconn per server line: one line is one (source, shard) pair, which has only",
         "    # the ephemeral port range; beyond it connects queue rather than fail.",
-        f"    default-server check inter 2s fall 2 rise 2 maxconn {config.server_maxconn}",
+        "    # A line whose connects keep failing is marked down before its checks notice:",
+        "    # leastconn would otherwise send every new device to a dead shard (it has the",
+        "    # fewest connections) until two checks failed.",
+        f"    default-server check inter 2s fall 2 rise 2 maxconn {config.server_maxconn}"
+        " observe layer4 error-limit 3 on-error mark-down",
         *server_lines(config),
     ]
 
@@ -251,11 +256,7 @@ class ConfigCheckFailed(RuntimeError):
 
 def find_haproxy(name: str = "haproxy") -> str:
     """The haproxy binary (a name or a path); often in /usr/sbin, not on every user's PATH."""
-    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin"])
-    found = shutil.which(name, path=search)
-    if found is None:
-        raise FileNotFoundError(f"{name} not found; {INSTALL_HINT}")
-    return found
+    return find_binary(name, INSTALL_HINT)
 
 
 def check(path: Path, haproxy_binary: str | None = None) -> None:

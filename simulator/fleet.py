@@ -29,6 +29,8 @@ from simulator.stats import FleetStats
 if TYPE_CHECKING:
     from simulator.gateway import VirtualGateway
 
+GatewayFactory = Callable[["Fleet", int, str], "VirtualGateway"]
+
 _DEFAULT_PORTS = {"ws": 80, "wss": 443}
 AUTO_SOURCES = 8  # loopback source addresses: 8 x ~28k ephemeral ports per destination
 
@@ -125,11 +127,13 @@ class Fleet:
     gateways: set[VirtualGateway] = field(default_factory=set)
     _indexes: itertools.count[int] = field(default_factory=itertools.count)
 
-    def new_gateway(self) -> VirtualGateway:
+    def new_gateway(self, factory: GatewayFactory | None = None) -> VirtualGateway:
+        """A gateway of this fleet; ``factory(fleet, index, device_id)`` makes it (default:
+        ``VirtualGateway``), so a scenario can bring its own kind."""
         from simulator.gateway import VirtualGateway
 
         index = next(self._indexes)
-        gateway = VirtualGateway(self, index, f"{self.prefix}-{index:06d}")
+        gateway = (factory or VirtualGateway)(self, index, f"{self.prefix}-{index:06d}")
         self.gateways.add(gateway)
         return gateway
 

@@ -8,6 +8,8 @@ local and worker runners own gateways.
 
 from __future__ import annotations
 
+import csv
+import functools
 import json
 import logging
 import secrets
@@ -18,20 +20,35 @@ from pathlib import Path
 from typing import Any
 
 import gevent
-from locust import events
+from locust import argument_parser, events, runners
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
+from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
-from backend.stack import LocalStack, StackConfig, count_or_auto
-from simulator import audit
+from backend.shard.config import ShardConfig
+from backend.stack import LocalStack, StackConfig, count_or_auto, fetch_metrics, option_key
+from simulator import audit, report, verdicts
+from simulator.checks import RunRecord
 from simulator.metrics import SimulatorMetrics
-from simulator.stats import FleetStats, format_progress, merge_snapshots, table_rows, verdict
+from simulator.stats import (
+    REQUEST_TYPE,
+    FleetStats,
+    format_progress,
+    merge_snapshots,
+    table_rows,
+    verdict,
+)
+from simulator.timeline import ShardFigures, Timeline, haproxy_5xx, shard_figures
+from simulator.verdicts import Check
 
 log = logging.getLogger("fleet.simulator")
 
 DRAIN = "fleet_drain"  # master -> workers: drain now, then send FINAL_REPORT
 FINAL_REPORT = "fleet_final"
 PROGRESS_INTERVAL = 10.0
+TIMELINE_INTERVAL = 1.0
+# Shard settings the verdicts judge against: the admission budget.
+SHARD_SETTINGS = ("accept_rate", "accept_burst")
 
 
 class PluginState:
@@ -47,9 +64,32 @@ class PluginState:
         self.drained = False
         self.fleet_peak = 0  # master: the peak of the sum, not the sum of workers' peaks
         self.started = time.monotonic()
+        self.timeline = Timeline()  # master/local: sampled every second
+        self.shard_options: dict[str, str] = {}  # the embedded shards' settings
+        self.sampler: gevent.Greenlet | None = None
 
 
 state = PluginState()
+
+
+def elapsed() -> float:
+    """Seconds since this process started the run: the timeline's clock."""
+    return time.monotonic() - state.started
+
+
+def owns_stack(environment: Environment) -> bool:
+    """Master and local runners own the embedded stack, the summary and the timeline."""
+    return not isinstance(environment.runner, WorkerRunner)
+
+
+# Workers send a heartbeat a second; by default three missed ones make the master drop a worker
+# and hand its users to the others. Ramping thousands of gateways keeps a worker's CPU busy for
+# longer than that: allow 30 s (the setting Locust's maintainers point to for busy workers).
+runners.HEARTBEAT_LIVENESS = max(runners.HEARTBEAT_LIVENESS, 30)
+# A worker handling a spawn message calls default_args_dict() once per option it received,
+# and each call builds Locust's whole argument parser: during a ramp, with a spawn message
+# a second, that was most of a worker's CPU. Locust's own defaults never change: build once.
+argument_parser.default_args_dict = functools.cache(argument_parser.default_args_dict)
 
 
 # --- options --------------------------------------------------------------------------------
@@ -64,6 +104,10 @@ OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("--alerts-per-hour", "alerts raised per gateway per hour (each is cleared later)",
      {"type": float}),
     ("--status-interval", "seconds between status reports", {"type": float}),
+    ("--ping-interval", "seconds of server silence before a gateway pings (default 30)",
+     {"type": float}),
+    ("--keepalive-timeout", "seconds of silence before a gateway gives its connection up "
+     "(default 75)", {"type": float}),
     ("--fleet-prefix", "device id prefix", {"default": "gw"}),
     ("--jwt-secret", "HS256 secret to sign device tokens; the embedded stack makes its own",
      {"default": "", "is_secret": True}),
@@ -87,6 +131,14 @@ OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
      {"type": int, "default": 0, **_HIDDEN}),
     ("--seed", "seed the simulation (per process: seed + worker index)",
      {"type": int, **_HIDDEN}),
+    ("--threshold", "NAME=VALUE: override a verdict check's threshold, e.g. "
+     "reconnect_99pct_s=20 (repeatable)", {"action": "append", "default": [], **_HIDDEN}),
+    ("--alert-window", "alert burst: alerts each gateway keeps unacked (in flight)",
+     {"type": int, "default": 8}),
+    ("--kill-after", "reconnect storm: seconds after the fleet is connected to kill a shard",
+     {"type": float, "default": 5.0, **_HIDDEN}),
+    ("--recovery-time", "reconnect storm: seconds to watch after the kill before stopping",
+     {"type": float, "default": 45.0, **_HIDDEN}),
 )  # fmt: skip
 
 
@@ -110,15 +162,23 @@ def on_init(environment: Environment, **_: Any) -> None:
     if not is_worker:
         state.run_dir = Path(options.run_dir or f"runs/sim-{time.strftime('%Y%m%d-%H%M%S')}")
         options.fleet_run_id = secrets.token_hex(3)
+        try:
+            verdicts.parse_thresholds(options.threshold)  # a typo fails now, not after the run
+        except ValueError as exc:
+            sys.exit(str(exc))
         if not environment.host:
             start_embedded_stack(environment)
         elif not options.jwt_secret:
             # SystemExit passes Locust's handler guard: stop before any gateway tries.
             sys.exit("--host given without --jwt-secret (or LOCUST_JWT_SECRET): gateways "
                      "need it to sign their device tokens")  # fmt: skip
+        # Locust writes its HTML report itself at the end, if it knows where.
+        options.html_file = options.html_file or str(state.run_dir / "locust.html")
         _extend_web_ui(environment)
         if options.headless:
             gevent.spawn(_print_progress, environment).link_exception(_crashed)
+        state.sampler = gevent.spawn(_sample_timeline, environment)
+        state.sampler.link_exception(_crashed)
     if isinstance(runner, MasterRunner):
         runner.register_message(FINAL_REPORT, _final_report_received)
     if is_worker:
@@ -136,13 +196,17 @@ def start_embedded_stack(environment: Environment) -> None:
     options = environment.parsed_options
     assert options is not None
     assert state.run_dir is not None
+    # The scenarios' own shard settings first; --shard-option beats them.
+    for user_class in environment.user_classes:
+        state.shard_options.update(getattr(user_class, "shard_options", {}))
+    state.shard_options.update(_key_value(item) for item in options.shard_option)
     try:
         config = StackConfig.sized(
             state.run_dir,
             options.num_users or 0,
             count_or_auto(options.shards),
             count_or_auto(options.haproxies),
-            shard_options=dict(_key_value(item) for item in options.shard_option),
+            shard_options=dict(state.shard_options),
             tls=options.tls,
         )
     except ValueError as exc:
@@ -252,11 +316,17 @@ def on_quitting(environment: Environment, **_: Any) -> None:
         return
     try:
         if state.run_dir is not None:
+            if state.sampler is not None:
+                state.sampler.kill()
             summary = build_summary(environment)
+            checks = scenario_checks(environment, summary)
+            add_verdicts(summary, checks)
             print_summary(summary)
-            write_summary(summary, state.run_dir / "summary.json")
+            write_run_record(environment, summary, state.run_dir)
             if summary["verdict"]["failures"]:
                 environment.process_exit_code = 1
+            elif checks:  # the scenario's checks passed: drops it provoked are no failure
+                environment.process_exit_code = 0
     finally:
         if state.stack is not None:
             state.stack.stop()
@@ -272,6 +342,11 @@ def build_summary(environment: Environment) -> dict[str, Any]:
         stored = audit.audit_stream(state.stack.nats_url, environment.parsed_options.fleet_run_id)
         alerts["stored"] = stored["unique"]
         alerts["duplicated"] = stored["duplicates"]
+        alerts["stream_span_s"] = round(stored["span_s"], 3)  # first stored to last
+        # The rate the stream took this run's alerts at, from its own timestamps.
+        alerts["stored_per_s"] = (
+            round(stored["unique"] / stored["span_s"], 1) if stored["span_s"] else 0
+        )
         # Acked means the stream had stored it: an acked alert missing from it is lost.
         alerts["lost"] = max(0, alerts.get("acked", 0) - stored["unique"])
     stats = environment.stats.total
@@ -291,6 +366,44 @@ def build_summary(environment: Environment) -> dict[str, Any]:
         "latency_ms": _latencies(environment),
         "verdict": {"failures": failures, "ok": not failures},
     }
+
+
+def scenario_checks(environment: Environment, summary: Mapping[str, Any]) -> list[Check]:
+    """The verdict checks of every scenario class in the run."""
+    options = environment.parsed_options
+    assert options is not None
+    record = RunRecord(
+        summary,
+        state.timeline,
+        users=options.num_users or 0,
+        shard_settings=_shard_settings(),
+        shards=state.stack.config.shards if state.stack is not None else 0,
+        overrides=verdicts.parse_thresholds(options.threshold),
+    )
+    classes = dict.fromkeys(environment.user_classes)  # unique, in order
+    return [check for cls in classes if hasattr(cls, "checks") for check in cls.checks(record)]
+
+
+def _shard_settings() -> dict[str, float]:
+    """The embedded shards' admission settings; none with --host."""
+    if state.stack is None:
+        return {}
+    defaults = ShardConfig()
+    given = {option_key(key): value for key, value in state.shard_options.items()}
+    return {key: float(given.get(key, getattr(defaults, key))) for key in SHARD_SETTINGS}
+
+
+def add_verdicts(summary: dict[str, Any], checks: list[Check]) -> None:
+    """Checks under "verdicts"; a failed one also fails the run's verdict."""
+    summary["verdicts"] = [check.as_dict() for check in checks]
+    failures = summary["verdict"]["failures"]
+    failures += [
+        f"{c.name}: measured {verdicts.format_value(c.measured, c.unit)}, "
+        f"threshold {c.rule} {verdicts.format_value(c.threshold, c.unit)}"
+        for c in checks
+        if not c.ok
+    ]
+    summary["verdict"]["ok"] = not failures
 
 
 def _latencies(environment: Environment) -> dict[str, dict[str, float]]:
@@ -318,10 +431,16 @@ def print_summary(summary: Mapping[str, Any]) -> None:
         f"  failed tries  {_counts(summary['connect_failures'])}",
         "  alerts        " + ", ".join(f"{k} {v}" for k, v in alerts.items()),
         f"  commands      {summary['commands']}; updates {_counts(summary['updates'])}",
+        *(f"  {line}" for line in _verdict_lines(summary)),
         f"  verdict       {'OK' if summary['verdict']['ok'] else 'FAILED'}",
         *(f"    - {failure}" for failure in summary["verdict"]["failures"]),
     ]
     print("\n".join(lines), flush=True)
+
+
+def _verdict_lines(summary: Mapping[str, Any]) -> list[str]:
+    checks = verdicts.from_dicts(summary.get("verdicts", []))
+    return ["checks", *(f"  {line}" for line in verdicts.table(checks))] if checks else []
 
 
 def _counts(counts: Mapping[str, int]) -> str:
@@ -332,6 +451,62 @@ def write_summary(summary: Mapping[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=2) + "\n")
     log.info("summary written to %s", path)
+
+
+def write_run_record(environment: Environment, summary: Mapping[str, Any], run_dir: Path) -> None:
+    """summary.json, verdicts.json, the timeline, the HTML report with plots and Locust's
+    CSV tables; Locust itself writes locust.html."""
+    write_summary(summary, run_dir / "summary.json")
+    (run_dir / "verdicts.json").write_text(json.dumps(summary["verdicts"], indent=2) + "\n")
+    timeline = state.timeline.as_dict()
+    (run_dir / "timeline.json").write_text(json.dumps(timeline) + "\n")
+    (run_dir / "report.html").write_text(report.render(summary, timeline))
+    write_locust_csv(environment, run_dir)
+
+
+def write_locust_csv(environment: Environment, run_dir: Path) -> None:
+    """What ``--csv locust`` would leave at the end: requests, failures, exceptions."""
+    tables = StatsCSV(environment, PERCENTILES_TO_REPORT)
+    for name, write in (
+        ("stats", tables.requests_csv),
+        ("failures", tables.failures_csv),
+        ("exceptions", tables.exceptions_csv),
+    ):
+        with (run_dir / f"locust_{name}.csv").open("w", newline="") as file:
+            write(csv.writer(file))
+
+
+def _sample_timeline(environment: Environment) -> None:
+    while True:
+        gevent.sleep(TIMELINE_INTERVAL)
+        # Not stats.get(): that would create an empty "alert" row in runs without alerts.
+        alerts = environment.stats.entries.get(("alert", REQUEST_TYPE))
+        shards, answered_5xx = _stack_figures()
+        times = alerts.response_times if alerts is not None else {}
+        state.timeline.add(elapsed(), totals(environment), times, shards, answered_5xx)
+
+
+def _stack_figures() -> tuple[dict[str, ShardFigures | None], float | None]:
+    """Each embedded shard's figures (None: not answering) and HAProxy's 5xx count."""
+    stack = state.stack
+    if stack is None:
+        return {}, None
+    shards = {
+        name: _shard_figures(url)
+        for name, url in zip(stack.shard_names, stack.shard_urls, strict=True)
+    }
+    try:
+        answered = [haproxy_5xx(fetch_metrics(url)) for url in stack.haproxy_stats_urls]
+    except OSError:
+        return shards, None
+    return shards, sum(answered) if answered else None
+
+
+def _shard_figures(url: str) -> ShardFigures | None:
+    try:
+        return shard_figures(fetch_metrics(url))
+    except OSError:
+        return None
 
 
 def _print_progress(environment: Environment) -> None:

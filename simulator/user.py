@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 from weakref import WeakKeyDictionary
@@ -20,8 +21,11 @@ from locust.runners import WorkerRunner
 from backend.auth import issue_device_token
 from simulator import plugin
 from simulator.behaviour import Behaviour
+from simulator.checks import RunRecord
 from simulator.fleet import Fleet, Target, parse_targets, source_addresses, tls_context
-from simulator.network import PROFILES, NetworkMix, load_profiles, parse_mix
+from simulator.gateway import VirtualGateway
+from simulator.network import PROFILES, NetworkMix, NetworkProfile, load_profiles, parse_mix
+from simulator.verdicts import Check
 
 _fleets: WeakKeyDictionary[Environment, dict[type[GatewayUser], Fleet]] = WeakKeyDictionary()
 
@@ -30,10 +34,23 @@ class GatewayUser(User):
     abstract = True
     network_mix: ClassVar[str] = "wired"
     behaviour: ClassVar[Behaviour] = Behaviour()
+    network_profiles: ClassVar[Mapping[str, NetworkProfile]] = {}
+    """The scenario's own profiles, usable in ``network_mix`` next to the named ones."""
+    shard_options: ClassVar[Mapping[str, str]] = {}
+    """Settings of the embedded shards this scenario needs; ``--shard-option`` overrides."""
 
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
-        self.gateway = fleet_for(environment, type(self)).new_gateway()
+        self.gateway = fleet_for(environment, type(self)).new_gateway(self.make_gateway)
+
+    def make_gateway(self, fleet: Fleet, index: int, device_id: str) -> VirtualGateway:
+        """This user's gateway; scenarios with their own kind of gateway override it."""
+        return VirtualGateway(fleet, index, device_id)
+
+    @classmethod
+    def checks(cls, record: RunRecord) -> list[Check]:
+        """The scenario's verdict checks on the finished run (none by default)."""
+        return []
 
     @task
     def live(self) -> None:
@@ -83,13 +100,17 @@ def make_fleet(environment: Environment, user_class: type[GatewayUser]) -> Fleet
 
 def _mix(user_class: type[GatewayUser], options: Any) -> NetworkMix:
     spec = getattr(options, "network_mix", None) or user_class.network_mix
-    return parse_mix(spec, _profiles(getattr(options, "network_profiles", "")))
+    profiles = {
+        **user_class.network_profiles,
+        **_profiles(getattr(options, "network_profiles", "")),
+    }
+    return parse_mix(spec, profiles)
 
 
 def _behaviour(base: Behaviour, options: Any) -> Behaviour:
     overrides = {
         name: value
-        for name in ("alerts_per_hour", "status_interval")
+        for name in ("alerts_per_hour", "status_interval", "ping_interval", "keepalive_timeout")
         if (value := getattr(options, name, None)) is not None
     }
     return dataclasses.replace(base, **overrides)

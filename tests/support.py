@@ -14,8 +14,8 @@ import gevent
 
 from backend import process
 from backend.auth import issue_device_token
+from backend.process import free_ports
 from backend.shard import Shard
-from backend.stack import free_ports
 from haproxy.config import HaproxyConfig, find_haproxy, write
 from simulator.fleet import Fleet
 from simulator.gateway import VirtualGateway

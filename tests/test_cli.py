@@ -1,11 +1,23 @@
+"""The ``fleet`` command as users call it; operator commands against a real API process."""
+
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 from click.testing import CliRunner
 
+from backend import process
 from backend.auth import TokenVerifier
 from backend.cli import main
+from backend.natsserver import NatsServer
+from backend.process import free_ports
 
 SECRET = "a-cli-test-secret-of-at-least-32-bytes"
+OPERATOR_TOKEN = "an-operator-token-for-the-cli-tests"
 
 
 def test_token_prints_a_verifiable_device_token() -> None:
@@ -30,3 +42,44 @@ def test_shard_without_a_key_says_what_to_set() -> None:
     result = CliRunner().invoke(main, ["shard"], env={"FLEET_SHARD_JWT_SECRET": ""})
     assert result.exit_code == 2
     assert "--jwt-secret" in result.output
+
+
+# --- operator commands against a real API process ---------------------------------------------
+
+
+@pytest.fixture
+def api_url(tmp_path: Path) -> Iterator[str]:
+    """``fleet api`` on a free port, with a real NATS server and one operator token."""
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps({OPERATOR_TOKEN: "op-cli"}))
+    (port,) = free_ports(1)
+    with NatsServer(tmp_path / "nats") as nats_server:
+        argv = [sys.executable, "-m", "backend.cli", "api", "--port", str(port),
+                "--nats-url", nats_server.url, "--operator-tokens-file", str(tokens)]  # fmt: skip
+        api = process.spawn(argv, tmp_path / "api.log")
+        try:
+            url = f"http://127.0.0.1:{port}"
+            ready = f"{url}/healthz"
+            process.wait_until(lambda: process.answers_ok(ready), api, "api", tmp_path / "api.log")
+            yield url
+        finally:
+            process.stop(api)
+
+
+def test_devices_and_cmd_reach_the_api(api_url: str) -> None:
+    env = {"FLEET_API_URL": api_url, "FLEET_API_TOKEN": OPERATOR_TOKEN}
+    listed = CliRunner().invoke(main, ["devices", "--json"], env=env)
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.output) == []
+    unknown = CliRunner().invoke(main, ["cmd", "gw-none", "--", "uname", "-a"], env=env)
+    assert unknown.exit_code == 1
+    assert "no device gw-none has ever connected" in unknown.output
+    refused = CliRunner().invoke(main, ["devices"], env={**env, "FLEET_API_TOKEN": "wrong"})
+    assert refused.exit_code == 1
+    assert "401" in refused.output or "token" in refused.output
+
+
+def test_api_without_tokens_file_says_what_to_give() -> None:
+    result = CliRunner().invoke(main, ["api"])
+    assert result.exit_code == 2
+    assert "--operator-tokens-file" in result.output

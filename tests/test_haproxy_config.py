@@ -70,7 +70,8 @@ def test_the_config_holds_the_directives_the_tier_relies_on(tmp_path: Path) -> N
         "balance leastconn",
         "http-check send meth GET uri /healthz ver HTTP/1.1",
         "http-check expect status 200",
-        "default-server check inter 2s fall 2 rise 2 maxconn 500",
+        "default-server check inter 2s fall 2 rise 2 maxconn 500 observe layer4 error-limit 3"
+        " on-error mark-down",
         "http-request use-service prometheus-exporter if { path /metrics }",
         "stats uri /stats",
         "tune.bufsize 8192",

@@ -14,7 +14,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from backend.stack import free_ports, metric_sum
+from backend.process import free_ports
+from backend.stack import metric_sum
 
 REPO = Path(__file__).resolve().parents[1]
 MIXED_FLEET = "scenarios/mixed_fleet.py"
@@ -175,3 +176,19 @@ def test_web_ui_tab_and_prometheus_metrics(tmp_path: Path) -> None:
     assert args["extendedTables"][0]["key"] == "gateways"
     assert returncode == 0, (tmp_path / "locust.log").read_text()[-3000:]
     assert summary_of(tmp_path)["verdict"]["ok"]
+
+
+def test_the_plugin_fixes_locust_for_busy_workers() -> None:
+    """In a child process (the plugin patches with gevent): the heartbeat allowance and the
+    parser defaults built once, which spawn messages ask for once per option."""
+    probe = (
+        "import simulator.plugin\n"
+        "from locust import argument_parser, runners\n"
+        "assert runners.HEARTBEAT_LIVENESS >= 30, runners.HEARTBEAT_LIVENESS\n"
+        "first = argument_parser.default_args_dict()\n"
+        "assert argument_parser.default_args_dict() is first\n"
+        "assert 'num_users' in first and 'network_mix' not in first\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
+                            text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
