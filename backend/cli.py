@@ -458,34 +458,27 @@ def rollout_status(rollout_id: str, api_url: str, token: str, as_json: bool) -> 
     _show_rollout(rollout_id, None, api_url, token, as_json)
 
 
-@rollout.command("pause")
-@click.argument("rollout_id")
-@api_url_option
-@token_option
-@json_option
-def rollout_pause(rollout_id: str, api_url: str, token: str, as_json: bool) -> None:
-    """Offer no more devices until resumed (offers made run on)."""
-    _show_rollout(rollout_id, "pause", api_url, token, as_json)
+ROLLOUT_ACTIONS = {
+    "pause": "Offer no more devices until resumed (offers made run on).",
+    "resume": "Offer devices again after a pause.",
+    "abort": "Offer no more devices, for good (offers made run on).",
+}
 
 
-@rollout.command("resume")
-@click.argument("rollout_id")
-@api_url_option
-@token_option
-@json_option
-def rollout_resume(rollout_id: str, api_url: str, token: str, as_json: bool) -> None:
-    """Offer devices again after a pause."""
-    _show_rollout(rollout_id, "resume", api_url, token, as_json)
+def rollout_action(action: str, help_text: str) -> click.Command:
+    """``fleet rollout <action> ROLLOUT_ID``: the same command but for the action."""
+
+    def run(rollout_id: str, api_url: str, token: str, as_json: bool) -> None:
+        _show_rollout(rollout_id, action, api_url, token, as_json)
+
+    run.__doc__ = help_text
+    for option in (json_option, token_option, api_url_option, click.argument("rollout_id")):
+        run = option(run)
+    return click.command(action)(run)
 
 
-@rollout.command("abort")
-@click.argument("rollout_id")
-@api_url_option
-@token_option
-@json_option
-def rollout_abort(rollout_id: str, api_url: str, token: str, as_json: bool) -> None:
-    """Offer no more devices, for good (offers made run on)."""
-    _show_rollout(rollout_id, "abort", api_url, token, as_json)
+for _action, _help in ROLLOUT_ACTIONS.items():
+    rollout.add_command(rollout_action(_action, _help))
 
 
 def _show_rollout(

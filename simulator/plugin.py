@@ -315,6 +315,10 @@ def on_quitting(environment: Environment, **_: Any) -> None:
     if isinstance(environment.runner, WorkerRunner):
         return
     try:
+        if environment.runner is not None:
+            # Locust fires "quitting" before it stops the users (Ctrl-C, SIGTERM): stop them
+            # (and drain their alerts) first, or they would see their backend vanish below.
+            environment.runner.stop()
         if state.run_dir is not None:
             if state.sampler is not None:
                 state.sampler.kill()

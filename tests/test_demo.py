@@ -43,4 +43,5 @@ def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert "fleet summary" in out, err[-3000:]
+    assert proc.returncode == 0, out[-3000:]  # users stopped before the stack: no drop
     assert all(not Path(f"/proc/{pid}").exists() for pid in descendants)
