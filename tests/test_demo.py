@@ -35,11 +35,11 @@ def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 60
-    while len(descendants_of(proc.pid)) < 4:  # locust, nats-server and two shards
+    while len(descendants_of(proc.pid)) < 5:  # locust, nats-server, two shards, HAProxy
         assert time.monotonic() < deadline, "the stack did not start"
         time.sleep(0.2)
     descendants = descendants_of(proc.pid)
-    time.sleep(3)
+    time.sleep(6)  # past HAProxy's first health checks: the run is under way
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert "fleet summary" in out, err[-3000:]
