@@ -125,6 +125,9 @@ def demo(
         "-u", str(gateways), "-r", str(spawn_rate), "-t", duration,
         "--alerts-per-hour", str(alerts_per_hour), "--run-dir", str(run_dir), "--only-summary",
     ]  # fmt: skip
+    # Python leaves SIGINT ignored when it started ignored (a background job): Ctrl-C, or
+    # SIGINT from a supervisor, must still stop the run.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     # Its own session: a Ctrl-C reaches Locust once, from here, so it stops cleanly.
     locust = subprocess.Popen(argv, start_new_session=True, preexec_fn=process.die_with_parent)
     try:

@@ -116,8 +116,14 @@ async def test_a_restarted_service_catches_up_on_what_it_missed(
         assert (state.online, state.alerts) == (True, {})
 
         async with start_fleet_state():
-            state = await state_when(kv, "gw-1", lambda s: not s.online and s.firmware == "2.0.0")
+            # One consumer per stream: wait until all three have caught up.
+            state = await state_when(kv, "gw-1", lambda s: caught_up(s, ["temp_high"]))
         assert list(state.alerts) == ["temp_high"]
+
+
+def caught_up(state: fleetstate.DeviceState, open_alerts: list[str]) -> bool:
+    """The closed connection, the last status and the alerts all applied."""
+    return not state.online and state.firmware == "2.0.0" and list(state.alerts) == open_alerts
 
 
 async def test_two_instances_share_the_work_and_lose_nothing(
