@@ -165,3 +165,19 @@ class Service:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def children(pid: int) -> list[int]:
+    """``pid``'s child processes, from /proc/<pid>/task/*/children (every thread's)."""
+    found = []
+    for listing in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(child) for child in listing.read_text().split()]
+        except OSError:  # the thread or process just exited
+            continue
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Children, grandchildren and so on: e.g. Locust's worker processes and theirs."""
+    return [found for child in children(pid) for found in (child, *descendants(child))]

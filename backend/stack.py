@@ -229,6 +229,10 @@ class LocalStack(process.Service):
         """Each shard's open device connections (its gauge); None for one that does not answer."""
         return [connections_of(url) for url in self.shard_urls]
 
+    def connections(self) -> int:
+        """Open device connections over every shard that answers."""
+        return sum(count or 0 for count in self.shard_connections())
+
     def drain_shard(self, name: str, timeout: float = 60.0) -> int:
         """Take ``name`` out of service without refusing anyone: every HAProxy stops sending
         it new connections (runtime API, state drain), then the shard drains (SIGTERM: close

@@ -24,6 +24,7 @@ from backend.stack import (
     CHECK_PASSED,
     LocalStack,
     StackConfig,
+    connections_of,
     fetch_metrics,
     metric_sum,
 )
@@ -206,7 +207,7 @@ class ShardStatus:
     name: str
     url: str
     healthz: str
-    connections: float | None
+    connections: int | None
 
 
 @dataclass
@@ -218,11 +219,8 @@ class HaproxyStatus:
 
 
 def shard_status(name: str, url: str) -> ShardStatus:
-    http = url.replace("ws://", "http://", 1)
-    code, _ = http_get(f"{http}/healthz")
-    _, metrics = http_get(f"{http}/metrics")
-    connections = metric_sum(metrics, "fleet_shard_connections") if metrics else None
-    return ShardStatus(name, url, str(code) if code else "down", connections)
+    code, _ = http_get(url.replace("ws://", "http://", 1) + "/healthz")
+    return ShardStatus(name, url, str(code) if code else "down", connections_of(url))
 
 
 def haproxy_status(stats_url: str) -> HaproxyStatus:

@@ -40,16 +40,12 @@ def rss_kib(pid: int) -> float:
     return process.rss_bytes(pid) / 1024
 
 
-def shard_connections(stack: LocalStack) -> int:
-    return sum(count or 0 for count in stack.shard_connections())
-
-
 def wait_connections(
     stack: LocalStack, want: int, proc: subprocess.Popen[bytes], name: str, log_file: Path
 ) -> None:
     """Block until the shards hold ``want`` connections; a progress line every two seconds."""
     last, last_change, last_print = -1, time.monotonic(), 0.0
-    while (count := shard_connections(stack)) != want:
+    while (count := stack.connections()) != want:
         now = time.monotonic()
         if proc.poll() is not None:
             raise RuntimeError(f"{name} exited ({proc.returncode}):\n{process.tail(log_file)}")
@@ -105,7 +101,7 @@ def measure(
         time.sleep(args.hold)
         cpu_idle = process.cpu_seconds(proc.pid) - cpu_before
         rss_all = rss_kib(proc.pid)
-        if (held := shard_connections(stack)) != count:
+        if (held := stack.connections()) != count:
             raise RuntimeError(f"{name} lost connections while idle: {held}/{count}")
     finally:
         process.stop(proc)
@@ -118,7 +114,7 @@ def measure(
 def wait_until_zero(stack: LocalStack, timeout: float = 60.0) -> None:
     """The shards have seen every connection of the last client go, so counts start at 0."""
     deadline = time.monotonic() + timeout
-    while (left := shard_connections(stack)) and time.monotonic() < deadline:
+    while (left := stack.connections()) and time.monotonic() < deadline:
         time.sleep(0.25)
     if left:
         raise RuntimeError(f"{left} connections still open {timeout:.0f}s after the client quit")

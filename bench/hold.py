@@ -56,27 +56,17 @@ class Run:
     samples: list[Sample] = field(default_factory=list)
 
     def pids(self) -> dict[str, list[int]]:
-        simulator = [self.locust.pid, *descendants(self.locust.pid)] if self.locust else []
+        simulator = [self.locust.pid, *process.descendants(self.locust.pid)] if self.locust else []
         return {"simulator": simulator, **self.stack.pids()}
 
     def sample(self) -> Sample:
         pids = self.pids()
-        connections = sum(count or 0 for count in self.stack.shard_connections())
         return Sample(
             time.monotonic(),
-            connections,
+            self.stack.connections(),
             {tier: sum(process.rss_bytes(pid) for pid in pids[tier]) for tier in TIERS},
             {tier: sum(process.cpu_seconds(pid) for pid in pids[tier]) for tier in TIERS},
         )
-
-
-def descendants(pid: int) -> list[int]:
-    """Locust's worker processes (and their children), from /proc/<pid>/task/*/children."""
-    found = []
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        for child in children.read_text().split():
-            found += [int(child), *descendants(int(child))]
-    return found
 
 
 def cpu_cores(first: Sample, last: Sample) -> dict[str, float]:
@@ -162,7 +152,7 @@ def idle(run: Run, seconds: float) -> tuple[Sample, Sample]:
 def stop_locust(run: Run, args: argparse.Namespace) -> dict:
     """SIGTERM: Locust stops its users, the plugin writes its summary; that summary."""
     assert run.locust is not None
-    workers = descendants(run.locust.pid)
+    workers = process.descendants(run.locust.pid)
     run.locust.send_signal(signal.SIGTERM)
     try:
         run.locust.wait(timeout=180)

@@ -29,23 +29,6 @@ def device_token(device_id: str, **kwargs: Any) -> str:
     return issue_device_token(device_id, JWT_SECRET, **kwargs)
 
 
-def children_of(pid: int) -> list[int]:
-    found = []
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            text = status.read_text()
-        except OSError:
-            continue
-        if f"\nPPid:\t{pid}\n" in text:
-            found.append(int(status.parent.name))
-    return found
-
-
-def descendants_of(pid: int) -> list[int]:
-    children = children_of(pid)
-    return children + [grandchild for child in children for grandchild in descendants_of(child)]
-
-
 def tls_client_context(ca_file: Path) -> ssl.SSLContext:
     """Trusts only ``ca_file``. Pinned to TLS 1.2: websockets' sync client reads in a thread
     while it writes the upgrade, and with TLS 1.3 the session tickets arriving then sometimes

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.support import descendants_of
+from backend import process
 
 FLEET = [sys.executable, "-m", "backend.cli"]
 
@@ -35,10 +35,10 @@ def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 60
-    while len(descendants_of(proc.pid)) < 5:  # locust, nats-server, two shards, HAProxy
+    while len(process.descendants(proc.pid)) < 5:  # locust, nats-server, two shards, HAProxy
         assert time.monotonic() < deadline, "the stack did not start"
         time.sleep(0.2)
-    descendants = descendants_of(proc.pid)
+    descendants = process.descendants(proc.pid)
     time.sleep(6)  # past HAProxy's first health checks: the run is under way
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)

@@ -34,7 +34,7 @@ from simulator.behaviour import Behaviour
 from simulator.fleet import Fleet, parse_targets
 from simulator.gateway import VirtualGateway
 from simulator.network import PROFILES, NetworkMix, NetworkProfile
-from tests.support import children_of, running, wait_until
+from tests.support import running, wait_until
 
 SERVER_KEEPALIVE_TIMEOUT = 3.0
 SERVER_KEEPALIVE = {"ping_interval": "1", "keepalive_timeout": str(SERVER_KEEPALIVE_TIMEOUT)}
@@ -289,16 +289,6 @@ def test_a_gateway_serves_a_shell_session(stack: LocalStack) -> None:
     assert last == env.TYP_SHELL_STOP
 
 
-def shard_pid(stack: LocalStack, name: str) -> int:
-    """The process of shard ``name``: LocalStack keeps its processes to itself."""
-    ready_file = str(stack.run_dir / f"{name}.ready").encode()
-    for pid in children_of(os.getpid()):
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        if ready_file in argv:
-            return pid
-    raise LookupError(f"no process for {name}")
-
-
 def test_a_draining_shard_closes_with_1012_and_gateways_wait_before_returning(
     tmp_path: Path,
 ) -> None:
@@ -308,7 +298,7 @@ def test_a_draining_shard_closes_with_1012_and_gateways_wait_before_returning(
         stats = fleet.stats
         with running(fleet, count):
             wait_until(lambda: stats.connected == count, 10, "every gateway connected")
-            os.kill(shard_pid(local, "shard-a"), signal.SIGTERM)
+            os.kill(local.pids()["shards"][0], signal.SIGTERM)
             stopping = time.monotonic()
             wait_until(lambda: stats.drops["closed 1012"] == count, 5, "1012 for every gateway")
             wait_until(lambda: stats.connect_failures["tcp"] > 0, 15, "a reconnect attempt")

@@ -29,7 +29,7 @@ from haproxy.config import (
     write,
 )
 from haproxy.tls import make_local_pki
-from tests.support import children_of, make_config, running_haproxy, tls_client_context
+from tests.support import make_config, running_haproxy, tls_client_context
 
 
 def sources(count: int) -> list[str]:
@@ -199,7 +199,7 @@ def test_devices_reach_a_real_shard_through_haproxy(tmp_path: Path, tls: bool) -
             assert_shard_endpoints_are_hidden(url, context)
             assert f"haproxy_process_max_connections {config.maxconn}\n" in metrics(config)
             assert process.answers_ok(f"http://127.0.0.1:{config.stats_port}/stats")
-    assert children_of(os.getpid()) == []
+    assert process.children(os.getpid()) == []
 
 
 def assert_opened(ws: ClientConnection) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -47,3 +48,24 @@ def test_a_child_dying_while_starting_fails_with_its_log(tmp_path: Path) -> None
 
 def test_http_get_says_0_when_nothing_answers() -> None:
     assert process.http_get("http://127.0.0.1:1/", timeout=1) == (0, "")
+
+
+def test_children_and_descendants_follow_the_process_tree(tmp_path: Path) -> None:
+    # A child that starts a grandchild; both sleep until killed.
+    script = (
+        "import subprocess, sys, time; "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
+    )
+    log = tmp_path / "child.log"
+    child = process.spawn([sys.executable, "-c", script], log)
+    grandchildren: list[int] = []
+    try:
+        process.wait_until(lambda: bool(process.children(child.pid)), child, "child", log)
+        grandchildren = process.children(child.pid)
+        assert process.children(os.getpid()) == [child.pid]
+        assert process.descendants(os.getpid()) == [child.pid, *grandchildren]
+        assert len(grandchildren) == 1
+    finally:
+        for pid in grandchildren:  # not ours once its parent is gone
+            os.kill(pid, signal.SIGKILL)
+        process.stop(child)

@@ -11,10 +11,10 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from backend import process
 from backend.shard.config import DEVICE_PATH, default_max_connections
 from backend.stack import LocalStack, StackConfig, count_or_auto
 from haproxy.config import max_maxconn
-from tests.support import children_of
 
 
 def connect_device(stack: LocalStack, url: str, device_id: str) -> ClientConnection:
@@ -24,7 +24,7 @@ def connect_device(stack: LocalStack, url: str, device_id: str) -> ClientConnect
 
 def test_stack_serves_devices_and_leaves_no_process(tmp_path: Path) -> None:
     with LocalStack(StackConfig(tmp_path)) as stack:
-        children = children_of(os.getpid())
+        children = process.children(os.getpid())
         assert len(children) == 3  # nats-server and two shards
         assert stack.nats_url.startswith("nats://127.0.0.1:")
         assert stack.shard_urls == [f"ws://127.0.0.1:{port}" for port in stack.shard_ports]
@@ -36,7 +36,7 @@ def test_stack_serves_devices_and_leaves_no_process(tmp_path: Path) -> None:
                 assert ws.response is not None
                 assert ws.response.status_code == 101
     assert (tmp_path / "shard-b.log").exists()
-    assert children_of(os.getpid()) == []
+    assert process.children(os.getpid()) == []
     assert all(not Path(f"/proc/{pid}").exists() for pid in children)
 
 
@@ -53,7 +53,7 @@ def test_a_shard_failing_to_start_raises_with_its_log_and_stops_the_rest(tmp_pat
     with pytest.raises(RuntimeError, match="shard-a exited with code 2") as failed:
         LocalStack(config).start()
     assert "'--max-connections'" in str(failed.value)  # click's error, from the log's tail
-    assert children_of(os.getpid()) == []
+    assert process.children(os.getpid()) == []
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect
 
+from backend import process
 from backend.protocol import envelope, messages
 from backend.shard.config import DEVICE_PATH
 from backend.stack import LocalStack, StackConfig, fetch_metrics, metric_sum
@@ -20,7 +21,7 @@ from haproxy import runtime
 from simulator.behaviour import Behaviour
 from simulator.fleet import Fleet, parse_targets, tls_context
 from simulator.network import PROFILES, NetworkMix
-from tests.support import children_of, running, tls_client_context, wait_until
+from tests.support import running, tls_client_context, wait_until
 
 DEVICES = 60  # enough that the kernel's SO_REUSEPORT hash gives both HAProxies some
 
@@ -51,7 +52,7 @@ def open_device(
 def test_devices_spread_over_every_haproxy_and_shard_over_tls(tmp_path: Path) -> None:
     config = StackConfig(tmp_path, shards=3, haproxies=2, tls=True)
     with LocalStack(config) as stack, contextlib.ExitStack() as devices:
-        assert len(children_of(os.getpid())) == 1 + 3 + 2  # NATS, shards, HAProxies
+        assert len(process.children(os.getpid())) == 1 + 3 + 2  # NATS, shards, HAProxies
         assert stack.public_url == f"wss://127.0.0.1:{stack.public_port}"
         assert stack.ca_file is not None
         context = tls_client_context(stack.ca_file)
@@ -69,11 +70,7 @@ def test_devices_spread_over_every_haproxy_and_shard_over_tls(tmp_path: Path) ->
         assert all(sessions > 0 for sessions in per_haproxy), per_haproxy
         assert all(path.is_socket() for path in stack.haproxy_admin_sockets)
     assert (tmp_path / "haproxy-1.log").exists()
-    assert children_of(os.getpid()) == []
-
-
-def sum_of(counts: list[int | None]) -> int:
-    return sum(count or 0 for count in counts)
+    assert process.children(os.getpid()) == []
 
 
 FAST_RECONNECT = Behaviour(alerts_per_hour=0.0, reconnect_base=0.1, reconnect_cap=1.0)
@@ -94,7 +91,7 @@ def test_a_killed_shards_gateways_come_back_and_a_drained_shard_gets_none(tmp_pa
     with LocalStack(config) as stack:
         fleet = tls_fleet(stack)
         with running(fleet, 300):
-            wait_until(lambda: sum_of(stack.shard_connections()) == 300, 60, "300 gateways on")
+            wait_until(lambda: stack.connections() == 300, 60, "300 gateways on")
             a, b, c = stack.shard_connections()
             assert min(a, b, c) >= 80, (a, b, c)  # leastconn in each HAProxy
             for admin_socket in stack.haproxy_admin_sockets:
@@ -117,7 +114,7 @@ def test_a_drained_shard_hands_its_gateways_over_without_an_unexpected_drop(
     with LocalStack(StackConfig(tmp_path, shards=2, haproxies=1, tls=True)) as stack:
         fleet = tls_fleet(stack)
         with running(fleet, 40):
-            wait_until(lambda: sum_of(stack.shard_connections()) == 40, 30, "40 gateways on")
+            wait_until(lambda: stack.connections() == 40, 30, "40 gateways on")
             on_a = stack.shard_connections()[0]
             assert stack.drain_shard("shard-a") == 0  # a clean exit
             wait_until(lambda: stack.shard_connections() == [None, 40], 30, "all on shard-b")
@@ -135,7 +132,7 @@ def test_plain_public_url_without_tls(tmp_path: Path) -> None:
         with connect(stack.public_url + DEVICE_PATH, additional_headers=headers) as ws:
             assert ws.response is not None
             assert ws.response.status_code == 101
-    assert children_of(os.getpid()) == []
+    assert process.children(os.getpid()) == []
 
 
 def test_a_missing_haproxy_fails_before_anything_starts(tmp_path: Path) -> None:
@@ -143,7 +140,7 @@ def test_a_missing_haproxy_fails_before_anything_starts(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="apt-get install haproxy"):
         LocalStack(config).start()
     assert not (tmp_path / "nats.log").exists()
-    assert children_of(os.getpid()) == []
+    assert process.children(os.getpid()) == []
 
 
 def test_haproxy_failing_to_start_stops_the_shards_and_nats(tmp_path: Path) -> None:
@@ -156,4 +153,4 @@ def test_haproxy_failing_to_start_stops_the_shards_and_nats(tmp_path: Path) -> N
             LocalStack(config).start()
     assert "cannot bind socket" in str(failed.value)  # HAProxy's words, from the log's tail
     assert (tmp_path / "shard-a.log").exists()  # the shards were running
-    assert children_of(os.getpid()) == []
+    assert process.children(os.getpid()) == []

@@ -12,9 +12,9 @@ from typing import Any
 
 from websockets.sync.client import connect
 
+from backend import process
 from backend.auth import issue_device_token
 from backend.shard.config import DEVICE_PATH
-from tests.support import descendants_of
 
 FLEET = [sys.executable, "-m", "backend.cli"]
 
@@ -60,7 +60,7 @@ def test_up_status_down(tmp_path: Path) -> None:
             report = status(run_dir)
         assert sum(s["connections"] for s in report["shards"]) == 1
         assert report["haproxies"][0]["current_sessions"] == 1
-        children = descendants_of(up.pid)
+        children = process.descendants(up.pid)
         assert len(children) == 1 + 2 + 1  # NATS, shards, HAProxy
         down = fleet("down", "--run-dir", str(run_dir))
         assert down.returncode == 0, down.stderr
