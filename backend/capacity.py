@@ -52,8 +52,9 @@ class TierCost:
 
     def per_process_limit(self, fd_limit: int, utilisation: float) -> int:
         """Connections one process may plan to hold: within its open files and one core."""
-        by_cpu = (utilisation - self.idle_cores) / self.cores_per_10k * 10_000
-        return max(1, int(min(fd_limit * utilisation, by_cpu if by_cpu > 0 else fd_limit)))
+        spare = utilisation - self.idle_cores
+        by_cpu = spare / self.cores_per_10k * 10_000 if self.cores_per_10k > 0 else math.inf
+        return max(1, int(min(fd_limit * utilisation, by_cpu)))
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,11 @@ alerts_duplicated = 0. The stream is read back only with the embedded stack.
 
 from simulator.behaviour import Behaviour
 from simulator.burst import WindowedGateway
-from simulator.checks import RunRecord, burst_checks
+from simulator.checks import burst_checks
 from simulator.fleet import Fleet
 from simulator.gateway import VirtualGateway
 from simulator.shapes import FleetShape, named_explicitly
 from simulator.user import GatewayUser
-from simulator.verdicts import Check
 
 SELECTED = named_explicitly(__file__)
 
@@ -34,9 +33,7 @@ class AlertBurst(GatewayUser):
         options = self.environment.parsed_options
         return WindowedGateway(fleet, index, device_id, getattr(options, "alert_window", 8))
 
-    @classmethod
-    def checks(cls, record: RunRecord) -> list[Check]:
-        return burst_checks(record)
+    checks = staticmethod(burst_checks)
 
 
 class AlertBurstShape(FleetShape):

@@ -14,10 +14,9 @@ connect_p99_ms <= 5,000 (the ProtoMsg handshake, GPRS included); unexpected_drop
 """
 
 from simulator.behaviour import Behaviour
-from simulator.checks import RunRecord, day_checks
+from simulator.checks import day_checks
 from simulator.shapes import DayShape, named_explicitly
 from simulator.user import GatewayUser
-from simulator.verdicts import Check
 
 SELECTED = named_explicitly(__file__)
 
@@ -27,9 +26,7 @@ class DayInTheLife(GatewayUser):
     network_mix = "wired:35,lte:35,3g:15,gprs:10,satellite:5"
     behaviour = Behaviour(status_interval=60.0, alerts_per_hour=12.0)
 
-    @classmethod
-    def checks(cls, record: RunRecord) -> list[Check]:
-        return day_checks(record)
+    checks = staticmethod(day_checks)
 
 
 class DayInTheLifeShape(DayShape):

@@ -20,11 +20,10 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 from simulator.behaviour import Behaviour
-from simulator.checks import RunRecord, soak_checks
+from simulator.checks import soak_checks
 from simulator.network import NetworkProfile
 from simulator.shapes import FleetShape, named_explicitly
 from simulator.user import GatewayUser
-from simulator.verdicts import Check
 
 SELECTED = named_explicitly(__file__)
 
@@ -47,9 +46,7 @@ class KeepaliveSoak(GatewayUser):
         status_interval=60.0, alerts_per_hour=6.0, ping_interval=5.0, keepalive_timeout=30.0
     )
 
-    @classmethod
-    def checks(cls, record: RunRecord) -> list[Check]:
-        return soak_checks(record)
+    checks = staticmethod(soak_checks)
 
 
 class KeepaliveSoakShape(FleetShape):

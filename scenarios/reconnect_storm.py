@@ -23,10 +23,9 @@ from locust import events
 from locust.env import Environment
 
 from simulator.behaviour import Behaviour
-from simulator.checks import RunRecord, storm_checks
+from simulator.checks import storm_checks
 from simulator.shapes import StormShape, named_explicitly, require_embedded_stack
 from simulator.user import GatewayUser
-from simulator.verdicts import Check
 
 SELECTED = named_explicitly(__file__)
 
@@ -37,9 +36,7 @@ class ReconnectStorm(GatewayUser):
     # Alerts in flight when the shard dies must be resent and stored exactly once.
     behaviour = Behaviour(status_interval=30.0, alerts_per_hour=120.0)
 
-    @classmethod
-    def checks(cls, record: RunRecord) -> list[Check]:
-        return storm_checks(record)
+    checks = staticmethod(storm_checks)
 
 
 class ReconnectStormShape(StormShape):

@@ -109,6 +109,12 @@ def burst_checks(record: RunRecord) -> list[Check]:
     ]
 
 
+def peak_connected(record: RunRecord, share: float) -> Check:
+    """At some point at least ``share`` of the run's gateways were connected at once."""
+    peak = record.summary["gateways"]["peak_connected"]
+    return check(record, "peak_connected", peak, ">=", share * record.users, "gateways")
+
+
 def soak_checks(record: RunRecord) -> list[Check]:
     """Held connections stay up; blackholed ones that died were reaped by the shards'
     keep-alive (not by anything else, and none escaped it)."""
@@ -117,14 +123,7 @@ def soak_checks(record: RunRecord) -> list[Check]:
     reaped = tl.last_known(record.timeline.samples, "reaped")
     unreaped = None if reaped is None else max(0.0, deaths - reaped)
     return [
-        check(
-            record,
-            "peak_connected",
-            record.summary["gateways"]["peak_connected"],
-            ">=",
-            record.users,
-            "gateways",
-        ),
+        peak_connected(record, share=1.0),
         check(record, "unexpected_drops", record.summary["unexpected_drops"], "<=", 0),
         check(record, "ping_p99_ms", record.latency("ping", "p99"), "<=", 1000, "ms"),
         check(record, "blackhole_deaths_not_reaped", unreaped, "<=", 0),
@@ -135,14 +134,7 @@ def soak_checks(record: RunRecord) -> list[Check]:
 def day_checks(record: RunRecord) -> list[Check]:
     """A mixed fleet on good and bad links through a day: it connects, stays, loses nothing."""
     return [
-        check(
-            record,
-            "peak_connected",
-            record.summary["gateways"]["peak_connected"],
-            ">=",
-            0.99 * record.users,
-            "gateways",
-        ),
+        peak_connected(record, share=0.99),
         check(
             record, "connect_p99_ms", record.latency("connect: handshake", "p99"), "<=", 5000, "ms"
         ),

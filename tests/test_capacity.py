@@ -64,6 +64,12 @@ def test_a_process_is_planned_within_its_file_limit_or_its_core(run_file: Path) 
     assert plans["simulator"].processes == math.ceil(10_000_000 / simulator_limit)
 
 
+def test_a_tier_that_measured_no_cpu_is_bound_by_its_files_alone() -> None:
+    idle = capacity.TierCost(idle_mib=10.0, kib_per_connection=1.0, idle_cores=0.0,
+                             cores_per_10k=0.0)  # fmt: skip
+    assert idle.per_process_limit(20_000, 0.5) == 10_000
+
+
 def test_memory_and_cores_add_up(run_file: Path) -> None:
     shards = plans_by_tier(1_000_000, run_file)["shards"]
     fixed = shards.processes * 100 * 2**20

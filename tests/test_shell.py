@@ -37,6 +37,13 @@ async def output_until(ws: Socket, expected: bytes) -> bytes:
     return received
 
 
+async def open_shell(http: aiohttp.ClientSession, api: OperatorApi) -> Socket:
+    """gw-1's shell, once its first prompt arrived."""
+    ws = await http.ws_connect(shell_url(api, "gw-1"), headers=AUTH)
+    await output_until(ws, b"$ ")
+    return ws
+
+
 async def closed(ws: Socket) -> tuple[int | None, str]:
     """The close code and reason the API sent (binary output before it is skipped)."""
     async with asyncio.timeout(10):
@@ -94,8 +101,7 @@ async def test_the_shell_ending_on_the_device_closes_the_socket(
 ) -> None:
     async with start_shard() as shard, start_api(run_state_service=False) as api:
         device = await connected("gw-1", shard)
-        ws = await http.ws_connect(shell_url(api, "gw-1"), headers=AUTH)
-        await output_until(ws, b"$ ")
+        ws = await open_shell(http, api)
         await ws.send_bytes(b"\x04")  # Ctrl-D on an empty line: the shell exits
         assert await closed(ws) == (1000, "the shell ended on the device")
         await until_true(lambda: sessions(api, "device") == 1)  # counted once closed
@@ -107,8 +113,7 @@ async def test_a_device_disconnect_closes_the_operator_socket_at_once(
 ) -> None:
     async with start_shard() as shard, start_api(run_state_service=False) as api:
         device = await connected("gw-1", shard)
-        ws = await http.ws_connect(shell_url(api, "gw-1"), headers=AUTH)
-        await output_until(ws, b"$ ")
+        ws = await open_shell(http, api)
         await device.drop()
         code, reason = await closed(ws)
         assert code == shell.DEVICE_GONE
@@ -124,8 +129,7 @@ async def test_an_idle_shell_is_closed_and_the_device_told(
         start_api(run_state_service=False, shell_idle_timeout=0.5) as api,
     ):
         device = await connected("gw-1", shard)
-        ws = await http.ws_connect(shell_url(api, "gw-1"), headers=AUTH)
-        await output_until(ws, b"$ ")
+        ws = await open_shell(http, api)
         assert await closed(ws) == (shell.IDLE, "idle for 0.5s")
         await until_true(lambda: device.shells.open_sessions == 0)
         await device.close()
@@ -136,8 +140,7 @@ async def test_a_bad_control_frame_is_answered_and_counted(
 ) -> None:
     async with start_shard() as shard, start_api(run_state_service=False) as api:
         device = await connected("gw-1", shard)
-        ws = await http.ws_connect(shell_url(api, "gw-1"), headers=AUTH)
-        await output_until(ws, b"$ ")
+        ws = await open_shell(http, api)
         await ws.send_str(json.dumps({"resize": [0, "tall"]}))
         answer = await ws.receive_json(timeout=10)
         assert (answer["error"], answer["field"]) == ("bad_request", "resize")
