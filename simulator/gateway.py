@@ -48,6 +48,17 @@ log = logging.getLogger("fleet.simulator")
 RECV_SIZE = 65536
 _RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 _timer_seq = itertools.count()
+_Timer = tuple[float, int, Callable[[Any, float], None], Any]  # (due, tie-breaker, action, arg)
+
+
+def _run_timers(timers: list[_Timer] | None, now: float) -> float:
+    """Run the timers due by ``now``, soonest first; when the next one is due."""
+    while timers and timers[0][0] <= now:
+        _, _, action, arg = heapq.heappop(timers)
+        action(arg, now)
+    return timers[0][0] if timers else float("inf")
+
+
 # Closes a healthy fleet sees: normal, going away, and a draining shard (1012).
 _EXPECTED_CLOSES = frozenset({1000, 1001, closecodes.SERVICE_RESTART})
 
@@ -99,6 +110,7 @@ class VirtualGateway:
         "silent_ended",
         "sock",
         "timers",
+        "updating",
         "upgraded_at",
         "ws",
     )
@@ -124,7 +136,8 @@ class VirtualGateway:
         self.open_problem: tuple[float, str, str, str, str] | None = None  # (clear at, problem)
         self.alert_seq = 0
         self.alert_sent: dict[str, float] | None = None  # unacked alert id -> first sent
-        self.timers: list[tuple[float, int, Callable[..., None], Any]] | None = None
+        self.timers: list[_Timer] | None = None  # the connection's: gone when it drops
+        self.updating: list[_Timer] | None = None  # an update's steps: they outlive connections
         # Bytes in flight on the simulated link, (arrival time, bytes), oldest first.
         self.inbound: deque[tuple[float, bytes]] | None = None
         self.outbound: deque[tuple[float, bytes]] | None = None
@@ -431,17 +444,20 @@ class VirtualGateway:
         self.ping_sent = now
 
     def _after(self, due: float, action: Callable[[Any, float], None], arg: Any) -> None:
-        timers = self.timers
-        if timers is None:
-            timers = self.timers = []
-        heapq.heappush(timers, (due, next(_timer_seq), action, arg))
+        """Run ``action(arg, now)`` at ``due`` on this connection (dropped with it)."""
+        if self.timers is None:
+            self.timers = []
+        heapq.heappush(self.timers, (due, next(_timer_seq), action, arg))
+
+    def _update_after(self, due: float, action: Callable[[Any, float], None], arg: Any) -> None:
+        """An update step: a device downloads and installs whatever its management
+        connection does meanwhile, and reports the progress once connected again."""
+        if self.updating is None:
+            self.updating = []
+        heapq.heappush(self.updating, (due, next(_timer_seq), action, arg))
 
     def _timers_due(self, now: float) -> float:
-        timers = self.timers
-        while timers and timers[0][0] <= now:
-            _, _, action, arg = heapq.heappop(timers)
-            action(arg, now)
-        return timers[0][0] if timers else float("inf")
+        return min(_run_timers(self.timers, now), _run_timers(self.updating, now))
 
     def _send_status(self, now: float) -> None:
         fleet = self.fleet
@@ -558,7 +574,8 @@ class VirtualGateway:
         download = event.offer.size / bandwidth if bandwidth else 0.0
         self.session.send_update_progress(event.sid, m.UpdateProgress("downloading", 0))
         for quarter in (1, 2, 3, 4):
-            self._after(now + download * quarter / 4, self._update_step, (event, 25 * quarter))
+            step = (event, 25 * quarter)
+            self._update_after(now + download * quarter / 4, self._update_step, step)
 
     def _update_step(self, arg: tuple[ps.UpdateOffered, int], now: float) -> None:
         event, percent = arg
@@ -567,7 +584,7 @@ class VirtualGateway:
             return
         self.session.send_update_progress(event.sid, m.UpdateProgress("installing", 100))
         install = self.fleet.rng.expovariate(1 / self.fleet.behaviour.install_time)
-        self._after(now + install, self._update_installed, event)
+        self._update_after(now + install, self._update_installed, event)
 
     def _update_installed(self, event: ps.UpdateOffered, now: float) -> None:
         fleet = self.fleet

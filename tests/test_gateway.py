@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,7 @@ from nats.js.kv import KeyValue
 from backend import bus, presence
 from backend.protocol import closecodes
 from backend.protocol import envelope as env
-from backend.protocol.messages import CommandResult
+from backend.protocol.messages import CommandResult, UpdateOffer, UpdateProgress
 from backend.routing import DeviceRouter
 from backend.stack import LocalStack, StackConfig, fetch_metrics, metric_sum
 from simulator.audit import audit_stream
@@ -287,6 +288,44 @@ def test_a_gateway_serves_a_shell_session(stack: LocalStack) -> None:
         assert gateway.shells is None  # the session ended: the gateway holds nothing for it
     assert output == f"$ hostname\r\n{gateway.device_id}\r\n$ exit\r\n".encode()
     assert last == env.TYP_SHELL_STOP
+
+
+async def offered_update(nats_url: str, device_id: str, offer: UpdateOffer) -> list[str]:
+    """Offer ``offer`` to the device; the progress states it reports, until the final one."""
+    nc = await nats.connect(nats_url)
+    try:
+        kv = await bus.ensure_streams(nc.jetstream())
+        await presence_connected(kv, device_id)
+        sub = await nc.subscribe(bus.update_subject(device_id))
+        await DeviceRouter(nc, kv).offer_update(device_id, "update-1", offer)
+        states: list[str] = []
+        while not states or states[-1] not in ("success", "failure"):
+            msg = await sub.next_msg(timeout=30)
+            states.append(UpdateProgress.from_body(msg.data).state)
+        return states
+    finally:
+        await nc.close()
+
+
+def test_an_update_survives_a_dropped_connection_and_reports_after_reconnecting(
+    stack: LocalStack,
+) -> None:
+    slow = PROFILES["wired"].with_overrides(bandwidth=100_000, **NO_FAULTS)  # 4 s download
+    fleet, _ = new_fleet(stack, only(slow), install_time=0.5, update_failure_share=0.0)
+    offer = UpdateOffer("2.0.0", "https://updates.example/fw.bin", "00" * 32, 400_000)
+    with running(fleet, 1) as (gateway,), ThreadPoolExecutor(1) as operator:
+        wait_until(lambda: fleet.stats.connected == 1, 10, "the gateway connected")
+        answer = operator.submit(
+            asyncio.run, offered_update(stack.nats_url, gateway.device_id, offer)
+        )
+        wait_until(lambda: gateway.updating, 10, "the download started")
+        gateway.sock.shutdown(socket.SHUT_RDWR)  # the connection ends mid-download
+        wait_until(answer.done, 40, "the update's final result")
+        states = answer.result()
+    assert fleet.stats.reconnects >= 2  # the drop, then the reboot into the new firmware
+    assert states[0] == "downloading"
+    assert states[-2:] == ["rebooting", "success"]
+    assert gateway.firmware == "2.0.0"
 
 
 def test_a_draining_shard_closes_with_1012_and_gateways_wait_before_returning(
