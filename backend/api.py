@@ -267,8 +267,9 @@ class OperatorApi:
             list(self.config.nats_urls), name=self.config.instance_id, max_reconnect_attempts=-1
         )
         js = self.nc.jetstream()
-        self._presence = await bus.ensure_streams(js)
-        self._devices = await bus.ensure_devices_bucket(js)
+        replicas = self.config.stream_replicas
+        self._presence = await bus.ensure_streams(js, replicas)
+        self._devices = await bus.ensure_devices_bucket(js, replicas)
         self._router = DeviceRouter(self.nc, self._presence)
         self.rollouts = Rollouts(
             self.config, self.nc, self._router, self._devices, self.metrics.registry

@@ -7,6 +7,8 @@ is only ever read as "current" (status, presence).
 
 from __future__ import annotations
 
+import dataclasses
+
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
@@ -20,10 +22,18 @@ DEVICES_BUCKET = "fleet-devices"
 """Per-device fleet state (health, open alerts, last status) kept by ``backend.fleetstate``."""
 ROLLOUTS_BUCKET = "fleet-rollouts"
 """Update rollouts (request, state, each target's progress) kept by ``backend.rollouts``."""
-# A KV bucket is a stream named KV_<bucket> with subjects $KV.<bucket>.<key>: consumers of
-# its changes read that stream like any other.
-PRESENCE_STREAM = f"KV_{PRESENCE_BUCKET}"
+
+
+def bucket_stream(bucket: str) -> str:
+    """A KV bucket is a stream named KV_<bucket> with subjects $KV.<bucket>.<key>: consumers
+    of its changes read that stream like any other."""
+    return f"KV_{bucket}"
+
+
+PRESENCE_STREAM = bucket_stream(PRESENCE_BUCKET)
 PRESENCE_SUBJECTS = f"$KV.{PRESENCE_BUCKET}.>"
+ROLLOUTS_STREAM = bucket_stream(ROLLOUTS_BUCKET)
+ROLLOUTS_SUBJECTS = f"$KV.{ROLLOUTS_BUCKET}.>"
 
 MSG_ID_HEADER = "Nats-Msg-Id"  # JetStream de-duplicates on it within duplicate_window
 DEVICE_HEADER = "Fleet-Device"
@@ -32,6 +42,12 @@ UPDATE_HEADER = "Fleet-Update"  # on update progress: the sid of the offer it an
 
 DEDUP_WINDOW = 120.0
 """Seconds within which a resent alert is recognised (JetStream's default window)."""
+MAX_REPLICAS = 5  # JetStream's limit
+
+
+def check_replicas(replicas: int) -> None:
+    if not 1 <= replicas <= MAX_REPLICAS:
+        raise ValueError(f"stream replicas must be 1 to {MAX_REPLICAS}, not {replicas}")
 
 
 def alert_subject(device_id: str) -> str:
@@ -89,25 +105,37 @@ STREAMS = (
 )
 
 
-async def ensure_streams(js: JetStreamContext) -> KeyValue:
-    """Create (or update to this layout) every stream, and return the presence bucket."""
+async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    """Create (or update to this layout) every stream, and return the presence bucket.
+
+    ``replicas``: copies of each stream and bucket, on as many NATS nodes (1 on a single
+    server; 3 on a cluster, so an acked alert survives the loss of a node). Every component
+    of a fleet must give the same count: the last one started sets it.
+    """
     for config in STREAMS:
+        replicated = dataclasses.replace(config, num_replicas=replicas)
         try:
-            await js.add_stream(config)
+            await js.add_stream(replicated)
         except BadRequestError:
-            await js.update_stream(config)
-    return await js.create_key_value(
-        KeyValueConfig(bucket=PRESENCE_BUCKET, history=1, storage=StorageType.FILE)
-    )
+            await js.update_stream(replicated)
+    return await ensure_bucket(js, PRESENCE_BUCKET, replicas)
 
 
-async def ensure_devices_bucket(js: JetStreamContext) -> KeyValue:
-    return await js.create_key_value(
-        KeyValueConfig(bucket=DEVICES_BUCKET, history=1, storage=StorageType.FILE)
-    )
+async def ensure_devices_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    return await ensure_bucket(js, DEVICES_BUCKET, replicas)
 
 
-async def ensure_rollouts_bucket(js: JetStreamContext) -> KeyValue:
-    return await js.create_key_value(
-        KeyValueConfig(bucket=ROLLOUTS_BUCKET, history=1, storage=StorageType.FILE)
-    )
+async def ensure_rollouts_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    return await ensure_bucket(js, ROLLOUTS_BUCKET, replicas)
+
+
+async def ensure_bucket(js: JetStreamContext, bucket: str, replicas: int) -> KeyValue:
+    """A KV bucket keeping each key's latest value on ``replicas`` nodes; an existing bucket
+    with another replica count is rescaled (its stream updated), not refused."""
+    config = KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE, replicas=replicas)
+    try:
+        return await js.create_key_value(config)
+    except BadRequestError:
+        info = await js.stream_info(bucket_stream(bucket))
+        await js.update_stream(dataclasses.replace(info.config, num_replicas=replicas))
+        return await js.key_value(bucket)

@@ -18,6 +18,7 @@ from backend import api as operator_api
 from backend import capacity as capacity_model
 from backend import fleetstate, logs, natsexporter, process, stackctl
 from backend.auth import issue_device_token
+from backend.bus import MAX_REPLICAS
 from backend.check import check_run
 from backend.fleetconfig import FleetConfig, load_operator_tokens
 from backend.operator_client import (
@@ -41,6 +42,10 @@ nats_urls_option = click.option(
     "--nats-url", "nats_urls", multiple=True, default=["nats://127.0.0.1:4222"],
     help="NATS server URL; repeat for a cluster.",
 )  # fmt: skip
+stream_replicas_option = click.option(
+    "--stream-replicas", type=click.IntRange(1, MAX_REPLICAS), default=1,
+    help="Copies of each stream and KV bucket, on as many NATS nodes (3 on a 3-node cluster).",
+)  # fmt: skip
 
 
 @click.group(context_settings={"auto_envvar_prefix": "FLEET", "show_default": True})
@@ -53,6 +58,7 @@ def main() -> None:
 @click.option("--port", default=8080, help="Port for devices, /healthz and /metrics (0: any).")
 @click.option("--shard-id", default=None, help="Name on the bus [default: shard-<random>].")
 @nats_urls_option
+@stream_replicas_option
 @click.option("--jwt-secret", default=None, help="HS256 secret for device tokens.")
 @click.option(
     "--jwt-public-key-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -174,6 +180,10 @@ class CountOrAuto(click.ParamType):
     "--haproxies", type=CountOrAuto(), default="auto",
     help="HAProxy processes on the public port (0: none); auto: enough for --connections.",
 )  # fmt: skip
+@click.option(
+    "--nats-nodes", default=1,
+    help="NATS servers: 1, or 3 for a cluster (streams and KV buckets then keep 3 copies).",
+)  # fmt: skip
 @click.option("--tls", is_flag=True, help="TLS on the public port, with a local CA.")
 @click.option("--port", default=0, help="The public port (0: a free one).")
 @click.option("--observe", is_flag=True, help="Also run Prometheus scraping every part.")
@@ -248,6 +258,7 @@ def down(run_dir: Path | None) -> None:
 @click.option("--host", default="127.0.0.1", help="Address to listen on.")
 @click.option("--port", default=8090, help="Port of the API (0: any).")
 @nats_urls_option
+@stream_replicas_option
 @click.option(
     "--operator-tokens-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
     required=True, help='JSON {"<bearer token>": "<operator id>", ...}.',
@@ -269,6 +280,7 @@ def api(verbose: int, operator_tokens_file: Path, no_state: bool, **options: Any
 
 @main.command()
 @nats_urls_option
+@stream_replicas_option
 @click.option("--durable", default="fleet-state", help="Consumer name the instances share.")
 @click.option("--fetch-batch", default=64, help="Events fetched at once.")
 @verbose_option

@@ -8,6 +8,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backend.bus import check_replicas
+
 
 def default_instance_id() -> str:
     return f"fleet-{uuid.uuid4().hex[:8]}"
@@ -31,6 +33,8 @@ def load_operator_tokens(path: Path) -> dict[str, str]:
 @dataclass(slots=True)
 class FleetConfig:
     nats_urls: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    stream_replicas: int = 1
+    """Copies of each stream and KV bucket: the same count as the shards are given."""
     instance_id: str = field(default_factory=default_instance_id)
 
     # --- operator API ---------------------------------------------------------------------
@@ -76,6 +80,7 @@ class FleetConfig:
     _digests: dict[str, str] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_replicas(self.stream_replicas)
         if self.command_timeout <= 0 or self.command_timeout > self.max_command_timeout:
             raise ValueError("command_timeout must be in (0, max_command_timeout]")
         if not 0 < self.page_limit <= self.max_page_limit:

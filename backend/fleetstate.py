@@ -299,8 +299,8 @@ class FleetState:
             list(self.config.nats_urls), name=self.config.instance_id, max_reconnect_attempts=-1
         )
         js = self.nc.jetstream()
-        await bus.ensure_streams(js)
-        self.kv = await bus.ensure_devices_bucket(js)
+        await bus.ensure_streams(js, self.config.stream_replicas)
+        self.kv = await bus.ensure_devices_bucket(js, self.config.stream_replicas)
         for source in SOURCES:
             sub = await bind_consumer(
                 js, source.stream, source.subjects, self.config.durable, self.config.ack_wait

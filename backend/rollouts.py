@@ -346,7 +346,7 @@ class Rollouts:
 
     async def start(self) -> None:
         js = self.nc.jetstream()
-        self.kv = await bus.ensure_rollouts_bucket(js)
+        self.kv = await bus.ensure_rollouts_bucket(js, self.config.stream_replicas)
         self._sub = sub = await fleetstate.bind_consumer(
             js, bus.UPDATES_STREAM, bus.update_subject(">"), self.config.rollout_durable,
             self.config.ack_wait,
@@ -400,11 +400,14 @@ class Rollouts:
         return sorted((r for r, _rev in loaded if r is not None), key=lambda r: r.created)
 
     async def _ids(self) -> list[str]:
-        assert self.kv is not None
-        try:
-            return list(await self.kv.keys())
-        except NoKeysError:
-            return []
+        """Every rollout's id, from the bucket stream's subject counts: ``kv.keys()`` would
+        create a watcher consumer per call, and the driver asks several times a second
+        (idle consumers linger for minutes, until JetStream refuses more)."""
+        info = await self.nc.jetstream().stream_info(
+            bus.ROLLOUTS_STREAM, subjects_filter=bus.ROLLOUTS_SUBJECTS
+        )
+        prefix = bus.ROLLOUTS_SUBJECTS.removesuffix(">")
+        return sorted(subject.removeprefix(prefix) for subject in info.state.subjects or {})
 
     async def control(self, rollout_id: str, action: str) -> Rollout:
         """Pause, resume or abort; RolloutConflict if the rollout's state does not allow it."""

@@ -1,5 +1,6 @@
-"""A local stack for the demo, tests and load scenarios: one NATS server, N shard processes
-and, optionally, M HAProxy processes in front of them on one public port.
+"""A local stack for the demo, tests and load scenarios: one NATS server (or a 3-node NATS
+cluster), N shard processes and, optionally, M HAProxy processes in front of them on one
+public port.
 
 Synchronous on purpose (subprocess, urllib, sleep): it must also run inside a gevent-patched
 Locust process, where no asyncio loop can be started. Started in dependency order (NATS,
@@ -26,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from backend import process
 from backend.auth import issue_device_token
-from backend.natsserver import NatsServer
+from backend.natsserver import NatsCluster, NatsServer
 from backend.prometheus import PrometheusServer
 from backend.shard.config import default_max_connections
 from haproxy import runtime
@@ -35,7 +36,11 @@ from haproxy.tls import make_local_pki
 
 # Set by the stack itself: given again in shard_options they would be ignored (CLI arguments
 # beat environment variables) or, for the secret, break ``LocalStack.token``.
-RESERVED_OPTIONS = frozenset({"host", "port", "shard_id", "nats_urls", "jwt_secret", "ready_file"})
+RESERVED_OPTIONS = frozenset(
+    {"host", "port", "shard_id", "nats_urls", "stream_replicas", "jwt_secret", "ready_file"}
+)
+NATS_NODES = (1, 3)
+"""One server, or a cluster that keeps every stream on all 3 nodes (it survives losing one)."""
 DEFAULT_SHARDS = 2
 SHARD_NAMES = [f"shard-{letter}" for letter in string.ascii_lowercase]
 # HAProxy connects to the shards from these: ~28k ephemeral ports per (source, shard) pair, so
@@ -56,6 +61,8 @@ def option_key(name: str) -> str:
 class StackConfig:
     run_dir: Path
     shards: int = 2
+    nats_nodes: int = 1
+    """NATS servers: 1, or 3 for a cluster whose streams and KV buckets keep 3 copies."""
     jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     host: str = "127.0.0.1"
     shard_options: dict[str, str] = field(default_factory=dict)
@@ -94,6 +101,8 @@ class StackConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.shards <= len(SHARD_NAMES):
             raise ValueError(f"shards must be 1 to {len(SHARD_NAMES)}, not {self.shards}")
+        if self.nats_nodes not in NATS_NODES:
+            raise ValueError(f"nats_nodes must be 1 or 3 (a cluster), not {self.nats_nodes}")
         if self.haproxies < 0:
             raise ValueError(f"haproxies must be 0 or more, not {self.haproxies}")
         if self.haproxies == 0 and (self.tls or self.public_port):
@@ -172,8 +181,10 @@ class LocalStack(process.Service):
     def __init__(self, config: StackConfig) -> None:
         self.config = config
         self.nats_url = ""
+        """The first NATS node's; shards are given every node's (``nats_urls``)."""
         self.nats_monitor_url = ""
-        self._nats: NatsServer | None = None
+        self.nats_nodes: list[NatsServer] = []
+        """The NATS server, or the cluster's nodes (a test may kill and restart one)."""
         self.prometheus_url = ""
         """With ``observe``: Prometheus' web UI and API."""
         self._nats_exporter_port = 0
@@ -220,7 +231,7 @@ class LocalStack(process.Service):
     def pids(self) -> dict[str, list[int]]:
         """Process ids by tier (nats, shards, haproxy): for status views and measurements."""
         return {
-            "nats": [self._nats.pid] if self._nats and self._nats.pid else [],
+            "nats": [node.pid for node in self.nats_nodes if node.pid is not None],
             "shards": [proc.pid for proc in self._shards],
             "haproxy": [proc.pid for proc in self._haproxies],
         }
@@ -252,8 +263,7 @@ class LocalStack(process.Service):
         raising. A missing haproxy fails before anything starts."""
         haproxy = self._haproxy_binary()
         with contextlib.ExitStack() as teardown:
-            self._nats = teardown.enter_context(NatsServer(self.run_dir, host=self.config.host))
-            self.nats_url, self.nats_monitor_url = self._nats.url, self._nats.monitor_url
+            self._start_nats(teardown)
             teardown.callback(self._stop_shards)
             self._start_shards()
             if haproxy is not None:
@@ -269,6 +279,21 @@ class LocalStack(process.Service):
         while NATS still takes what devices send; then NATS."""
         self._teardown.close()
 
+    @property
+    def nats_urls(self) -> list[str]:
+        """Every NATS node's client URL: clients given them all reconnect to any survivor."""
+        return [node.url for node in self.nats_nodes]
+
+    def _start_nats(self, teardown: contextlib.ExitStack) -> None:
+        host = self.config.host
+        if self.config.nats_nodes == 1:
+            self.nats_nodes = [teardown.enter_context(NatsServer(self.run_dir, host=host))]
+        else:
+            cluster = NatsCluster(self.run_dir, size=self.config.nats_nodes, host=host)
+            self.nats_nodes = list(teardown.enter_context(cluster).nodes)
+        first = self.nats_nodes[0]
+        self.nats_url, self.nats_monitor_url = first.url, first.monitor_url
+
     def _start_shards(self) -> None:
         """Spawn all shards at once (a faster start), then wait for each in turn."""
         names = self.shard_names
@@ -277,8 +302,9 @@ class LocalStack(process.Service):
             ready_file.unlink(missing_ok=True)  # left by an earlier run in the same directory
             argv = [
                 sys.executable, "-m", "backend.cli", "shard", "--host", self.config.host,
-                "--port", "0", "--shard-id", name, "--nats-url", self.nats_url,
-                "--ready-file", str(ready_file),
+                "--port", "0", "--shard-id", name, "--ready-file", str(ready_file),
+                "--stream-replicas", str(self.config.nats_nodes),
+                *(arg for url in self.nats_urls for arg in ("--nats-url", url)),
             ]  # fmt: skip
             log_file = self.run_dir / f"{name}.log"
             self._shards.append(process.spawn(argv, log_file, env=self.config.shard_env()))

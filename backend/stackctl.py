@@ -80,6 +80,7 @@ def stack_state(stack: LocalStack) -> dict[str, Any]:
         "run_dir": str(stack.run_dir.resolve()),
         "public_url": stack.public_url,
         "nats_url": stack.nats_url,
+        "nats_urls": stack.nats_urls,
         "shards": [{"name": name, "url": url, "pid": pid} for name, url, pid in shards],
         "haproxies": [
             {"stats_url": url, "admin_socket": str(sock)}
@@ -127,7 +128,7 @@ def summary(state: dict[str, Any]) -> str:
         f"  devices connect to  {url}{DEVICE_PATH}",
         *(f"  {s['name']:<18}  {s['url']}" for s in state["shards"]),
         *(f"  haproxy stats       {h['stats_url']}/stats" for h in state["haproxies"]),
-        f"  nats                {state['nats_url']}",
+        f"  nats                {' '.join(state['nats_urls'])}",
         f"  a device token      fleet token gw-1 --jwt-secret {state['jwt_secret']}",
     ]
     if state["ca_file"]:

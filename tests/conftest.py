@@ -17,7 +17,7 @@ from nats.aio.client import Client as NATS
 from backend.api import OperatorApi
 from backend.fleetconfig import FleetConfig
 from backend.fleetstate import FleetState
-from backend.natsserver import NatsServer
+from backend.natsserver import NatsCluster, NatsServer
 from backend.shard import Shard, ShardConfig
 from tests.fleet_support import OPERATOR_TOKENS, ApiFactory, FleetStateFactory
 from tests.support import JWT_SECRET, ShardFactory
@@ -39,6 +39,13 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     with NatsServer(tmp_path / "nats") as server:
         yield server
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """Three routed nodes with JetStream (for replicated streams and losing a node)."""
+    with NatsCluster(tmp_path / "nats-cluster") as cluster:
+        yield cluster
 
 
 @pytest.fixture

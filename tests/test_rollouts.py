@@ -11,7 +11,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from nats.aio.client import Client as NATS
 
+from backend import bus
 from backend.api import OperatorApi
 from backend.protocol import messages
 from backend.protocol import session as ps
@@ -261,6 +263,21 @@ async def test_abort_stops_offers_for_good(
             assert (status, body["error"]) == (409, "conflict")
         status, listing = await call(http, "GET", f"{base(api)}/rollouts")
         assert [(r["id"], r["state"]) for r in listing["rollouts"]] == [(rollout_id, "aborted")]
+        for device in devices:
+            await device.close()
+
+
+async def test_the_driver_ticks_without_leaving_consumers_behind(
+    start_shard: ShardFactory, start_api: ApiFactory, http: aiohttp.ClientSession, nc: NATS
+) -> None:
+    installs = Installs(gated=True)  # the rollout stays running: every tick looks at it
+    async with start_shard() as shard, start_api(run_state_service=False, rollout_tick=0.01) as api:
+        devices = await fleet(shard, 2, installs)
+        await create(http, api, **request(devices, max_concurrent=1))
+        await asyncio.sleep(1.0)  # about a hundred ticks
+        info = await nc.jetstream().stream_info(bus.ROLLOUTS_STREAM)
+        assert info.state.consumer_count == 0
+        installs.gate.set()
         for device in devices:
             await device.close()
 

@@ -60,6 +60,7 @@ def test_a_shard_failing_to_start_raises_with_its_log_and_stops_the_rest(tmp_pat
     ("overrides", "message"),
     [
         ({"shards": 0}, "shards must be 1 to 26, not 0"),
+        ({"nats_nodes": 2}, "nats_nodes must be 1 or 3 \\(a cluster\\), not 2"),
         ({"shard_options": {"jwt_secret": "x"}}, "shard_options cannot set jwt_secret"),
         ({"shard_options": {"shard-id": "x"}}, "shard_options cannot set shard_id"),
         ({"haproxies": -1}, "haproxies must be 0 or more, not -1"),

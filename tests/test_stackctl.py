@@ -53,6 +53,7 @@ def test_up_status_down(tmp_path: Path) -> None:
         assert haproxy["servers_total"] > 0
         assert haproxy["servers_up"] == haproxy["servers_total"]
         state = json.loads((run_dir / "stack.json").read_text())
+        assert state["nats_urls"] == [state["nats_url"]]  # one NATS server by default
         token = issue_device_token("gw-1", state["jwt_secret"])
         headers = {"Authorization": f"Bearer {token}"}
         with connect(state["public_url"] + DEVICE_PATH, additional_headers=headers) as ws:
@@ -102,6 +103,10 @@ def test_up_with_too_few_shards_for_the_connections_fails_before_starting(tmp_pa
     result = fleet("up", "--haproxies", "several", "--run-dir", str(run_dir))
     assert result.returncode == 2
     assert "expected a number or auto, not 'several'" in result.stderr
+    result = fleet("up", "--nats-nodes", "2", "--run-dir", str(run_dir))
+    assert result.returncode == 1
+    assert "nats_nodes must be 1 or 3 (a cluster), not 2" in result.stderr
+    assert not run_dir.exists()
 
 
 def test_drain_moves_a_shards_devices_to_the_others(tmp_path: Path) -> None:

@@ -7,6 +7,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backend.bus import check_replicas
+
 DEVICE_PATH = "/api/devices/v1/deviceconnect/connect"
 SUBPROTOCOL = "protomsg/msgpack"
 
@@ -31,6 +33,8 @@ class ShardConfig:
     port: int = 8080
     shard_id: str = field(default_factory=default_shard_id)
     nats_urls: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    stream_replicas: int = 1
+    """Copies of each stream and KV bucket (``bus.ensure_streams``): 3 on a 3-node cluster."""
     jwt_secret: str | None = None
     jwt_public_key_file: Path | None = None
     max_connections: int = field(default_factory=default_max_connections)
@@ -52,5 +56,6 @@ class ShardConfig:
     backlog: int = 4096
 
     def __post_init__(self) -> None:
+        check_replicas(self.stream_replicas)
         if self.keepalive_timeout <= self.ping_interval:
             raise ValueError("keepalive_timeout must be longer than ping_interval")

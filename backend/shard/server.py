@@ -86,7 +86,7 @@ class Shard:
             disconnected_cb=self._nats_disconnected,
         )
         self._js = self.nc.jetstream()
-        self._kv = await bus.ensure_streams(self._js)
+        self._kv = await bus.ensure_streams(self._js, self.config.stream_replicas)
         await self.nc.subscribe(bus.shard_subject(self.id), cb=self._on_request)
         for loop_body in (self._run_timers, self._run_publishes):
             self._spawn(loop_body())
