@@ -12,10 +12,10 @@ import random
 import secrets
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
 import gevent
@@ -33,6 +33,7 @@ GatewayFactory = Callable[["Fleet", int, str], "VirtualGateway"]
 
 _DEFAULT_PORTS = {"ws": 80, "wss": 443}
 AUTO_SOURCES = 8  # loopback source addresses: 8 x ~28k ephemeral ports per destination
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,18 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def round_robin(items: Sequence[T], index: int, worker: int) -> T:
+    """Gateway ``index``'s pick of ``items`` (targets, source addresses) on worker ``worker``.
+
+    Every worker numbers its gateways from 0; started at the same place, the workers' first
+    gateways would pile onto the first items, and a fleet split over workers would be spread
+    worse than one process's. Workers 0, 1, 2, 3, 4, … start 0, 1/2, 1/4, 3/4, 1/8, … of the
+    way in (the bit-reversed index): evenly apart however many workers run, which no worker
+    knows."""
+    fraction = int(f"{worker:b}"[::-1], 2) / (1 << worker.bit_length())
+    return items[(index + int(fraction * len(items))) % len(items)]
+
+
 def tls_context(ca_file: str | Path | None = None) -> ssl.SSLContext:
     """A client context verifying the server against ``ca_file`` (None: the system's CAs).
     gevent's class, not ``ssl.create_default_context``: its sockets yield to the other
@@ -121,6 +134,8 @@ class Fleet:
     ssl_context: ssl.SSLContext | None = None
     """For wss:// targets: made by ``tls_context``."""
     rng: random.Random = field(default_factory=random.Random)
+    worker: int = 0
+    """This process's Locust worker index: where its round robins start (``round_robin``)."""
     # Alert ids must not repeat across runs within the stream's de-duplication window.
     run_id: str = field(default_factory=lambda: secrets.token_hex(3))
     draining: bool = False
@@ -138,11 +153,11 @@ class Fleet:
         return gateway
 
     def target_for(self, index: int) -> Target:
-        return self.targets[index % len(self.targets)]
+        return round_robin(self.targets, index, self.worker)
 
     def source_for(self, index: int) -> str | None:
         sources = self.source_addresses
-        return sources[index % len(sources)] if sources else None
+        return round_robin(sources, index, self.worker) if sources else None
 
     def pending_alerts(self) -> int:
         return sum(gateway.session.outbox_size for gateway in self.gateways)

@@ -254,6 +254,16 @@ def _final_report_received(environment: Environment, msg: Any, **_: Any) -> None
     state.worker_snapshots[msg.node_id] = state.final_reports[msg.node_id] = msg.data
 
 
+def worker_figures(environment: Environment) -> dict[str, dict[str, Any]]:
+    """A master's figures of each worker, named as in its device ids ("w0", …): the final
+    report after its drain, or its last report if none came. Empty on other runners."""
+    runner = environment.runner
+    if not isinstance(runner, MasterRunner):
+        return {}
+    by_index = {runner.get_worker_index(node): fig for node, fig in state.worker_snapshots.items()}
+    return {f"w{index}": by_index[index] for index in sorted(by_index)}
+
+
 def totals(environment: Environment) -> dict[str, Any]:
     if isinstance(environment.runner, MasterRunner):
         merged = merge_snapshots(state.worker_snapshots.values())
@@ -303,6 +313,9 @@ def _drain_workers(runner: MasterRunner, timeout: float) -> None:
     deadline = time.monotonic() + timeout + 5  # their drain, plus the messages' way back
     while len(state.final_reports) < expected and time.monotonic() < deadline:
         gevent.sleep(0.1)
+    if missing := expected - len(state.final_reports):
+        # Their last regular report (up to 3 s old, pending alerts unknown) stands in.
+        log.warning("%d of %d workers sent no final report after the drain", missing, expected)
 
 
 def _drain_timeout(environment: Environment) -> float:
@@ -366,6 +379,7 @@ def build_summary(environment: Environment) -> dict[str, Any]:
         "alerts": alerts,
         "commands": fleet["commands"],
         "updates": fleet["updates"],
+        "workers": worker_figures(environment),
         "requests": {"count": stats.num_requests, "failures": stats.num_failures},
         "latency_ms": _latencies(environment),
         "verdict": {"failures": failures, "ok": not failures},
@@ -435,6 +449,7 @@ def print_summary(summary: Mapping[str, Any]) -> None:
         f"  failed tries  {_counts(summary['connect_failures'])}",
         "  alerts        " + ", ".join(f"{k} {v}" for k, v in alerts.items()),
         f"  commands      {summary['commands']}; updates {_counts(summary['updates'])}",
+        *(f"  worker {name:<6} {format_progress(fig)}" for name, fig in summary["workers"].items()),
         *(f"  {line}" for line in _verdict_lines(summary)),
         f"  verdict       {'OK' if summary['verdict']['ok'] else 'FAILED'}",
         *(f"    - {failure}" for failure in summary["verdict"]["failures"]),

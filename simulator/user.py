@@ -92,6 +92,7 @@ def make_fleet(environment: Environment, user_class: type[GatewayUser]) -> Fleet
         source_addresses=source_addresses(getattr(options, "source_addresses", ""), targets),
         ssl_context=_tls_context(targets, getattr(options, "ca_file", "")),
         rng=random.Random(None if seed is None else seed + worker),
+        worker=worker,
     )
     if run_id := getattr(options, "fleet_run_id", ""):
         fleet.run_id = run_id

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import ssl
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from backend.protocol import messages as m
 from backend.protocol.session import DeviceSession, Role
 from backend.shard.config import DEVICE_PATH
 from haproxy.tls import make_local_pki
-from simulator.fleet import Fleet, Target, parse_targets, tls_context
+from simulator.fleet import Fleet, Target, parse_targets, round_robin, tls_context
 from simulator.gateway import VirtualGateway
 
 # --- targets ---------------------------------------------------------------------------------
@@ -116,6 +117,22 @@ def test_targets_and_sources_go_round_robin() -> None:
         "127.0.0.3",
         "127.0.0.2",
     ]
+
+
+def test_workers_start_their_round_robins_evenly_apart() -> None:
+    sources = tuple(f"127.0.0.{n}" for n in range(1, 9))
+    assert [round_robin(sources, 0, worker) for worker in range(5)] == [
+        "127.0.0.1",
+        "127.0.0.5",
+        "127.0.0.3",
+        "127.0.0.7",
+        "127.0.0.2",
+    ]
+    # A fleet of 4 split over 2 workers on 2 shards: 2 gateways per shard, as in one process.
+    fleets = [make_fleet("ws://a:1,ws://b:2", worker=worker) for worker in (0, 1)]
+    shards = Counter(fleet.target_for(i).host for fleet in fleets for i in range(2))
+    assert shards == {"a": 2, "b": 2}
+    assert make_fleet(source_addresses=sources, worker=1).source_for(3) == "127.0.0.8"
 
 
 def test_no_source_addresses_leaves_the_choice_to_the_kernel() -> None:

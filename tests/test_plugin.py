@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from backend.process import free_ports
+from backend.process import free_ports, spawn, stop, tail
 from backend.stack import metric_sum
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,17 +128,6 @@ def template_args(index_body: bytes) -> dict[str, Any]:
     return args
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """Locust stops the embedded stack on SIGTERM; kill only if that hangs."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def test_web_ui_tab_and_prometheus_metrics(tmp_path: Path) -> None:
     web, metrics = free_ports(2)
     command = locust(
@@ -165,7 +154,7 @@ def test_web_ui_tab_and_prometheus_metrics(tmp_path: Path) -> None:
                 time.sleep(0.2)
             returncode = process.wait(timeout=60)
         finally:
-            stop(process)
+            stop(process, timeout=30)  # Locust stops the embedded stack on SIGTERM
     assert rows.get("connected now"), rows
     assert rows["peak connected"] >= rows["connected now"]
     assert {"connects", "reconnects", "unexpected drops"} <= rows.keys()
@@ -192,3 +181,45 @@ def test_the_plugin_fixes_locust_for_busy_workers() -> None:
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
                             text=True, timeout=60, check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr
+
+
+def test_a_master_and_two_workers_add_up(tmp_path: Path) -> None:
+    """As on several machines: the master runs the embedded stack and the summary, two worker
+    processes split the gateways, and the fleet's figures are the sums of the workers'."""
+    run_dir, port = tmp_path / "run", free_ports(1)[0]
+    scenario = ("-f", str(REPO / MIXED_FLEET), "--network-mix", "wired:100")  # no injected drops
+    master = spawn(
+        locust(run_dir, *scenario, "--master", "--headless", "--expect-workers", "2",
+               *("--master-bind-host", "127.0.0.1", "--master-bind-port", str(port)),
+               *("-u", "200", "-r", "100", "-t", "15s", "--alerts-per-hour", "360")),
+        tmp_path / "master.log",
+    )  # fmt: skip
+    worker = [sys.executable, "-m", "locust", *scenario, "--worker",
+              *("--master-host", "127.0.0.1", "--master-port", str(port))]  # fmt: skip
+    workers = [spawn(worker, tmp_path / f"worker-{n}.log") for n in range(2)]
+    try:
+        returncode = master.wait(timeout=90)
+    finally:
+        for process in (master, *workers):
+            stop(process, timeout=30)
+    assert returncode == 0, tail(tmp_path / "master.log", 40)
+    summary = summary_of(run_dir)
+    assert summary["verdict"] == {"failures": [], "ok": True}
+    figures = summary["workers"]
+    peaks = {name: fig["peak_connected"] for name, fig in figures.items()}
+    assert peaks == {"w0": 100, "w1": 100}  # split evenly
+    assert summary["gateways"]["peak_connected"] == 200  # the peak of the sum
+    assert summary["gateways"]["connects"] == sum(fig["connects"] for fig in figures.values())
+    alerts = summary["alerts"]
+    for key in ("sent", "acked", "resent"):
+        assert alerts[key] == sum(fig["alerts"].get(key, 0) for fig in figures.values()), key
+    assert all(fig["alerts"]["acked"] > 0 for fig in figures.values())
+    assert alerts["pending"] == sum(fig["pending"] for fig in figures.values()) == 0  # final
+    assert alerts["stored"] == alerts["acked"]
+    assert (alerts["lost"], alerts["duplicated"]) == (0, 0)
+    # Device ids are unique across workers: a repeated one would replace the other's
+    # connection (4001), and the shards would never hold all 200 at once.
+    samples = json.loads((run_dir / "timeline.json").read_text())["samples"]
+    held = max(sum(fig["connections"] for fig in s["shards"].values() if fig) for s in samples)
+    assert held == 200
+    assert "worker w1" in (tmp_path / "master.log").read_text()
