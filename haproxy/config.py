@@ -68,6 +68,13 @@ class HaproxyConfig:
     maxconn: int = field(default_factory=max_maxconn)
     server_maxconn: int = field(default_factory=ephemeral_ports)
     nbthread: int = 1
+    dns_slots: int = 0
+    """0: each shard's host is one server. N: it is a DNS name for up to N shards (a
+    Kubernetes headless Service), resolved while HAProxy runs, so shards come and go
+    without a reload."""
+    for_this_host: bool = True
+    """False: the file is for another host (a container), whose open-file limit this one
+    cannot tell, so maxconn is not checked against it."""
 
     def __post_init__(self) -> None:
         check_port("port", self.port)
@@ -76,7 +83,11 @@ class HaproxyConfig:
             raise ValueError(f"port and stats_port are both {self.port}: give stats its own port")
         check_shards(self.shards)
         check_sources(self.source_addresses)
-        check_limits(self.maxconn, self.server_maxconn, self.nbthread)
+        check_limits(self.maxconn, self.server_maxconn, self.nbthread, self.for_this_host)
+        if self.dns_slots < 0:
+            raise ValueError(f"dns_slots must be 0 or more, not {self.dns_slots}")
+        if self.dns_slots and self.source_addresses:
+            raise ValueError("source addresses need fixed server lines: use them without dns_slots")
 
 
 def check_port(what: str, port: int) -> None:
@@ -106,14 +117,19 @@ def check_sources(addresses: list[str]) -> None:
         raise ValueError(f"source addresses must be unique: {', '.join(addresses)}")
 
 
-def check_limits(maxconn: int, server_maxconn: int, nbthread: int) -> None:
-    allowed = max_maxconn()
-    if not 0 < maxconn <= allowed:
-        raise ValueError(
-            f"maxconn must be 1 to {allowed} (2 fds per connection within the open-file hard "
-            f"limit, {FD_RESERVE} kept back), not {maxconn}: lower maxconn or raise the limit "
-            "(ulimit -Hn, LimitNOFILE=)"
-        )
+def check_limits(
+    maxconn: int, server_maxconn: int, nbthread: int, for_this_host: bool = True
+) -> None:
+    if for_this_host:
+        allowed = max_maxconn()
+        if not 0 < maxconn <= allowed:
+            raise ValueError(
+                f"maxconn must be 1 to {allowed} (2 fds per connection within the open-file "
+                f"hard limit, {FD_RESERVE} kept back), not {maxconn}: lower maxconn or raise "
+                "the limit (ulimit -Hn, LimitNOFILE=)"
+            )
+    elif maxconn <= 0:
+        raise ValueError(f"maxconn must be positive, not {maxconn}")
     if server_maxconn <= 0:
         raise ValueError(f"server_maxconn must be positive, not {server_maxconn}")
     if nbthread <= 0:
@@ -124,6 +140,7 @@ def render(config: HaproxyConfig) -> str:
     sections = [
         global_section(config),
         defaults_section(),
+        *([resolvers_section()] if config.dns_slots else []),
         stats_frontend(config),
         devices_frontend(config),
         shards_backend(config),
@@ -181,12 +198,26 @@ def defaults_section() -> list[str]:
     ]
 
 
+def resolvers_section() -> list[str]:
+    return [
+        "# Shards found by DNS: the nameservers of the container's resolv.conf (the cluster's",
+        "# DNS), asked again every second, so a new shard gets devices without a reload and",
+        "# one that left DNS (not ready: draining) gets no more.",
+        "resolvers dns",
+        "    parse-resolv-conf",
+        "    # Room for every shard's address in one UDP answer (512 bytes hold ~29).",
+        "    accepted_payload_size 8192",
+    ]
+
+
 def stats_frontend(config: HaproxyConfig) -> list[str]:
     return [
         "# Operators only: Prometheus scrapes /metrics, people read /stats.",
         "frontend stats",
         f"    bind {config.stats_host}:{config.stats_port}",
         "    no log",
+        "    # 200 while this process runs: liveness and readiness probes.",
+        "    monitor-uri /healthz",
         "    http-request use-service prometheus-exporter if { path /metrics }",
         "    stats enable",
         "    stats uri /stats",
@@ -233,7 +264,16 @@ def shards_backend(config: HaproxyConfig) -> list[str]:
 
 
 def server_lines(config: HaproxyConfig) -> list[str]:
-    """One line per shard, or per shard and source address: name_1, name_2, ..."""
+    """One line per shard, or per shard and source address: name_1, name_2, ...; with
+    dns_slots, one template per shard DNS name: name1 to nameN."""
+    if config.dns_slots:
+        # No address at start (init-addr none): the resolver fills the slots, so HAProxy
+        # starts (and `haproxy -c` passes) before any shard exists or DNS answers.
+        return [
+            f"    server-template {name} {config.dns_slots} {host}:{port}"
+            " resolvers dns init-addr none"
+            for name, host, port in config.shards
+        ]
     if not config.source_addresses:
         return [f"    server {name} {host}:{port}" for name, host, port in config.shards]
     return [
