@@ -145,8 +145,10 @@ OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 @events.init_command_line_parser.add_listener
 def add_options(parser: Any) -> None:
     # Locust's own parser, not an argument group: only it knows include_in_web_ui/is_secret.
+    # Every option is also an environment variable, as Locust's own are (LOCUST_<NAME>).
     for flag, help_text, extra in OPTIONS:
-        parser.add_argument(flag, help=help_text, **{"default": None, **extra})
+        env_var = "LOCUST_" + flag.removeprefix("--").replace("-", "_").upper()
+        parser.add_argument(flag, help=help_text, env_var=env_var, **{"default": None, **extra})
 
 
 # --- start ----------------------------------------------------------------------------------

@@ -183,6 +183,27 @@ def test_the_plugin_fixes_locust_for_busy_workers() -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_every_option_is_also_an_environment_variable() -> None:
+    """In a child process (the plugin patches with gevent), as Locust parses its own."""
+    probe = (
+        "from locust import argument_parser\n"
+        "from simulator import plugin\n"
+        "parser = argument_parser.get_empty_argument_parser()\n"
+        "argument_parser.setup_parser_arguments(parser)\n"
+        "plugin.add_options(parser)\n"
+        "options = parser.parse_args([])\n"
+        "assert options.jwt_secret == 's3cret', options.jwt_secret\n"
+        "assert options.alert_window == 3, options.alert_window\n"
+        "assert options.shard_option == ['ping_interval=5'], options.shard_option\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCUST_")}
+    env |= {"LOCUST_JWT_SECRET": "s3cret", "LOCUST_ALERT_WINDOW": "3",
+            "LOCUST_SHARD_OPTION": "[ping_interval=5]"}  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
 def test_a_master_and_two_workers_add_up(tmp_path: Path) -> None:
     """As on several machines: the master runs the embedded stack and the summary, two worker
     processes split the gateways, and the fleet's figures are the sums of the workers'."""
