@@ -81,6 +81,9 @@ class StackConfig:
     """Prometheus' port with ``observe``; 0: a free one."""
     scrape_targets: dict[str, list[str]] = field(default_factory=dict)
     """More ``host:port`` targets by job for Prometheus to scrape, e.g. the simulator's."""
+    operator_api: bool = False
+    """Also run the operator API (with a fleet state) on a free port, for one operator whose
+    token is ``LocalStack.operator_token``: scenarios that run commands or rollouts."""
     connections: int = 0
     """Device connections the stack must hold at once; 0: unchecked. Too few shards or
     HAProxy processes for it, within their open-file limits, is refused before starting."""
@@ -195,6 +198,9 @@ class LocalStack(process.Service):
         """The CA that signed HAProxy's certificate, with ``tls``: what devices must trust."""
         self.haproxy_stats_ports: list[int] = []
         self.haproxy_admin_sockets: list[Path] = []
+        self.api_url = ""
+        """With ``operator_api``: the operator API's base URL."""
+        self.operator_token = ""
         self._haproxies: list[subprocess.Popen[bytes]] = []
         self._teardown = contextlib.ExitStack()
 
@@ -269,6 +275,8 @@ class LocalStack(process.Service):
             if haproxy is not None:
                 teardown.callback(self._stop_haproxies)
                 self._start_haproxies(haproxy)
+            if self.config.operator_api:
+                self._start_operator_api(teardown)
             if self.config.observe:
                 self._start_observing(teardown)
             self._teardown = teardown.pop_all()
@@ -310,6 +318,27 @@ class LocalStack(process.Service):
             self._shards.append(process.spawn(argv, log_file, env=self.config.shard_env()))
         for name, proc in zip(names, self._shards, strict=True):
             self.shard_ports.append(self._wait_ready(name, proc))
+
+    def _start_operator_api(self, teardown: contextlib.ExitStack) -> None:
+        """``fleet api`` (with its fleet state) and a token file naming one operator."""
+        host = self.config.host
+        (port,) = process.free_ports(1, host)
+        self.operator_token = secrets.token_urlsafe(32)
+        tokens = self.run_dir / "operator-tokens.json"
+        tokens.touch(mode=0o600)
+        tokens.write_text(json.dumps({self.operator_token: "stack-operator"}))
+        argv = [
+            sys.executable, "-m", "backend.cli", "api", "--host", host, "--port", str(port),
+            "--operator-tokens-file", str(tokens),
+            "--stream-replicas", str(self.config.nats_nodes),
+            *(arg for url in self.nats_urls for arg in ("--nats-url", url)),
+        ]  # fmt: skip
+        log_file = self.run_dir / "api.log"
+        api = process.spawn(argv, log_file)
+        teardown.callback(process.stop, api)
+        self.api_url = f"http://{host}:{port}"
+        healthz = f"{self.api_url}/healthz"
+        process.wait_until(lambda: process.answers_ok(healthz), api, "operator API", log_file)
 
     def _wait_ready(self, name: str, proc: subprocess.Popen[bytes]) -> int:
         """The shard's port, once it listens and its /healthz says it has NATS."""

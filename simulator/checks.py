@@ -16,6 +16,7 @@ from simulator.timeline import Timeline
 from simulator.verdicts import Check, judge
 
 SHARD_KILLED = "shard_killed"  # the timeline mark the storm sets
+ROLLOUT_CREATED, ROLLOUT_FINISHED = "rollout_created", "rollout_finished"
 ALERT_GOAL = 20_000.0  # alerts/s end to end the backend is meant to sustain
 
 
@@ -146,4 +147,25 @@ def day_checks(record: RunRecord) -> list[Check]:
             0.01 * record.users,
         ),
         *no_loss(record),
+    ]
+
+
+def rollout_checks(record: RunRecord) -> list[Check]:
+    """An update rolled out to the fleet: it finished in time, never had more devices in
+    flight than allowed (by its own counts and by the gateways'), and every failure the
+    gateways reported is listed with its reason."""
+    rollout: Mapping[str, Any] = record.summary.get("rollout") or {}
+    counts: Mapping[str, int] = rollout.get("counts", {})
+    total = rollout.get("total")
+    unfinished = None if total is None else total - counts["success"] - counts["failure"]
+    reported = record.summary["updates"].get("failure", 0)
+    unmatched = None if not counts else abs(counts["failure"] - reported)
+    limit = rollout.get("max_concurrent", 0)
+    return [
+        check(record, "rollout_completion_s", rollout.get("completion_s"), "<=", 300, "s"),
+        check(record, "rollout_peak_in_flight", rollout.get("peak_in_flight"), "<=", limit),
+        check(record, "gateways_peak_updating", rollout.get("gateways_peak_updating"), "<=", limit),
+        check(record, "rollout_devices_unfinished", unfinished, "<=", 0),
+        check(record, "failures_without_reason", rollout.get("failures_without_reason"), "<=", 0),
+        check(record, "failures_unmatched", unmatched, "<=", 0),
     ]

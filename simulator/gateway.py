@@ -397,7 +397,7 @@ class VirtualGateway:
         fleet.stats.alerts["resent"] += self.session.resend_unacked()
         if self.reboot_update is not None:
             self.session.send_update_progress(self.reboot_update, m.UpdateProgress("success", 100))
-            fleet.stats.updates["success"] += 1
+            fleet.stats.update_ended("success")
             self.reboot_update = None
         self.next_status = now  # report status (and firmware) at once
         self.next_fault = self._schedule_fault(now)
@@ -572,6 +572,7 @@ class VirtualGateway:
         """Download at the network's bandwidth (progress every quarter), then install."""
         bandwidth = self.network.bandwidth
         download = event.offer.size / bandwidth if bandwidth else 0.0
+        self.fleet.stats.update_started()
         self.session.send_update_progress(event.sid, m.UpdateProgress("downloading", 0))
         for quarter in (1, 2, 3, 4):
             step = (event, 25 * quarter)
@@ -591,7 +592,7 @@ class VirtualGateway:
         if fleet.rng.random() < fleet.behaviour.update_failure_share:
             reason = fleet.rng.choice(_INSTALL_FAILURES)
             self.session.send_update_progress(event.sid, m.UpdateProgress("failure", 100, reason))
-            fleet.stats.updates["failure"] += 1
+            fleet.stats.update_ended("failure")
             return
         self.session.send_update_progress(event.sid, m.UpdateProgress("rebooting", 100))
         self._flush()

@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 from locust import argument_parser, events, runners
@@ -40,6 +40,9 @@ from simulator.stats import (
 )
 from simulator.timeline import ShardFigures, Timeline, haproxy_5xx, shard_figures
 from simulator.verdicts import Check
+
+if TYPE_CHECKING:
+    from simulator.rollout import RolloutWatch
 
 log = logging.getLogger("fleet.simulator")
 
@@ -67,6 +70,7 @@ class PluginState:
         self.timeline = Timeline()  # master/local: sampled every second
         self.shard_options: dict[str, str] = {}  # the embedded shards' settings
         self.sampler: gevent.Greenlet | None = None
+        self.rollout: RolloutWatch | None = None  # the update rollout scenario's
 
 
 state = PluginState()
@@ -139,6 +143,12 @@ OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
      {"type": float, "default": 5.0, **_HIDDEN}),
     ("--recovery-time", "reconnect storm: seconds to watch after the kill before stopping",
      {"type": float, "default": 45.0, **_HIDDEN}),
+    ("--rollout-after", "update rollout: seconds after the fleet is connected to start it",
+     {"type": float, "default": 5.0, **_HIDDEN}),
+    ("--rollout-max-concurrent", "update rollout: devices updating at once, at most",
+     {"type": int, "default": 50, **_HIDDEN}),
+    ("--rollout-rate", "update rollout: offers started per second, at most",
+     {"type": float, "default": 20.0, **_HIDDEN}),
 )  # fmt: skip
 
 
@@ -178,9 +188,9 @@ def on_init(environment: Environment, **_: Any) -> None:
         options.html_file = options.html_file or str(state.run_dir / "locust.html")
         _extend_web_ui(environment)
         if options.headless:
-            gevent.spawn(_print_progress, environment).link_exception(_crashed)
+            gevent.spawn(_print_progress, environment).link_exception(report_crash)
         state.sampler = gevent.spawn(_sample_timeline, environment)
-        state.sampler.link_exception(_crashed)
+        state.sampler.link_exception(report_crash)
     if isinstance(runner, MasterRunner):
         runner.register_message(FINAL_REPORT, _final_report_received)
     if is_worker:
@@ -210,6 +220,7 @@ def start_embedded_stack(environment: Environment) -> None:
             count_or_auto(options.haproxies),
             shard_options=dict(state.shard_options),
             tls=options.tls,
+            operator_api=any(getattr(c, "operator_api", False) for c in environment.user_classes),
         )
     except ValueError as exc:
         sys.exit(f"the embedded stack cannot start: {exc}")
@@ -381,11 +392,19 @@ def build_summary(environment: Environment) -> dict[str, Any]:
         "alerts": alerts,
         "commands": fleet["commands"],
         "updates": fleet["updates"],
+        "rollout": _rollout_figures(fleet),
         "workers": worker_figures(environment),
         "requests": {"count": stats.num_requests, "failures": stats.num_failures},
         "latency_ms": _latencies(environment),
         "verdict": {"failures": failures, "ok": not failures},
     }
+
+
+def _rollout_figures(fleet: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The update rollout scenario's rollout, and the gateways' view of it."""
+    if state.rollout is None:
+        return None
+    return {**state.rollout.figures(), "gateways_peak_updating": fleet["peak_updating"]}
 
 
 def scenario_checks(environment: Environment, summary: Mapping[str, Any]) -> list[Check]:
@@ -536,7 +555,7 @@ def _print_progress(environment: Environment) -> None:
         log.info("%s", format_progress(totals(environment)))
 
 
-def _crashed(greenlet: gevent.Greenlet) -> None:
+def report_crash(greenlet: gevent.Greenlet) -> None:
     log.error("simulator greenlet crashed: %r", greenlet.exception)
 
 

@@ -125,6 +125,18 @@ def charts(samples: Sequence[Sample], marks: Mapping[str, float]) -> list[str]:
     ]
 
 
+def rollout_chart(rollout: Mapping[str, Any] | None, marks: Mapping[str, float]) -> str:
+    """The update rollout's devices in flight, succeeded and failed over time; "" without one."""
+    if not rollout:
+        return ""
+    progress = rollout["progress"]
+    series = {
+        name: [(point[0], point[column]) for point in progress]
+        for column, name in enumerate(("in flight", "succeeded", "failed"), start=1)
+    }
+    return f"<div>{svg_chart('Update rollout', series, 'devices', marks)}</div>"
+
+
 def verdict_table(rows: Sequence[Mapping[str, Any]]) -> str:
     if not rows:
         return "<p>This scenario has no verdict checks.</p>"
@@ -167,5 +179,6 @@ def render(summary: Mapping[str, Any], timeline: Mapping[str, Any]) -> str:
         f"<table>{rows}</table><ul>{failures}</ul><h2>Verdict</h2>"
         f"{verdict_table(summary.get('verdicts', []))}<h2>Timeline</h2>"
         + "".join(f"<div>{chart}</div>" for chart in charts(samples, marks))
+        + rollout_chart(summary.get("rollout"), marks)
         + "</body></html>\n"
     )

@@ -18,15 +18,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import gevent
 from locust import LoadTestShape, argument_parser
 from locust.env import Environment
 
 from simulator import plugin
-from simulator.checks import SHARD_KILLED
+from simulator.checks import ROLLOUT_CREATED, ROLLOUT_FINISHED, SHARD_KILLED
+from simulator.rollout import RolloutPlan, RolloutWatch
 
 log = logging.getLogger("fleet.simulator")
 
 Tick = tuple[int, float] | None
+ROLLOUT_SETTLE = 3.0  # s run on after a rollout finished: the last reports come in
 
 
 def named_explicitly(path: str) -> bool:
@@ -65,7 +68,27 @@ class FleetShape(LoadTestShape):
         return users, rate
 
 
-class StormShape(FleetShape):
+class FullFleetShape(FleetShape):
+    """A fleet shape whose experiment starts once the whole fleet is up."""
+
+    abstract = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.full_at: float | None = None
+
+    def up_for(self, now: float) -> float | None:
+        """Seconds since every gateway was connected (or the ramp overran by a minute);
+        None before."""
+        users, rate, _ = self.users()
+        if self.full_at is None:
+            connected = plugin.totals(self.environment)["connected"]
+            if connected >= users or now > users / rate + 60:
+                self.full_at = now
+        return None if self.full_at is None else now - self.full_at
+
+
+class StormShape(FullFleetShape):
     """Ramp, then once every gateway is connected (or the ramp overran by a minute) wait
     ``--kill-after`` s, SIGKILL the first shard of the embedded stack and stop
     ``--recovery-time`` s later."""
@@ -74,7 +97,6 @@ class StormShape(FleetShape):
 
     def __init__(self) -> None:
         super().__init__()
-        self.full_at: float | None = None
         self.killed_at: float | None = None
 
     def tick(self) -> Tick:
@@ -84,13 +106,53 @@ class StormShape(FleetShape):
         now = self.get_run_time()
         if self.killed_at is not None:
             return None if now >= self.killed_at + options.recovery_time else (users, rate)
-        connected = plugin.totals(self.environment)["connected"]
-        if self.full_at is None and (connected >= users or now > users / rate + 60):
-            self.full_at = now
-        if self.full_at is not None and now >= self.full_at + options.kill_after:
+        up_for = self.up_for(now)
+        if up_for is not None and up_for >= options.kill_after:
             self.killed_at = now
             kill_first_shard()
         return super().tick()
+
+
+class RolloutShape(FullFleetShape):
+    """Ramp, then once every gateway is connected wait ``--rollout-after`` s, roll an update
+    out to the whole fleet through the embedded stack's operator API, and stop a few seconds
+    after the rollout finished (or at -t)."""
+
+    abstract = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.watch: RolloutWatch | None = None
+
+    def tick(self) -> Tick:
+        options = self.environment.parsed_options
+        assert options is not None
+        now = self.get_run_time()
+        watch = self.watch
+        if watch is None:
+            up_for = self.up_for(now)
+            if up_for is not None and up_for >= options.rollout_after:
+                self.watch = start_rollout(options)
+        elif watch.finished_at is not None:
+            plugin.state.timeline.mark(ROLLOUT_FINISHED, watch.finished_at)
+            if plugin.elapsed() >= watch.finished_at + ROLLOUT_SETTLE:
+                return None
+        return super().tick()
+
+
+def start_rollout(options: Any) -> RolloutWatch:
+    """Create the rollout now and watch it in a greenlet of its own."""
+    stack = plugin.state.stack
+    assert stack is not None  # the scenario refuses to start without it
+    plan = RolloutPlan(max_concurrent=options.rollout_max_concurrent, rate=options.rollout_rate)
+    watch = RolloutWatch(stack.api_url, stack.operator_token, plan)
+    watch.create(plugin.elapsed())
+    assert watch.created_at is not None
+    plugin.state.rollout = watch
+    plugin.state.timeline.mark(ROLLOUT_CREATED, watch.created_at)
+    log.info("update rollout %s: %d devices", watch.rollout_id, watch.status["total"])
+    gevent.spawn(watch.watch, plugin.elapsed).link_exception(plugin.report_crash)
+    return watch
 
 
 def kill_first_shard() -> None:

@@ -37,6 +37,8 @@ class FleetStats:
     alerts: Counter[str] = field(default_factory=Counter)  # sent / acked / resent / refused
     commands: int = 0
     updates: Counter[str] = field(default_factory=Counter)  # success / failure
+    updating: int = 0  # gateways between an update offer and their final result
+    peak_updating: int = 0  # merged over workers: the sum of their peaks, an upper bound
 
     def request(
         self, name: str, seconds: float, length: int = 0, error: BaseException | None = None
@@ -61,6 +63,15 @@ class FleetStats:
         if not expected:
             self.unexpected_drops += 1
 
+    def update_started(self) -> None:
+        self.updating += 1
+        self.peak_updating = max(self.peak_updating, self.updating)
+
+    def update_ended(self, outcome: str) -> None:
+        """The gateway reported the final result, "success" or "failure"."""
+        self.updating -= 1
+        self.updates[outcome] += 1
+
     def gateway_stopped(self) -> None:
         """The run ended with this gateway connected: not a drop."""
         self.connected -= 1
@@ -78,6 +89,8 @@ class FleetStats:
             "alerts": dict(self.alerts),
             "commands": self.commands,
             "updates": dict(self.updates),
+            "updating": self.updating,
+            "peak_updating": self.peak_updating,
         }
 
 

@@ -10,6 +10,7 @@ from simulator.checks import (
     RunRecord,
     burst_checks,
     day_checks,
+    rollout_checks,
     soak_checks,
     storm_checks,
 )
@@ -134,3 +135,39 @@ def test_a_day_tolerates_a_few_unexpected_drops_but_not_a_thin_fleet() -> None:
     summary["gateways"]["peak_connected"] = 900
     failed = [c.name for c in day_checks(RunRecord(summary, Timeline(), 1000)) if not c.ok]
     assert failed == ["peak_connected"]
+
+
+ROLLOUT = {
+    "total": 100, "counts": {"success": 90, "failure": 10}, "max_concurrent": 10,
+    "completion_s": 95.0, "peak_in_flight": 10, "gateways_peak_updating": 9,
+    "failures_without_reason": 0,
+}  # fmt: skip
+
+
+def rollout_record(rollout: dict[str, Any] | None, gateway_failures: int = 10) -> RunRecord:
+    summary = {**SUMMARY, "rollout": rollout, "updates": {"failure": gateway_failures}}
+    return RunRecord(summary, Timeline(), users=100)
+
+
+def test_a_rollout_within_its_limits_with_every_failure_explained_passes() -> None:
+    checks = by_name(rollout_checks(rollout_record(ROLLOUT)))
+    assert all(check.ok for check in checks.values()), checks
+    assert checks["rollout_peak_in_flight"].threshold == 10
+
+
+def test_a_rollout_over_its_limits_or_with_unexplained_failures_fails() -> None:
+    rollout = {**ROLLOUT, "peak_in_flight": 11, "failures_without_reason": 2,
+               "counts": {"success": 85, "failure": 10}}  # fmt: skip
+    checks = by_name(rollout_checks(rollout_record(rollout, gateway_failures=12)))
+    assert not checks["rollout_peak_in_flight"].ok
+    assert not checks["failures_without_reason"].ok
+    assert (checks["failures_unmatched"].measured, checks["failures_unmatched"].ok) == (2, False)
+    assert (checks["rollout_devices_unfinished"].measured, checks["gateways_peak_updating"].ok) == (
+        5,
+        True,
+    )
+
+
+def test_a_rollout_that_never_started_measures_nothing() -> None:
+    checks = rollout_checks(rollout_record(None))
+    assert all(check.measured is None and not check.ok for check in checks)

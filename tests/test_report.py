@@ -5,7 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 
-from simulator.report import charts, rate_of, render, shard_series, svg_chart
+from simulator.report import charts, rate_of, render, rollout_chart, shard_series, svg_chart
 from simulator.timeline import Timeline
 from simulator.verdicts import at_least, at_most
 from tests.test_timeline import fleet
@@ -87,3 +87,14 @@ def test_the_report_has_the_verdict_and_every_plot() -> None:
     assert "31 s" in text
     assert "<= 30 s" in text
     assert "Connections per shard" in text
+
+
+def test_a_run_with_a_rollout_plots_its_progress() -> None:
+    rollout = {"progress": [(10.0, 3, 0, 0), (11.0, 5, 2, 1), (12.0, 0, 7, 1)]}
+    chart = rollout_chart(rollout, {"rollout_created": 10.0})
+    parser = _Collector()
+    parser.feed(chart)
+    assert parser.tags.count("svg") == 1
+    assert "Update rollout" in " ".join(parser.text)
+    assert chart.count("<polyline") == 3
+    assert rollout_chart(None, {}) == ""

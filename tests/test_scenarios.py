@@ -52,6 +52,30 @@ def test_a_reconnect_storm_is_judged_and_leaves_a_full_run_record(tmp_path: Path
     assert (tmp_path / "report.html").read_text().count("<svg") == 5
 
 
+def test_an_update_rollout_keeps_its_limit_and_explains_its_failures(tmp_path: Path) -> None:
+    result = run_locust(
+        tmp_path,
+        *("-f", "scenarios/update_rollout.py", "--headless", "-u", "40", "-r", "40", "-t", "90s"),
+        *("--rollout-after", "1", "--rollout-max-concurrent", "8", "--rollout-rate", "20"),
+        *("--threshold", "rollout_completion_s=80"),
+        timeout=130,
+    )
+    summary = summary_of(tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checks = {check["name"]: check for check in summary["verdicts"]}
+    assert all(check["ok"] for check in checks.values()), checks
+    rollout = summary["rollout"]
+    assert (rollout["state"], rollout["total"]) == ("finished", 40)
+    assert 0 < rollout["peak_in_flight"] <= 8
+    # 10% of installs fail, each with the reason the gateway gave.
+    assert rollout["counts"]["failure"] == summary["updates"].get("failure", 0)
+    assert all(entry["reason"] for entry in rollout["failed"])
+    assert rollout["counts"]["success"] == summary["updates"]["success"] > 0
+    timeline = json.loads((tmp_path / "timeline.json").read_text())
+    assert {"rollout_created", "rollout_finished"} <= timeline["marks"].keys()
+    assert "Update rollout" in (tmp_path / "report.html").read_text()
+
+
 def test_an_alert_burst_counts_what_the_stream_stored_and_misses_the_goal(
     tmp_path: Path,
 ) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -15,6 +18,7 @@ from backend import process
 from backend.shard.config import DEVICE_PATH, default_max_connections
 from backend.stack import LocalStack, StackConfig, count_or_auto
 from haproxy.config import max_maxconn
+from tests.support import wait_until
 
 
 def connect_device(stack: LocalStack, url: str, device_id: str) -> ClientConnection:
@@ -46,6 +50,31 @@ def test_shard_options_reach_the_shards(tmp_path: Path) -> None:
         with pytest.raises(InvalidStatus) as refused:
             connect_device(stack, stack.shard_urls[0], "gw-2")
         assert refused.value.response.status_code == 503
+
+
+def test_the_operator_api_answers_the_stacks_operator_only(tmp_path: Path) -> None:
+    config = StackConfig(tmp_path, shards=1, operator_api=True)
+    with LocalStack(config) as stack, connect_device(stack, stack.shard_urls[0], "gw-1"):
+        bearer = {"Authorization": f"Bearer {stack.operator_token}"}
+        request = urllib.request.Request(f"{stack.api_url}/devices/gw-1", headers=bearer)
+        # The fleet state learns of the device from its presence: it may take a moment.
+        wait_until(lambda: get_json(request) is not None, 10, "the API knows gw-1")
+        assert get_json(request)["online"] is True
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{stack.api_url}/devices", timeout=5)
+        assert refused.value.code == 401
+    assert process.children(os.getpid()) == []
+
+
+def get_json(request: urllib.request.Request) -> Any:
+    """The JSON answer; None for a 404 (not there yet)."""
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return json.load(resp)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
 
 
 def test_a_shard_failing_to_start_raises_with_its_log_and_stops_the_rest(tmp_path: Path) -> None:

@@ -39,6 +39,17 @@ def test_a_stopped_gateway_is_not_a_drop() -> None:
     assert stats.unexpected_drops == 0
 
 
+def test_updates_in_flight_are_counted_until_their_result() -> None:
+    stats = FleetStats()
+    for _ in range(3):
+        stats.update_started()
+    stats.update_ended("success")
+    stats.update_ended("failure")
+    stats.update_started()
+    assert (stats.updating, stats.peak_updating) == (2, 3)
+    assert stats.updates == {"success": 1, "failure": 1}
+
+
 def test_request_fires_the_hook_as_locust_expects() -> None:
     calls: list[dict[str, Any]] = []
     stats = FleetStats(request_hook=lambda **kwargs: calls.append(kwargs))
