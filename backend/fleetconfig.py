@@ -60,6 +60,11 @@ class FleetConfig:
     """Consumer of update progress (FLEET_UPDATES) that every API instance shares."""
     rollout_device_timeout: float = 3600.0
     """A rollout device with no final result this long after its offer counts as failed."""
+    rollout_offer_timeout: float = 30.0
+    """An offer the device has not answered (no progress at all) this long is made again:
+    it can be lost on a link that dies just after the shard sent it."""
+    rollout_offer_attempts: int = 3
+    """Offers made to a device before it fails as not answering."""
     rollout_tick: float = 0.2
     """How often a rollout driver looks for devices to offer (also after every progress batch)."""
     max_rollout_devices: int = 5000
@@ -86,7 +91,8 @@ class FleetConfig:
         if not 0 < self.page_limit <= self.max_page_limit:
             raise ValueError("page_limit must be in (0, max_page_limit]")
         for name in ("shell_idle_timeout", "shell_start_timeout", "rollout_tick",
-                     "rollout_device_timeout"):  # fmt: skip
+                     "rollout_device_timeout", "rollout_offer_timeout",
+                     "rollout_offer_attempts"):  # fmt: skip
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")
         self._digests = {token_digest(t): op for t, op in self.operator_tokens.items()}

@@ -10,8 +10,11 @@ instances, and a restarted one, share it safely:
   "offered" (CAS: never more than ``max_concurrent`` in flight, counted in the entry), and
   only then sends the offers (``DeviceRouter.offer_update``, sid = the rollout id, stamped
   with the creating operator's ``user_id``). At most ``rate`` offers start per second (a
-  token bucket per driver). A device that cannot be reached fails with the reason; one with
-  no final result ``rollout_device_timeout`` after its offer fails as timed out.
+  token bucket per driver). A device that cannot be reached fails with the reason. An offer
+  can also be lost after the shard sent it (the link died): one with no answer at all after
+  ``rollout_offer_timeout`` is made again (devices ignore an offer they are already working
+  on), ``rollout_offer_attempts`` times in all; one with no final result
+  ``rollout_device_timeout`` after its offer fails as timed out.
 - **Progress**: a durable pull consumer (``fleet-rollouts``) on FLEET_UPDATES, where the
   shard publishes the devices' progress with the offer's sid in the ``Fleet-Update`` header.
   A device's state only moves forward (offered, downloading, installing, then success or
@@ -210,11 +213,13 @@ def _selector(value: Any) -> Selector:
 
 @dataclass(slots=True)
 class Target:
-    """One device of a rollout: its state, the failure's reason, since when (Unix time)."""
+    """One device of a rollout: its state, the failure's reason, since when (Unix time),
+    and how many offers it was made."""
 
     state: str = PENDING
     reason: str = ""
     at: float = 0.0
+    offers: int = 0
 
 
 @dataclass(slots=True)
@@ -244,15 +249,29 @@ class Rollout:
         room = min(most, self.max_concurrent - self.in_flight())
         claimed = [d for d, t in self.devices.items() if t.state == PENDING][: max(room, 0)]
         for device in claimed:
-            self.devices[device] = Target(OFFERED, "", now)
+            self.devices[device] = Target(OFFERED, "", now, offers=1)
         return claimed
+
+    def unanswered(self, now: float, timeout: float, attempts: int) -> tuple[list[str], bool]:
+        """Offers with no answer for ``timeout`` s: made again (the devices to send them to)
+        or, after ``attempts`` offers, failed. Whether anything changed."""
+        late = [d for d, t in self.devices.items() if t.state == OFFERED and now - t.at > timeout]
+        again = [d for d in late if self.devices[d].offers < attempts]
+        for device in late:
+            target = self.devices[device]
+            if device in again:
+                self.devices[device] = Target(OFFERED, "", now, target.offers + 1)
+            else:
+                reason = f"no answer to {target.offers} offers, {timeout:g}s apart"
+                self.advance(device, FAILURE, reason, now)
+        return again, bool(late)
 
     def advance(self, device: str, state: str, reason: str, now: float) -> bool:
         """Move the device forward to ``state``; False if it is there or beyond already."""
         target = self.devices.get(device)
         if target is None or _RANK[state] <= _RANK[target.state]:
             return False
-        self.devices[device] = Target(state, reason, now)
+        self.devices[device] = Target(state, reason, now, target.offers)
         return True
 
     def expire(self, now: float, timeout: float) -> bool:
@@ -293,7 +312,9 @@ class Rollout:
 
     def encode(self) -> bytes:
         fields = asdict(self)
-        fields["devices"] = {d: [t.state, t.reason, t.at] for d, t in self.devices.items()}
+        fields["devices"] = {
+            d: [t.state, t.reason, t.at, t.offers] for d, t in self.devices.items()
+        }
         return json.dumps(fields, separators=(",", ":")).encode()
 
     @classmethod
@@ -541,12 +562,18 @@ class Rollouts:
         now = time.time()
         timeout = self.config.rollout_device_timeout
         claimed: list[str] = []
+        again: list[str] = []
 
         def change(rollout: Rollout) -> bool:
             changed = rollout.expire(now, timeout)
+            # Offers already made are seen through, paused or not (an offer is never
+            # called back); new ones only while running.
+            again[:], chased = rollout.unanswered(
+                now, self.config.rollout_offer_timeout, self.config.rollout_offer_attempts
+            )
             if rollout.state == RUNNING:
                 claimed[:] = rollout.claim(self._budget(rollout, now), now)
-            return bool(claimed) | changed | rollout.settle()
+            return bool(claimed) | changed | chased | rollout.settle()
 
         rollout = await self._change(rollout_id, change)
         if (
@@ -559,7 +586,8 @@ class Rollouts:
             return
         if claimed:
             self._spend(rollout_id, len(claimed))
-            await self._offer(rollout, claimed)
+        if claimed or again:
+            await self._offer(rollout, claimed + again)
 
     async def _offer(self, rollout: Rollout, claimed: list[str]) -> None:
         results = await asyncio.gather(

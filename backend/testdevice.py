@@ -53,12 +53,14 @@ class TestDevice:
         *,
         on_command: CommandHandler = echo_command,
         on_update: UpdateHandler | None = None,
+        offers_lost: int = 0,
     ) -> None:
         self.device_id = device_id
         self.token = token
         self.url = url.rstrip("/") + DEVICE_PATH
         self.on_command = on_command
         self.on_update = on_update
+        self.offers_lost = offers_lost  # the first offers go unanswered, as if lost on the way
         self.shells = DeviceShells()
         self._updates: set[asyncio.Task[None]] = set()
         self.session = ps.DeviceSession(ps.Role.DEVICE, device_id=device_id)
@@ -164,6 +166,9 @@ class TestDevice:
                 self.shells.output(self.session, line.sid, outcome[1])
 
     def _start_update(self, event: ps.UpdateOffered) -> None:
+        if self.offers_lost:
+            self.offers_lost -= 1
+            return
         self.session.send_update_progress(event.sid, messages.UpdateProgress("downloading", 0))
         task = asyncio.create_task(self._install(event))
         self._updates.add(task)

@@ -110,6 +110,7 @@ class VirtualGateway:
         "silent_ended",
         "sock",
         "timers",
+        "update_sid",
         "updating",
         "upgraded_at",
         "ws",
@@ -141,6 +142,7 @@ class VirtualGateway:
         # Bytes in flight on the simulated link, (arrival time, bytes), oldest first.
         self.inbound: deque[tuple[float, bytes]] | None = None
         self.outbound: deque[tuple[float, bytes]] | None = None
+        self.update_sid: str | None = None  # the update being downloaded or installed
         self.reboot_update: str | None = None  # sid of an update that rebooted the gateway
         self.shells: DeviceShells | None = None  # created by the first shell session
         self.silent_ended = False  # a blackhole just ended: a drop now is its consequence
@@ -569,7 +571,15 @@ class VirtualGateway:
             self.shells.output(self.session, *arg)
 
     def _update_offered(self, event: ps.UpdateOffered, now: float) -> None:
-        """Download at the network's bandwidth (progress every quarter), then install."""
+        """Download at the network's bandwidth (progress every quarter), then install. An
+        offer made again (the first one seemed lost) is ignored while being worked on, and
+        answered at once once installed."""
+        if event.sid in (self.update_sid, self.reboot_update):
+            return
+        if event.offer.version == self.firmware:
+            self.session.send_update_progress(event.sid, m.UpdateProgress("success", 100))
+            return
+        self.update_sid = event.sid
         bandwidth = self.network.bandwidth
         download = event.offer.size / bandwidth if bandwidth else 0.0
         self.fleet.stats.update_started()
@@ -593,11 +603,13 @@ class VirtualGateway:
             reason = fleet.rng.choice(_INSTALL_FAILURES)
             self.session.send_update_progress(event.sid, m.UpdateProgress("failure", 100, reason))
             fleet.stats.update_ended("failure")
+            self.update_sid = None
             return
         self.session.send_update_progress(event.sid, m.UpdateProgress("rebooting", 100))
         self._flush()
         self.firmware = event.offer.version
         self.reboot_update = event.sid  # "success" is reported from the new firmware
+        self.update_sid = None
         raise _Dropped("reboot", expected=True)
 
     # --- network faults --------------------------------------------------------------------

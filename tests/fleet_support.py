@@ -59,12 +59,14 @@ async def connected(
     shard: Shard,
     on_command: CommandHandler = echo_command,
     on_update: UpdateHandler | None = None,
+    offers_lost: int = 0,
 ) -> TestDevice:
     """A test device connected to ``shard``, handshake done and presence recorded (reachable)."""
     url = f"ws://127.0.0.1:{shard.port}"
     device = TestDevice(
-        device_id, device_token(device_id), url, on_command=on_command, on_update=on_update
-    )
+        device_id, device_token(device_id), url, on_command=on_command, on_update=on_update,
+        offers_lost=offers_lost,
+    )  # fmt: skip
     await device.connect()
     async with asyncio.timeout(10):
         await device.handshake.wait()

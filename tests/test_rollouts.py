@@ -147,7 +147,20 @@ def test_a_device_only_moves_forward() -> None:
     assert rollout.advance("gw-0", FAILURE, NO_SPACE, 4.0)
     assert not rollout.advance("gw-0", SUCCESS, "", 5.0)  # final stays final
     assert not rollout.advance("gw-9", SUCCESS, "", 5.0)  # not a target
-    assert rollout.devices["gw-0"] == Target(FAILURE, NO_SPACE, 4.0)
+    assert rollout.devices["gw-0"] == Target(FAILURE, NO_SPACE, 4.0, offers=1)
+
+
+def test_unanswered_offers_are_made_again_then_failed() -> None:
+    rollout = a_rollout(2, 2)
+    rollout.claim(2, 100.0)
+    rollout.advance("gw-1", "downloading", "", 101.0)  # answered: never offered again
+    assert rollout.unanswered(120.0, 30.0, 2) == ([], False)
+    assert rollout.unanswered(131.0, 30.0, 2) == (["gw-0"], True)
+    assert rollout.devices["gw-0"] == Target(OFFERED, "", 131.0, offers=2)
+    assert rollout.unanswered(162.0, 30.0, 2) == ([], True)
+    assert rollout.devices["gw-0"].state == FAILURE
+    assert rollout.devices["gw-0"].reason == "no answer to 2 offers, 30s apart"
+    assert rollout.devices["gw-1"].state == "downloading"
 
 
 def test_silent_devices_time_out_and_an_empty_rollout_finishes() -> None:
@@ -202,6 +215,25 @@ async def test_a_rollout_over_200_devices_keeps_max_concurrent_and_lists_failure
         )
         for device in devices:
             await device.close()
+
+
+async def test_an_offer_lost_on_the_way_is_made_again(
+    start_shard: ShardFactory, start_api: ApiFactory, http: aiohttp.ClientSession
+) -> None:
+    installs = Installs()
+    async with (
+        start_shard() as shard,
+        start_api(run_state_service=False, rollout_offer_timeout=0.5) as api,
+    ):
+        device = await connected(
+            "ru-lost", shard, on_update=installs.handler("ru-lost"), offers_lost=1
+        )
+        created = await create(http, api, **request([device]))
+        done = await rollout_when(http, api, created["id"], finished)
+        assert done["counts"]["success"] == 1, done["failed"]
+        offers = [e for e in _drain(device) if isinstance(e, ps.UpdateOffered)]
+        assert [offer.sid for offer in offers] == [created["id"]] * 2
+        await device.close()
 
 
 async def test_offers_start_no_faster_than_the_rate(
@@ -369,8 +401,15 @@ async def test_unknown_rollouts_and_bad_ids_are_refused(
 
 
 def _offer_event(device: TestDevice) -> ps.UpdateOffered:
-    while not device.events.empty():
-        event = device.events.get_nowait()
+    for event in _drain(device):
         if isinstance(event, ps.UpdateOffered):
             return event
     raise AssertionError(f"{device.device_id} was offered no update")
+
+
+def _drain(device: TestDevice) -> list[ps.Event]:
+    """The events the device has seen and nobody has taken yet."""
+    events = []
+    while not device.events.empty():
+        events.append(device.events.get_nowait())
+    return events
