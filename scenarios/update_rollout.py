@@ -15,7 +15,7 @@ Checks (``--threshold NAME=VALUE`` overrides): rollout_completion_s <= 300;
 rollout_peak_in_flight (the rollout's own counts, polled 4 times a second) and
 gateways_peak_updating (the gateways', between offer and final result) <= the max
 concurrent; rollout_devices_unfinished = 0; failures_without_reason = 0; failures_unmatched
-(the rollout's failures against those the gateways reported) = 0.
+(the rollout's failures with an install reason against those the gateways reported) = 0.
 """
 
 from typing import Any

@@ -114,3 +114,11 @@ def _cat(paths: list[str], latency: float) -> tuple[int, bytes, float]:
     missing = "cat: {}: No such file or directory\n"
     output = "".join(_FILES.get(path, missing.format(path)) for path in paths)
     return (0 if all(path in _FILES for path in paths) else 1), output.encode(), latency
+
+
+# Why a simulated install fails (the reason the gateway reports).
+INSTALL_FAILURES = (
+    "checksum mismatch after download",
+    "not enough space on /data",
+    "install script exited with code 1",
+)

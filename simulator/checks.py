@@ -147,7 +147,23 @@ def day_checks(record: RunRecord) -> list[Check]:
             0.01 * record.users,
         ),
         *no_loss(record),
+        # Devices on flaky links go offline between being listed and being asked: a few
+        # actions may fail, with a clear error.
+        check(record, "operator_failed_pct", _operator_failed_pct(record), "<=", 10, "%"),
+        check(
+            record,
+            "rollout_failures_without_reason",
+            (record.summary.get("rollout") or {}).get("failures_without_reason"),
+            "<=",
+            0,
+        ),
     ]
+
+
+def _operator_failed_pct(record: RunRecord) -> float | None:
+    operator = record.summary.get("operator") or {}
+    actions = operator.get("actions")
+    return 100.0 * operator["failed"] / actions if actions else None
 
 
 def rollout_checks(record: RunRecord) -> list[Check]:
@@ -159,7 +175,8 @@ def rollout_checks(record: RunRecord) -> list[Check]:
     total = rollout.get("total")
     unfinished = None if total is None else total - counts["success"] - counts["failure"]
     reported = record.summary["updates"].get("failure", 0)
-    unmatched = None if not counts else abs(counts["failure"] - reported)
+    by_devices = rollout.get("failures_by_devices")
+    unmatched = None if by_devices is None else abs(by_devices - reported)
     limit = rollout.get("max_concurrent", 0)
     return [
         check(record, "rollout_completion_s", rollout.get("completion_s"), "<=", 300, "s"),

@@ -37,7 +37,7 @@ from backend.protocol.terminal import DeviceShells
 from backend.protocol.websocket import Closed, Failed, Message, Pong, Role, WebSocketConnection
 from backend.shard.config import SUBPROTOCOL
 from simulator.backoff import Backoff
-from simulator.behaviour import pick_problem, run_command
+from simulator.behaviour import INSTALL_FAILURES, pick_problem, run_command
 
 if TYPE_CHECKING:
     from simulator.fleet import Fleet, Target
@@ -600,7 +600,7 @@ class VirtualGateway:
     def _update_installed(self, event: ps.UpdateOffered, now: float) -> None:
         fleet = self.fleet
         if fleet.rng.random() < fleet.behaviour.update_failure_share:
-            reason = fleet.rng.choice(_INSTALL_FAILURES)
+            reason = fleet.rng.choice(INSTALL_FAILURES)
             self.session.send_update_progress(event.sid, m.UpdateProgress("failure", 100, reason))
             fleet.stats.update_ended("failure")
             self.update_sid = None
@@ -704,10 +704,3 @@ class VirtualGateway:
 
 def _ping_payload(sent: float) -> bytes:
     return struct.pack("!d", sent)
-
-
-_INSTALL_FAILURES = (
-    "checksum mismatch after download",
-    "not enough space on /data",
-    "install script exited with code 1",
-)

@@ -30,6 +30,7 @@ from backend.stack import LocalStack, StackConfig, count_or_auto, fetch_metrics,
 from simulator import audit, report, verdicts
 from simulator.checks import RunRecord
 from simulator.metrics import SimulatorMetrics
+from simulator.operator import REQUEST_TYPE as OPERATOR
 from simulator.stats import (
     REQUEST_TYPE,
     FleetStats,
@@ -393,6 +394,7 @@ def build_summary(environment: Environment) -> dict[str, Any]:
         "commands": fleet["commands"],
         "updates": fleet["updates"],
         "rollout": _rollout_figures(fleet),
+        "operator": _operator_figures(environment),
         "workers": worker_figures(environment),
         "requests": {"count": stats.num_requests, "failures": stats.num_failures},
         "latency_ms": _latencies(environment),
@@ -405,6 +407,15 @@ def _rollout_figures(fleet: Mapping[str, Any]) -> dict[str, Any] | None:
     if state.rollout is None:
         return None
     return {**state.rollout.figures(), "gateways_peak_updating": fleet["peak_updating"]}
+
+
+def _operator_figures(environment: Environment) -> dict[str, int]:
+    """A scenario operator's commands and shells: how many, how many failed."""
+    entries = [e for (_, kind), e in environment.stats.entries.items() if kind == OPERATOR]
+    return {
+        "actions": sum(entry.num_requests for entry in entries),
+        "failed": sum(entry.num_failures for entry in entries),
+    }
 
 
 def scenario_checks(environment: Environment, summary: Mapping[str, Any]) -> list[Check]:

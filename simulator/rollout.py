@@ -1,7 +1,8 @@
 """An operator's update rollout during a scenario: created through the embedded stack's
 operator API once the fleet is up, then watched until it finishes.
 
-Synchronous HTTP (urllib): it runs in a Locust process, where gevent makes it cooperative.
+Through ``OperatorClient``, the CLI's blocking client: in a Locust process gevent makes it
+cooperative.
 The watch keeps what the checks judge: when the rollout was created and finished, the most
 devices it had in flight at once (its own counts, polled several times a second) and its
 final status with every failed device and the reason it gave.
@@ -10,11 +11,12 @@ final status with every failed device and the reason it gave.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
+
+from backend.operator_client import OperatorClient
+from simulator.behaviour import INSTALL_FAILURES
 
 IN_FLIGHT = ("offered", "downloading", "installing")
 POLL_INTERVAL = 0.25
@@ -28,6 +30,7 @@ class RolloutPlan:
     version: str = "2.0.0"
     from_firmware: str = "1.0.0"
     size: int = 1_000_000
+    percent: float = 100.0
     max_concurrent: int = 50
     rate: float = 20.0
 
@@ -39,7 +42,7 @@ class RolloutPlan:
             "checksum": hashlib.sha256(artifact.encode()).hexdigest(),
             "size": self.size,
             "selector": {"firmware": self.from_firmware},
-            "percent": 100,
+            "percent": self.percent,
             "max_concurrent": self.max_concurrent,
             "rate": self.rate,
         }
@@ -47,10 +50,9 @@ class RolloutPlan:
 
 @dataclass
 class RolloutWatch:
-    """One rollout through the API at ``api_url``; times are seconds on the caller's clock."""
+    """One rollout through the operator API; times are seconds on the caller's clock."""
 
-    api_url: str
-    token: str
+    operator: OperatorClient
     plan: RolloutPlan
     rollout_id: str = ""
     created_at: float | None = None
@@ -61,13 +63,13 @@ class RolloutWatch:
     """(t, in flight, success, failure) at every poll: the report plots it."""
 
     def create(self, now: float) -> None:
-        self.status = self._call("POST", "/rollouts", self.plan.request())
+        self.status = self.operator.create_rollout(self.plan.request())
         self.rollout_id, self.created_at = self.status["id"], now
         self._record(now)
 
     def poll(self, now: float) -> bool:
         """Read the rollout's status; True once it is finished (or aborted by someone)."""
-        self.status = self._call("GET", f"/rollouts/{self.rollout_id}")
+        self.status = self.operator.rollout(self.rollout_id)
         self._record(now)
         done = self.status["state"] in ("finished", "aborted")
         if done and self.finished_at is None:
@@ -100,17 +102,9 @@ class RolloutWatch:
             "completion_s": round(self.finished_at - self.created_at, 2) if done else None,
             "peak_in_flight": self.peak_in_flight,
             "failures_without_reason": sum(not entry["reason"] for entry in failed),
+            # What the gateways' installs reported; the rest the backend decided (a device
+            # offline when offered, an offer never answered).
+            "failures_by_devices": sum(entry["reason"] in INSTALL_FAILURES for entry in failed),
             "failed": failed[:FAILED_KEPT],
             "progress": self.progress,
         }
-
-    def _call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            self.api_url + path,
-            data=data,
-            method=method,
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            return dict(json.load(resp))

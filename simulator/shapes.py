@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import gevent
-from locust import LoadTestShape, argument_parser
+from locust import LoadTestShape, argument_parser, events
 from locust.env import Environment
 
+from backend.operator_client import OperatorClient
 from simulator import plugin
 from simulator.checks import ROLLOUT_CREATED, ROLLOUT_FINISHED, SHARD_KILLED
+from simulator.operator import OperatorActivity
 from simulator.rollout import RolloutPlan, RolloutWatch
 
 log = logging.getLogger("fleet.simulator")
@@ -132,7 +135,11 @@ class RolloutShape(FullFleetShape):
         if watch is None:
             up_for = self.up_for(now)
             if up_for is not None and up_for >= options.rollout_after:
-                self.watch = start_rollout(options)
+                self.watch = start_rollout(
+                    RolloutPlan(
+                        max_concurrent=options.rollout_max_concurrent, rate=options.rollout_rate
+                    )
+                )
         elif watch.finished_at is not None:
             plugin.state.timeline.mark(ROLLOUT_FINISHED, watch.finished_at)
             if plugin.elapsed() >= watch.finished_at + ROLLOUT_SETTLE:
@@ -140,12 +147,16 @@ class RolloutShape(FullFleetShape):
         return super().tick()
 
 
-def start_rollout(options: Any) -> RolloutWatch:
-    """Create the rollout now and watch it in a greenlet of its own."""
+def stack_operator() -> OperatorClient:
+    """The embedded stack's operator API, as its one operator."""
     stack = plugin.state.stack
     assert stack is not None  # the scenario refuses to start without it
-    plan = RolloutPlan(max_concurrent=options.rollout_max_concurrent, rate=options.rollout_rate)
-    watch = RolloutWatch(stack.api_url, stack.operator_token, plan)
+    return OperatorClient(stack.api_url, stack.operator_token)
+
+
+def start_rollout(plan: RolloutPlan) -> RolloutWatch:
+    """Create the rollout now and watch it in a greenlet of its own."""
+    watch = RolloutWatch(stack_operator(), plan)
     watch.create(plugin.elapsed())
     assert watch.created_at is not None
     plugin.state.rollout = watch
@@ -167,9 +178,16 @@ def kill_first_shard() -> None:
 
 class DayShape(FleetShape):
     """A day compressed into ``-t``: the fleet ramps up, holds, dips to 70% in the evening
-    (those gateways stop; new ones join when it comes back) and holds to the end."""
+    (those gateways stop; new ones join when it comes back) and holds to the end. From 20%
+    of the day an operator runs commands and shells on random online devices; at 25% an
+    update goes out to a fifth of the fleet."""
 
     abstract = True
+    OPERATOR_FROM, ROLLOUT_AT = 0.2, 0.25  # shares of the day
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.operating = self.rolling_out = False
 
     def tick(self) -> Tick:
         users, rate, run_time = self.users()
@@ -177,7 +195,19 @@ class DayShape(FleetShape):
         if base is None or not run_time:
             return base
         share = self.get_run_time() / run_time
+        if share >= self.OPERATOR_FROM and not self.operating:
+            self.operating = True
+            start_operator()
+        if share >= self.ROLLOUT_AT and not self.rolling_out:
+            self.rolling_out = True
+            start_rollout(RolloutPlan(percent=20, max_concurrent=20, rate=5))
         return (round(users * 0.7), rate) if 0.5 <= share < 0.7 else base
+
+
+def start_operator() -> None:
+    """An operator's commands and shells, reported through Locust's request hook."""
+    activity = OperatorActivity(stack_operator(), events.request.fire, random.Random())
+    gevent.spawn(activity.run).link_exception(plugin.report_crash)
 
 
 def require_embedded_stack(environment: Environment, scenario: str) -> None:

@@ -128,8 +128,15 @@ def test_soak_blackhole_deaths_must_be_keepalive_reaps() -> None:
     assert not checks["blackhole_deaths_not_reaped"].ok
 
 
-def test_a_day_tolerates_a_few_unexpected_drops_but_not_a_thin_fleet() -> None:
+def a_day() -> dict[str, Any]:
     summary = copy.deepcopy(SUMMARY)
+    summary["operator"] = {"actions": 20, "failed": 1}
+    summary["rollout"] = {"failures_without_reason": 0}
+    return summary
+
+
+def test_a_day_tolerates_a_few_unexpected_drops_but_not_a_thin_fleet() -> None:
+    summary = a_day()
     summary["unexpected_drops"] = 10
     assert all(c.ok for c in day_checks(RunRecord(summary, Timeline(), 1000)))
     summary["gateways"]["peak_connected"] = 900
@@ -137,10 +144,21 @@ def test_a_day_tolerates_a_few_unexpected_drops_but_not_a_thin_fleet() -> None:
     assert failed == ["peak_connected"]
 
 
+def test_a_day_needs_its_operator_to_get_answers() -> None:
+    summary = a_day()
+    summary["operator"] = {"actions": 20, "failed": 3}
+    summary["rollout"] = {"failures_without_reason": 1}
+    checks = by_name(day_checks(RunRecord(summary, Timeline(), 1000)))
+    assert (checks["operator_failed_pct"].measured, checks["operator_failed_pct"].ok) == (15, False)
+    assert not checks["rollout_failures_without_reason"].ok
+    summary["operator"] = {"actions": 0, "failed": 0}  # no operator: nothing was proven
+    assert not by_name(day_checks(RunRecord(summary, Timeline(), 1000)))["operator_failed_pct"].ok
+
+
 ROLLOUT = {
     "total": 100, "counts": {"success": 90, "failure": 10}, "max_concurrent": 10,
     "completion_s": 95.0, "peak_in_flight": 10, "gateways_peak_updating": 9,
-    "failures_without_reason": 0,
+    "failures_without_reason": 0, "failures_by_devices": 10,
 }  # fmt: skip
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from backend.fleetconfig import FleetConfig
+from backend.operator_client import OperatorClient
 from backend.rollouts import rollout_spec
 from simulator.rollout import RolloutPlan, RolloutWatch
 
@@ -24,7 +25,8 @@ def status(state: str, offered: int, installing: int, success: int, failure: int
 
 
 def test_the_watch_keeps_the_peak_in_flight_and_the_unexplained_failures() -> None:
-    watch = RolloutWatch("http://127.0.0.1:1", "token", RolloutPlan(max_concurrent=4))
+    operator = OperatorClient("http://127.0.0.1:1", "token")
+    watch = RolloutWatch(operator, RolloutPlan(max_concurrent=4))
     watch.created_at = 1.0
     for now, seen in enumerate(
         [status("running", 2, 1, 0, 0), status("running", 1, 3, 2, 0),
@@ -37,4 +39,5 @@ def test_the_watch_keeps_the_peak_in_flight_and_the_unexplained_failures() -> No
     assert figures["peak_in_flight"] == 4
     assert figures["completion_s"] == 3.0
     assert figures["failures_without_reason"] == 1
+    assert figures["failures_by_devices"] == 1  # the other one gave no reason
     assert figures["progress"] == [(2.0, 3, 0, 0), (3.0, 4, 2, 0), (4.0, 0, 8, 2)]

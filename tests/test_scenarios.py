@@ -76,6 +76,22 @@ def test_an_update_rollout_keeps_its_limit_and_explains_its_failures(tmp_path: P
     assert "Update rollout" in (tmp_path / "report.html").read_text()
 
 
+def test_a_day_in_the_life_has_an_operator_and_a_rollout(tmp_path: Path) -> None:
+    result = run_locust(
+        tmp_path,
+        *("-f", "scenarios/day_in_the_life.py", "--headless", "-u", "60", "-r", "60", "-t", "40s"),
+        timeout=90,
+    )
+    summary = summary_of(tmp_path)
+    checks = {check["name"]: check for check in summary["verdicts"]}
+    assert checks["operator_failed_pct"]["measured"] is not None
+    assert checks["rollout_failures_without_reason"]["ok"]
+    assert summary["operator"]["actions"] >= 4  # from 8 s on, every 5 s
+    assert {"operator command", "operator shell"} <= summary["latency_ms"].keys()
+    assert summary["rollout"]["total"] == 12  # a fifth of the fleet
+    assert result.returncode == (0 if summary["verdict"]["ok"] else 1), result.stderr[-3000:]
+
+
 def test_an_alert_burst_counts_what_the_stream_stored_and_misses_the_goal(
     tmp_path: Path,
 ) -> None:
