@@ -15,7 +15,7 @@ from typing import Any
 from websockets.exceptions import ConnectionClosed
 
 from backend.operator_client import OperatorClient, OperatorError
-from simulator.stats import RequestHook
+from simulator.stats import RequestHook, report_request
 
 REQUEST_TYPE = "OPERATOR"
 COMMAND = "uptime"
@@ -78,14 +78,7 @@ class OperatorActivity:
         self._report(name, time.monotonic() - started, length, error)
 
     def _report(self, name: str, seconds: float, length: int, error: BaseException | None) -> None:
-        self.fire(
-            request_type=REQUEST_TYPE,
-            name=name,
-            response_time=seconds * 1000.0,
-            response_length=length,
-            exception=error,
-            context={},
-        )
+        report_request(self.fire, REQUEST_TYPE, name, seconds, length, error)
 
     def _command(self, device: str) -> int:
         result = self.operator.run_command(device, COMMAND)

@@ -43,14 +43,7 @@ class FleetStats:
     def request(
         self, name: str, seconds: float, length: int = 0, error: BaseException | None = None
     ) -> None:
-        self.request_hook(
-            request_type=REQUEST_TYPE,
-            name=name,
-            response_time=seconds * 1000.0,
-            response_length=length,
-            exception=error,
-            context={},
-        )
+        report_request(self.request_hook, REQUEST_TYPE, name, seconds, length, error)
 
     def gateway_connected(self) -> None:
         self.connected += 1
@@ -92,6 +85,25 @@ class FleetStats:
             "updating": self.updating,
             "peak_updating": self.peak_updating,
         }
+
+
+def report_request(
+    hook: RequestHook,
+    request_type: str,
+    name: str,
+    seconds: float,
+    length: int = 0,
+    error: BaseException | None = None,
+) -> None:
+    """One request through Locust's hook, as ``events.request.fire`` takes it."""
+    hook(
+        request_type=request_type,
+        name=name,
+        response_time=seconds * 1000.0,
+        response_length=length,
+        exception=error,
+        context={},
+    )
 
 
 def merge_snapshots(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
