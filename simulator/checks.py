@@ -147,9 +147,10 @@ def day_checks(record: RunRecord) -> list[Check]:
             0.01 * record.users,
         ),
         *no_loss(record),
-        # Devices on flaky links go offline between being listed and being asked: a few
-        # actions may fail, with a clear error.
-        check(record, "operator_failed_pct", _operator_failed_pct(record), "<=", 10, "%"),
+        # On flaky links a device can go offline between being listed and being asked, or
+        # sit in an offline spell past the command's deadline: some actions fail with a
+        # clear error (409, 504). A broken operator path fails them all.
+        check(record, "operator_failed_pct", _operator_failed_pct(record), "<=", 25, "%"),
         check(
             record,
             "rollout_failures_without_reason",

@@ -72,6 +72,7 @@ class PluginState:
         self.shard_options: dict[str, str] = {}  # the embedded shards' settings
         self.sampler: gevent.Greenlet | None = None
         self.rollout: RolloutWatch | None = None  # the update rollout scenario's
+        self.scenario_tasks: list[gevent.Greenlet] = []  # a scenario's own: end with the test
 
 
 state = PluginState()
@@ -295,6 +296,7 @@ def totals(environment: Environment) -> dict[str, Any]:
 def on_test_stopping(environment: Environment, **_: Any) -> None:
     """Before Locust kills the gateways: stop new alerts and let outstanding acks arrive.
     A master asks its workers to drain and waits for their final figures."""
+    gevent.killall(state.scenario_tasks)  # the operator stops; a rollout keeps its last status
     if isinstance(environment.runner, MasterRunner):
         _drain_workers(environment.runner, _drain_timeout(environment))
     else:
@@ -564,6 +566,14 @@ def _print_progress(environment: Environment) -> None:
     while True:
         gevent.sleep(PROGRESS_INTERVAL)
         log.info("%s", format_progress(totals(environment)))
+
+
+def start_scenario_task(run: Any, *args: Any) -> None:
+    """A scenario's own greenlet (an operator, a rollout watch): killed when the test stops,
+    before the stack it talks to."""
+    task = gevent.spawn(run, *args)
+    task.link_exception(report_crash)
+    state.scenario_tasks.append(task)
 
 
 def report_crash(greenlet: gevent.Greenlet) -> None:

@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import gevent
 from locust import LoadTestShape, argument_parser, events
 from locust.env import Environment
 
@@ -162,7 +161,7 @@ def start_rollout(plan: RolloutPlan) -> RolloutWatch:
     plugin.state.rollout = watch
     plugin.state.timeline.mark(ROLLOUT_CREATED, watch.created_at)
     log.info("update rollout %s: %d devices", watch.rollout_id, watch.status["total"])
-    gevent.spawn(watch.watch, plugin.elapsed).link_exception(plugin.report_crash)
+    plugin.start_scenario_task(watch.watch, plugin.elapsed)
     return watch
 
 
@@ -207,7 +206,7 @@ class DayShape(FleetShape):
 def start_operator() -> None:
     """An operator's commands and shells, reported through Locust's request hook."""
     activity = OperatorActivity(stack_operator(), events.request.fire, random.Random())
-    gevent.spawn(activity.run).link_exception(plugin.report_crash)
+    plugin.start_scenario_task(activity.run)
 
 
 def require_embedded_stack(environment: Environment, scenario: str) -> None:
