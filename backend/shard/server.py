@@ -71,6 +71,7 @@ class Shard:
         self._server: asyncio.Server | None = None
         self._commands: dict[tuple[str, str], asyncio.Future[messages.CommandResult]] = {}
         self._publishes: asyncio.Queue[Job] = asyncio.Queue(PUBLISH_QUEUE_SIZE)
+        self._unflushed: set[DeviceConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._no_devices = asyncio.Event()
         self._no_devices.set()
@@ -334,7 +335,21 @@ class Shard:
         self.metrics.alerts.labels("acked").inc()
         if conn.phase is Phase.OPEN and conn.session is not None:
             conn.session.ack_alert(alert_id)
-            conn.flush()
+            self._flush_soon(conn)
+
+    def _flush_soon(self, conn: DeviceConnection) -> None:
+        """Flush ``conn`` once the loop has run the callbacks already queued: the acks one NATS
+        read brings back (hundreds in a burst) leave in one write per connection, not one
+        write (and one send syscall) each."""
+        if not self._unflushed:
+            asyncio.get_running_loop().call_soon(self._flush_all)
+        self._unflushed.add(conn)
+
+    def _flush_all(self) -> None:
+        unflushed, self._unflushed = self._unflushed, set()
+        for conn in unflushed:
+            if conn.phase is Phase.OPEN:
+                conn.flush()
 
     # --- requests from operators ------------------------------------------------------------------
 
