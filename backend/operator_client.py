@@ -236,7 +236,9 @@ COLUMNS = (("ID", "id"), ("ONLINE", "online"), ("HEALTH", "health"),
 
 
 def format_devices(devices: list[dict[str, Any]]) -> str:
-    """A table, one device a row."""
+    """A table, one device a row; a sentence when there is none."""
+    if not devices:
+        return "no devices match"
     rows = [[title for title, _key in COLUMNS]]
     rows += [[_cell(device.get(key)) for _title, key in COLUMNS] for device in devices]
     return _table(rows)

@@ -257,3 +257,7 @@ async def test_fleet_rollout_commands(start_shard: ShardFactory, start_api: ApiF
         )  # fmt: skip
         for device in devices:
             await device.close()
+
+
+def test_no_devices_is_said_in_words() -> None:
+    assert format_devices([]) == "no devices match"
