@@ -19,17 +19,13 @@ or stay silent past the command's deadline);
 rollout_failures_without_reason = 0.
 """
 
-from typing import Any
-
-from locust import events
-from locust.env import Environment
-
 from simulator.behaviour import Behaviour
 from simulator.checks import day_checks
-from simulator.shapes import DayShape, named_explicitly, require_embedded_stack
+from simulator.shapes import DayShape, named_explicitly, needs_embedded_stack
 from simulator.user import GatewayUser
 
 SELECTED = named_explicitly(__file__)
+needs_embedded_stack(SELECTED, "day in the life")
 
 
 class DayInTheLife(GatewayUser):
@@ -43,9 +39,3 @@ class DayInTheLife(GatewayUser):
 
 class DayInTheLifeShape(DayShape):
     abstract = not SELECTED
-
-
-@events.init.add_listener
-def _needs_the_stack(environment: Environment, **_: Any) -> None:
-    if SELECTED:
-        require_embedded_stack(environment, "day in the life")

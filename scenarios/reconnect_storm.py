@@ -17,17 +17,13 @@ The dropped connections are the point of the run: the checks, not Locust's failu
 decide the exit code.
 """
 
-from typing import Any
-
-from locust import events
-from locust.env import Environment
-
 from simulator.behaviour import Behaviour
 from simulator.checks import storm_checks
-from simulator.shapes import StormShape, named_explicitly, require_embedded_stack
+from simulator.shapes import StormShape, named_explicitly, needs_embedded_stack
 from simulator.user import GatewayUser
 
 SELECTED = named_explicitly(__file__)
+needs_embedded_stack(SELECTED, "reconnect storm")
 
 
 class ReconnectStorm(GatewayUser):
@@ -41,9 +37,3 @@ class ReconnectStorm(GatewayUser):
 
 class ReconnectStormShape(StormShape):
     abstract = not SELECTED
-
-
-@events.init.add_listener
-def _needs_the_stack(environment: Environment, **_: Any) -> None:
-    if SELECTED:
-        require_embedded_stack(environment, "reconnect storm")

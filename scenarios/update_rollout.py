@@ -18,17 +18,13 @@ concurrent; rollout_devices_unfinished = 0; failures_without_reason = 0; failure
 (the rollout's failures with an install reason against those the gateways reported) = 0.
 """
 
-from typing import Any
-
-from locust import events
-from locust.env import Environment
-
 from simulator.behaviour import Behaviour
 from simulator.checks import rollout_checks
-from simulator.shapes import RolloutShape, named_explicitly, require_embedded_stack
+from simulator.shapes import RolloutShape, named_explicitly, needs_embedded_stack
 from simulator.user import GatewayUser
 
 SELECTED = named_explicitly(__file__)
+needs_embedded_stack(SELECTED, "update rollout")
 
 
 class UpdateRollout(GatewayUser):
@@ -42,9 +38,3 @@ class UpdateRollout(GatewayUser):
 
 class UpdateRolloutShape(RolloutShape):
     abstract = not SELECTED
-
-
-@events.init.add_listener
-def _needs_the_stack(environment: Environment, **_: Any) -> None:
-    if SELECTED:
-        require_embedded_stack(environment, "update rollout")

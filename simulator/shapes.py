@@ -209,6 +209,14 @@ def start_operator() -> None:
     plugin.start_scenario_task(activity.run)
 
 
+def needs_embedded_stack(selected: bool, scenario: str) -> None:
+    """When the scenario's file is the one run: refuse ``--host`` before any gateway starts."""
+    if selected:
+        events.init.add_listener(
+            lambda environment, **_: require_embedded_stack(environment, scenario)
+        )
+
+
 def require_embedded_stack(environment: Environment, scenario: str) -> None:
     """Stop before any gateway starts: ``scenario`` kills or reads the stack's processes."""
     if plugin.owns_stack(environment) and plugin.state.stack is None:
