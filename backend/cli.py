@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import signal
@@ -254,6 +255,13 @@ def down(run_dir: Path | None) -> None:
 # --- operator side ----------------------------------------------------------------------------
 
 
+def fleet_config_option(name: str, help_text: str) -> Any:
+    """An option for the FleetConfig field ``name``, with the field's default."""
+    (default,) = (f.default for f in dataclasses.fields(FleetConfig) if f.name == name)
+    return click.option(f"--{name.replace('_', '-')}", default=default, type=type(default),
+                        help=help_text)  # fmt: skip
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", help="Address to listen on.")
 @click.option("--port", default=8090, help="Port of the API (0: any).")
@@ -263,9 +271,14 @@ def down(run_dir: Path | None) -> None:
     "--operator-tokens-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
     required=True, help='JSON {"<bearer token>": "<operator id>", ...}.',
 )  # fmt: skip
-@click.option("--command-timeout", default=10.0, help="Default command deadline (seconds).")
-@click.option("--max-output-bytes", default=64 * 1024, help="Command output kept (bytes).")
+@fleet_config_option("command_timeout", "Default command deadline (s).")
+@fleet_config_option("max_output_bytes", "Command output kept (bytes).")
 @click.option("--no-state", is_flag=True, help="Run no fleet state instance in this process.")
+@fleet_config_option("shell_idle_timeout", "Close a shell with no bytes either way this long (s).")
+@fleet_config_option("max_rollout_devices", "Devices one rollout may target.")
+@fleet_config_option("rollout_offer_timeout", "Offer again to a device silent this long (s).")
+@fleet_config_option("rollout_offer_attempts", "Offers made before a silent device fails.")
+@fleet_config_option("rollout_device_timeout", "Fail a device with no result this long (s).")
 @verbose_option
 def api(verbose: int, operator_tokens_file: Path, no_state: bool, **options: Any) -> None:
     """Run the operator API (devices, commands; OpenAPI at /openapi.json)."""

@@ -38,6 +38,18 @@ def test_token_rejects_a_bad_device_id() -> None:
     assert "invalid device id" in result.output
 
 
+def test_api_settings_reach_its_config_from_flags_and_environment(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps({"operator-token-0123456789": "op-1"}))
+    base = ["api", "--operator-tokens-file", str(tokens)]
+    by_flag = CliRunner().invoke(main, [*base, "--rollout-offer-attempts", "0"])
+    assert by_flag.exit_code == 2
+    assert "rollout_offer_attempts must be > 0" in by_flag.output
+    by_env = CliRunner().invoke(main, base, env={"FLEET_API_SHELL_IDLE_TIMEOUT": "-1"})
+    assert by_env.exit_code == 2
+    assert "shell_idle_timeout must be > 0" in by_env.output
+
+
 def test_shard_without_a_key_says_what_to_set() -> None:
     result = CliRunner().invoke(main, ["shard"], env={"FLEET_SHARD_JWT_SECRET": ""})
     assert result.exit_code == 2
