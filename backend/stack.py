@@ -190,7 +190,7 @@ class LocalStack(process.Service):
         """The NATS server, or the cluster's nodes (a test may kill and restart one)."""
         self.prometheus_url = ""
         """With ``observe``: Prometheus' web UI and API."""
-        self._nats_exporter_port = 0
+        self._nats_exporter_ports: list[int] = []  # one exporter per NATS node
         self.shard_ports: list[int] = []
         self._shards: list[subprocess.Popen[bytes]] = []
         self.public_port = 0
@@ -410,23 +410,27 @@ class LocalStack(process.Service):
             "shards": [url.removeprefix("ws://") for url in self.shard_urls],
             "haproxy": [url.removeprefix("http://") for url in self.haproxy_stats_urls],
         }
-        if self._nats_exporter_port:
-            targets["nats"] = [f"{self.config.host}:{self._nats_exporter_port}"]
+        if self._nats_exporter_ports:
+            targets["nats"] = [f"{self.config.host}:{port}" for port in self._nats_exporter_ports]
         return {**targets, **self.config.scrape_targets}
 
     def _start_observing(self, teardown: contextlib.ExitStack) -> None:
-        """The NATS exporter (NATS serves JSON, not Prometheus' format), then Prometheus."""
+        """A NATS exporter per node (NATS serves JSON, not Prometheus' format), then
+        Prometheus."""
         host = self.config.host
-        (self._nats_exporter_port,) = process.free_ports(1, host)
-        argv = [
-            sys.executable, "-m", "backend.natsexporter", "--host", host,
-            "--port", str(self._nats_exporter_port), "--nats-monitor-url", self.nats_monitor_url,
-        ]  # fmt: skip
-        log_file = self.run_dir / "nats-exporter.log"
-        exporter = process.spawn(argv, log_file)
-        teardown.callback(process.stop, exporter)
-        metrics = f"http://{host}:{self._nats_exporter_port}/metrics"
-        process.wait_until(lambda: process.answers_ok(metrics), exporter, "nats-exporter", log_file)
+        self._nats_exporter_ports = process.free_ports(len(self.nats_nodes), host)
+        for node, port in zip(self.nats_nodes, self._nats_exporter_ports, strict=True):
+            argv = [
+                sys.executable, "-m", "backend.natsexporter", "--host", host,
+                "--port", str(port), "--nats-monitor-url", node.monitor_url,
+            ]  # fmt: skip
+            log_file = self.run_dir / f"{node.name}-exporter.log"
+            exporter = process.spawn(argv, log_file)
+            teardown.callback(process.stop, exporter)
+            metrics = f"http://{host}:{port}/metrics"
+            process.wait_until(
+                lambda url=metrics: process.answers_ok(url), exporter, "nats-exporter", log_file
+            )
         prometheus = PrometheusServer(
             self.run_dir / "prometheus",
             self.scrape_targets(),

@@ -22,6 +22,7 @@ from nats.js.api import StreamInfo
 
 from backend import bus, process
 from backend.natsserver import NatsServer, groups_behind
+from backend.prometheus import query
 from backend.stack import LocalStack, StackConfig, fetch_metrics, metric_sum
 from simulator.audit import audit_stream
 from simulator.behaviour import Behaviour
@@ -115,3 +116,13 @@ def test_losing_a_nats_node_mid_burst_loses_no_alert_and_the_node_rejoins(tmp_pa
     assert stats.alerts["resent"] > 0  # publishes failed with the node: alerts went again
     assert stats.alerts["acked"] == stats.alerts["sent"]
     assert (stored["unique"], stored["duplicates"]) == (stats.alerts["acked"], 0)
+
+
+def test_prometheus_scrapes_every_node_of_an_observed_cluster(tmp_path: Path) -> None:
+    config = StackConfig(tmp_path, shards=1, nats_nodes=3, observe=True)
+    with LocalStack(config) as stack:
+        # One exporter per node, each reading its own node (nats_up) and scraped as a target.
+        def nodes_up() -> int:
+            return len(query(stack.prometheus_url, 'nats_up{job="nats"} == 1'))
+
+        wait_until(lambda: nodes_up() == 3, 30, "Prometheus has all three nodes")
