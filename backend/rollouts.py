@@ -364,6 +364,7 @@ class Rollouts:
         self._wake = asyncio.Event()
         self._tokens: dict[str, tuple[float, float]] = {}  # id -> (tokens, when counted)
         self._done: set[str] = set()  # aborted or finished: the driver skips them
+        self._running = False
 
     async def start(self) -> None:
         js = self.nc.jetstream()
@@ -372,12 +373,17 @@ class Rollouts:
             js, bus.UPDATES_STREAM, bus.update_subject(">"), self.config.rollout_durable,
             self.config.ack_wait,
         )  # fmt: skip
+        self._running = True
         self._tasks = [asyncio.create_task(self._consume(sub)), asyncio.create_task(self._drive())]
         for task in self._tasks:
             task.add_done_callback(_report_end)
 
     async def stop(self) -> None:
         # Unacked events are redelivered, offers claimed but not sent time out: both safe.
+        # The flag ends a loop whose cancel was lost: on Python 3.11, asyncio.wait_for (which
+        # nats-py's requests use) returns a result that arrived with the cancel, dropping it.
+        self._running = False
+        self._wake.set()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -484,7 +490,7 @@ class Rollouts:
     # --- progress ------------------------------------------------------------------------------
 
     async def _consume(self, sub: fleetstate.PullSubscription) -> None:
-        while True:
+        while self._running:
             try:
                 msgs = await _fetch(sub, self.config.fetch_timeout)
             except TimeoutError:  # nats-py raises its own and, near a deadline, asyncio's
@@ -544,7 +550,7 @@ class Rollouts:
     # --- the driver -----------------------------------------------------------------------------
 
     async def _drive(self) -> None:
-        while True:
+        while self._running:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.rollout_tick):  # wait_for can lose a cancel
                     await self._wake.wait()
