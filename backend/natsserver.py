@@ -16,7 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,10 +164,14 @@ class ConfigCheckFailed(RuntimeError):
     """nats-server refused the configuration; the message holds its output."""
 
 
-def check_config(path: Path) -> None:
-    """``nats-server -t``: parse and validate the file without starting."""
+def check_config(path: Path, env: Mapping[str, str] | None = None) -> None:
+    """``nats-server -t``: parse and validate the file without starting; ``env`` holds the
+    variables the file refers to (``$POD_NAME``), beside this process's."""
     argv = [nats_server_binary(), "-t", "-c", str(path)]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    environment = {**os.environ, **(env or {})}
+    result = subprocess.run(
+        argv, env=environment, capture_output=True, text=True, timeout=30, check=False
+    )
     if result.returncode != 0:
         output = (result.stdout + result.stderr).strip()
         raise ConfigCheckFailed(f"nats-server rejects {path} (exit {result.returncode}):\n{output}")

@@ -292,6 +292,12 @@ class LocalStack(process.Service):
         """Every NATS node's client URL: clients given them all reconnect to any survivor."""
         return [node.url for node in self.nats_nodes]
 
+    def _nats_args(self) -> list[str]:
+        """How a backend process of this stack reaches NATS: every node, and as many copies
+        of each stream as there are nodes."""
+        urls = [arg for url in self.nats_urls for arg in ("--nats-url", url)]
+        return [*urls, "--stream-replicas", str(self.config.nats_nodes)]
+
     def _start_nats(self, teardown: contextlib.ExitStack) -> None:
         host = self.config.host
         if self.config.nats_nodes == 1:
@@ -311,8 +317,7 @@ class LocalStack(process.Service):
             argv = [
                 sys.executable, "-m", "backend.cli", "shard", "--host", self.config.host,
                 "--port", "0", "--shard-id", name, "--ready-file", str(ready_file),
-                "--stream-replicas", str(self.config.nats_nodes),
-                *(arg for url in self.nats_urls for arg in ("--nats-url", url)),
+                *self._nats_args(),
             ]  # fmt: skip
             log_file = self.run_dir / f"{name}.log"
             self._shards.append(process.spawn(argv, log_file, env=self.config.shard_env()))
@@ -329,9 +334,7 @@ class LocalStack(process.Service):
         tokens.write_text(json.dumps({self.operator_token: "stack-operator"}))
         argv = [
             sys.executable, "-m", "backend.cli", "api", "--host", host, "--port", str(port),
-            "--operator-tokens-file", str(tokens),
-            "--stream-replicas", str(self.config.nats_nodes),
-            *(arg for url in self.nats_urls for arg in ("--nats-url", url)),
+            "--operator-tokens-file", str(tokens), *self._nats_args(),
         ]  # fmt: skip
         log_file = self.run_dir / "api.log"
         api = process.spawn(argv, log_file)

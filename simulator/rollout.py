@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,7 +77,7 @@ class RolloutWatch:
             self.finished_at = now
         return done
 
-    def watch(self, clock: Any) -> None:
+    def watch(self, clock: Callable[[], float]) -> None:
         """Poll until the rollout ends: a greenlet's body (``clock()`` gives the time)."""
         while not self.poll(clock()):
             time.sleep(POLL_INTERVAL)

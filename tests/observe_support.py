@@ -12,11 +12,19 @@ from pathlib import Path
 from typing import Any
 
 from backend import process
+from backend.prometheus import find_prometheus
 
 DASHBOARDS = Path(__file__).resolve().parents[1] / "dashboards"
 # Grafana's own variables, as Grafana would fill them in at a few seconds' scrape interval.
 GRAFANA_VARIABLES = {"__rate_interval": "30s"}
 VARIABLE = re.compile(r"\$\{?(\w+)\}?")
+
+
+def promtool_check(path: Path) -> subprocess.CompletedProcess[str]:
+    """``promtool check config``, the promtool beside the Prometheus the stack runs."""
+    promtool = str(Path(find_prometheus()).with_name("promtool"))
+    argv = [promtool, "check", "config", str(path)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
 
 
 def dashboards() -> dict[str, dict[str, Any]]:

@@ -23,12 +23,13 @@ import pytest
 import yaml
 
 from backend import cli
-from backend.natsserver import nats_server_binary
+from backend.natsserver import check_config
 from backend.shard.config import FD_RESERVE as SHARD_FD_RESERVE
 from haproxy import staging
 from haproxy.config import FD_RESERVE as HAPROXY_FD_RESERVE
 from haproxy.config import check, render
 from haproxy.tls import make_local_pki
+from tests.observe_support import promtool_check
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -506,10 +507,7 @@ def test_nats_server_accepts_the_config() -> None:
     assert env(container("nats", "nats"))["POD_NAME"] == {
         "fieldRef": {"fieldPath": "metadata.name"}
     }
-    argv = [nats_server_binary(), "--config", str(NATS_CONF), "-t"]
-    pod = {**os.environ, "POD_NAME": f"{nats['metadata']['name']}-0"}
-    result = subprocess.run(argv, env=pod, capture_output=True, text=True, timeout=30, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
+    check_config(NATS_CONF, {"POD_NAME": f"{nats['metadata']['name']}-0"})
 
 
 def test_the_nats_nodes_route_to_every_pod_and_mount_what_the_config_names() -> None:
@@ -549,11 +547,7 @@ PROMETHEUS_YML = K8S / "prometheus.yml"
 
 
 def test_promtool_accepts_the_prometheus_config() -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("no promtool (Debian: apt-get install prometheus, as make does as root)")
-    argv = [promtool, "check", "config", str(PROMETHEUS_YML)]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    result = promtool_check(PROMETHEUS_YML)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

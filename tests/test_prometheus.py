@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,13 +23,12 @@ from backend.prometheus import (
     PrometheusServer,
     QueryError,
     duration,
-    find_prometheus,
     query,
     render_config,
 )
 from backend.shard.config import DEVICE_PATH
 from backend.stack import LocalStack, StackConfig
-from tests.observe_support import DASHBOARDS, dashboards, panel_queries, spawned
+from tests.observe_support import DASHBOARDS, dashboards, panel_queries, promtool_check, spawned
 
 STAGING_EXAMPLE = DASHBOARDS / "prometheus-staging.yml"
 SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "mixed_fleet.py"
@@ -48,12 +46,6 @@ def test_duration_is_whole_units() -> None:
     )
     with pytest.raises(ValueError, match="at least 1ms"):
         duration(0)
-
-
-def promtool_check(path: Path) -> subprocess.CompletedProcess[str]:
-    promtool = str(Path(find_prometheus()).with_name("promtool"))
-    argv = [promtool, "check", "config", str(path)]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
 
 
 def test_the_staging_example_is_a_rendered_valid_config() -> None:

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from backend import process
+from backend.operator_client import OperatorClient, OperatorError
 from backend.shard.config import DEVICE_PATH, default_max_connections
 from backend.stack import LocalStack, StackConfig, count_or_auto
 from haproxy.config import max_maxconn
@@ -55,26 +53,25 @@ def test_shard_options_reach_the_shards(tmp_path: Path) -> None:
 def test_the_operator_api_answers_the_stacks_operator_only(tmp_path: Path) -> None:
     config = StackConfig(tmp_path, shards=1, operator_api=True)
     with LocalStack(config) as stack, connect_device(stack, stack.shard_urls[0], "gw-1"):
-        bearer = {"Authorization": f"Bearer {stack.operator_token}"}
-        request = urllib.request.Request(f"{stack.api_url}/devices/gw-1", headers=bearer)
+        operator = OperatorClient(stack.api_url, stack.operator_token)
         # The fleet state learns of the device from its presence: it may take a moment.
-        wait_until(lambda: get_json(request) is not None, 10, "the API knows gw-1")
-        assert get_json(request)["online"] is True
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(f"{stack.api_url}/devices", timeout=5)
-        assert refused.value.code == 401
+        wait_until(lambda: known(operator, "gw-1"), 10, "the API knows gw-1")
+        assert operator.device("gw-1")["online"] is True
+        with pytest.raises(OperatorError) as refused:
+            OperatorClient(stack.api_url, "not-the-token").devices()
+        assert refused.value.status == 401
     assert process.children(os.getpid()) == []
 
 
-def get_json(request: urllib.request.Request) -> Any:
-    """The JSON answer; None for a 404 (not there yet)."""
+def known(operator: OperatorClient, device_id: str) -> bool:
+    """Whether the API has the device (404 until the fleet state has it)."""
     try:
-        with urllib.request.urlopen(request, timeout=5) as resp:
-            return json.load(resp)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            return None
+        operator.device(device_id)
+    except OperatorError as exc:
+        if exc.status == 404:
+            return False
         raise
+    return True
 
 
 def test_a_shard_failing_to_start_raises_with_its_log_and_stops_the_rest(tmp_path: Path) -> None:
