@@ -138,6 +138,8 @@ def test_request_too_large() -> None:
         b"GET / HTTP/1.1\r\nHost: h\x00\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: h\nX: y\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET / HTTP/1.1\nHost: h\n\n",
+        b"GET / HTTP/1.1\r\nHost: h\n\r\n",
     ],
 )
 def test_garbage_requests(raw: bytes) -> None:
@@ -145,6 +147,18 @@ def test_garbage_requests(raw: bytes) -> None:
         parse_request(raw)
     assert type(info.value) is InvalidUpgrade
     assert info.value.status == 400
+
+
+@pytest.mark.parametrize("raw", [b"GET / HTTP/1.1\n", b"GET / HTTP/1.1\r\nHost: h\n", b"\n"])
+def test_bare_lf_is_refused_before_the_head_ends(raw: bytes) -> None:
+    # RFC 9112 §2.2: refused at once rather than waited on until the handshake deadline.
+    with pytest.raises(InvalidUpgrade, match="bare LF"):
+        parse_request(raw)
+
+
+def test_bare_lf_in_a_response_is_refused() -> None:
+    with pytest.raises(InvalidUpgrade, match="bare LF"):
+        parse_response(b"HTTP/1.1 101 Switching Protocols\n", KEY)
 
 
 # --- check_upgrade (RFC 6455 §4.2.1) -----------------------------------------------------------

@@ -31,6 +31,11 @@ MAX_HEADER_SIZE = 8192
 WS_VERSION = "13"  # RFC 6455 §4.1, item 9
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 _END = b"\r\n\r\n"
+# RFC 9112 §2.2: a recipient MAY take a bare LF as a line terminator; we refuse it (400 at
+# once) instead: every client we serve sends CRLF, one strict grammar leaves no room for two
+# parsers to disagree on where a field ends, and a head ended by LF alone would otherwise
+# never show the CRLF CRLF we wait for and run into the handshake deadline (408).
+_BARE_LF = re.compile(rb"(?<!\r)\n")
 
 # RFC 9110 §5.1 field-name = token; §5.5 field-value = VCHAR / SP / HTAB (obs-text refused).
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -197,6 +202,8 @@ def check_response(status: int, headers: dict[str, str], key: str) -> None:
 def _split_head(buf: bytes | bytearray, max_size: int) -> tuple[str, list[str], int] | None:
     """The start line, field lines and length of a complete head; None if incomplete."""
     end = buf.find(_END, 0, max_size)
+    if _BARE_LF.search(buf, 0, end if end >= 0 else max_size):
+        raise InvalidUpgrade("bare LF in header block")
     if end < 0:
         if len(buf) >= max_size:
             raise RequestTooLarge(f"header block exceeds {max_size} bytes")
