@@ -68,8 +68,14 @@ def relay_subject(sid: str) -> str:
 
 
 def shard_subject(shard_id: str) -> str:
-    """Requests for devices held by ``shard_id`` (commands, deliveries, kicks)."""
+    """Requests for devices held by ``shard_id`` (commands, deliveries, offers)."""
     return f"fleet.shard.{shard_id}"
+
+
+def kick_subject(shard_id: str) -> str:
+    """Kicks from the other shards, apart from ``shard_subject`` so that shards may publish
+    here and nothing of the operator's (NATS permissions are by subject)."""
+    return f"fleet.kick.{shard_id}"
 
 
 def device_of(subject: str) -> str:

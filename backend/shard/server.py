@@ -89,6 +89,7 @@ class Shard:
         self._js = self.nc.jetstream()
         self._kv = await bus.ensure_streams(self._js, self.config.stream_replicas)
         await self.nc.subscribe(bus.shard_subject(self.id), cb=self._on_request)
+        await self.nc.subscribe(bus.kick_subject(self.id), cb=self._on_kick)
         for loop_body in (self._run_timers, self._run_publishes):
             self._spawn(loop_body())
         loop = asyncio.get_running_loop()
@@ -249,12 +250,21 @@ class Shard:
             kick = routing.encode(
                 {"op": routing.OP_KICK, "device": conn.device_id, "version": reg.version}
             )
-            await self.nc.publish(bus.shard_subject(previous.shard), kick)
+            await self.nc.publish(bus.kick_subject(previous.shard), kick)
 
     async def _unregister_presence(self, conn: DeviceConnection) -> None:
         assert self._kv is not None
         assert conn.registration is not None
         await presence.unregister(self._kv, conn.device_id, self.id, conn.registration)
+
+    async def _on_kick(self, msg: Msg) -> None:
+        """Only kicks are taken here: every shard may publish to this subject."""
+        try:
+            request = routing.decode(msg.data)
+            if request["op"] == routing.OP_KICK:
+                self._kick(request["device"], int(request["version"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("shard %s: bad kick: %s", self.id, exc)
 
     def _kick(self, device_id: str, version: int) -> None:
         conn = self.devices.get(device_id)
@@ -364,9 +374,6 @@ class Shard:
             op, device_id = request["op"], request["device"]
         except (ValueError, KeyError, TypeError) as exc:
             await self._reply(msg, routing.error(routing.ERROR_BAD_REQUEST, f"bad request: {exc}"))
-            return
-        if op == routing.OP_KICK:
-            self._kick(device_id, int(request["version"]))
             return
         try:
             reply = await self._answer(op, device_id, request)
