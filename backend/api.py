@@ -37,7 +37,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from backend import bus, fleetstate, presence, rollouts
+from backend import bus, fleetstate, natsauth, presence, rollouts
 from backend.api_schema import openapi_document
 from backend.auth import BEARER, DEVICE_ID
 from backend.fleetconfig import FleetConfig
@@ -50,6 +50,14 @@ from backend.shell import MAX_TERMINAL, ShellRelay
 log = logging.getLogger("fleet.api")
 
 MAX_COMMAND_CHARS = 4096
+# RFC 8259 §9 lets a parser bound nesting: no request here needs more than a few levels, and
+# json.loads would otherwise give up deep inside (RecursionError, a 500) instead of saying so.
+MAX_JSON_DEPTH = 16
+# Slowloris: a request's head must arrive within this long of the connection opening (or of
+# the previous answer); aiohttp's keep-alive timer is its only deadline before a request exists.
+HEAD_TIMEOUT = 10.0
+# A request body (at most max_body_bytes) must arrive within this long, or the answer is 408.
+BODY_TIMEOUT = 10.0
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/openapi.json"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -96,6 +104,11 @@ class RoutingFailed(ApiError):
 class Conflict(ApiError):
     status = 409
     reason = "conflict"
+
+
+class BodyTimedOut(ApiError):
+    status = 408
+    reason = "request_timeout"
 
 
 class HttpRefused(ApiError):
@@ -152,20 +165,53 @@ def device_query(query: Any, config: FleetConfig) -> DeviceQuery:
     )
 
 
-def json_object(raw: str) -> dict[str, Any]:
-    """A request body, which must be a JSON object."""
+async def json_body(request: web.Request) -> dict[str, Any]:
+    """The request's body, a JSON object, read within BODY_TIMEOUT."""
     try:
-        body = json.loads(raw)
+        async with asyncio.timeout(BODY_TIMEOUT):
+            raw = await request.read()
+    except TimeoutError:
+        message = f"the request body did not arrive within {BODY_TIMEOUT:g}s"
+        raise BodyTimedOut(message, field="body") from None
+    return json_object(raw)
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A request body, which must be a JSON object in UTF-8 (RFC 8259 §8.1), whatever charset
+    its Content-Type claims."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise bad_field("body", f"the request body is not UTF-8 (byte {exc.start})") from None
+    too_deep = f"the request body nests arrays or objects deeper than {MAX_JSON_DEPTH} levels"
+    try:
+        body = json.loads(text)
+    except RecursionError:
+        raise bad_field("body", too_deep) from None
     except ValueError as exc:
         raise bad_field("body", f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise bad_field("body", "the request body must be a JSON object")
+    if _nesting(body) > MAX_JSON_DEPTH:
+        raise bad_field("body", too_deep)
     return body
 
 
-def command_request(raw: str, config: FleetConfig) -> tuple[str, float]:
+def _nesting(value: Any) -> int:
+    """How deeply arrays and objects nest in a parsed JSON value; iterative, so a deep one
+    cannot exhaust the stack."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def command_request(body: dict[str, Any], config: FleetConfig) -> tuple[str, float]:
     """``{"command": str, "timeout": seconds}`` from a request body, or the field at fault."""
-    body = json_object(raw)
     command = body.get("command")
     if not isinstance(command, str) or not command.strip():
         raise bad_field("command", "'command' must be a non-empty string")
@@ -264,8 +310,9 @@ class OperatorApi:
 
     async def start(self) -> None:
         self.nc = await nats.connect(
-            list(self.config.nats_urls), name=self.config.instance_id, max_reconnect_attempts=-1
-        )
+            list(self.config.nats_urls), name=self.config.instance_id, max_reconnect_attempts=-1,
+            **natsauth.connect_options(natsauth.API, self.config),
+        )  # fmt: skip
         js = self.nc.jetstream()
         replicas = self.config.stream_replicas
         self._presence = await bus.ensure_streams(js, replicas)
@@ -277,7 +324,7 @@ class OperatorApi:
         await self.rollouts.start()
         if self.state is not None:
             await self.state.start()
-        self._runner = web.AppRunner(self.app(), access_log=None)
+        self._runner = web.AppRunner(self.app(), access_log=None, keepalive_timeout=HEAD_TIMEOUT)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.config.host, self.config.port).start()
         self.port = self._runner.addresses[0][1]
@@ -342,7 +389,10 @@ class OperatorApi:
         if exc.field is not None:
             body["field"] = exc.field
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return web.json_response(body, status=exc.status, headers=headers)
+        response = web.json_response(body, status=exc.status, headers=headers)
+        if exc.status == 408:  # RFC 9110 §15.5.9: the server closes rather than waits on
+            response.force_close()
+        return response
 
     @web.middleware
     async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -412,7 +462,7 @@ class OperatorApi:
     async def run_command(self, request: web.Request) -> web.Response:
         assert self._router is not None
         device_id = device_id_of(request)
-        command, timeout = command_request(await request.text(), self.config)
+        command, timeout = command_request(await json_body(request), self.config)
         operator = request[OPERATOR]
         try:
             result = await self._router.run_command(
@@ -487,7 +537,7 @@ class OperatorApi:
 
     async def create_rollout(self, request: web.Request) -> web.Response:
         assert self.rollouts is not None
-        body = json_object(await request.text())
+        body = await json_body(request)
         with _rollout_errors():
             spec = rollouts.rollout_spec(body, self.config)
             rollout = await self.rollouts.create(spec, request[OPERATOR])

@@ -4,12 +4,14 @@ devices, and an HTTP client on a real socket."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import aiohttp
 import pytest
 
-from backend.api import OperatorApi
+from backend import api as api_module
+from backend.api import MAX_JSON_DEPTH, OperatorApi
 from backend.protocol import messages
 from backend.protocol import session as ps
 from backend.shard import Shard
@@ -227,6 +229,67 @@ async def test_a_bad_command_request_names_its_field(
         assert (status, answer["field"]) == (400, field), answer
         assert field in answer["message"] or field == "body"
         assert rejected(api, "bad_request", field) == 1
+
+
+NESTED = b'{"command": "ls", "x": ' + b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH + b"}"
+
+
+@pytest.mark.parametrize("path", ["/devices/gw-1/commands", "/rollouts"])
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [(b"[" * 60_000, "deeper than 16 levels"),  # past json's recursion limit
+     (NESTED, "deeper than 16 levels"),  # within it, past ours
+     (b'{"command": "\xff"}', "not UTF-8 (byte 13)")],
+)  # fmt: skip
+async def test_a_body_too_deep_or_not_utf8_is_a_400_naming_it(
+    start_api: ApiFactory, http: aiohttp.ClientSession, path: str, body: bytes, problem: str
+) -> None:
+    async with start_api(run_state_service=False) as api:
+        headers = {**AUTH, "Content-Type": "application/json; charset=latin-1"}
+        status, answer = await call(http, "POST", base(api) + path, data=body, headers=headers)
+        assert (status, answer["error"], answer["field"]) == (400, "bad_request", "body")
+        assert problem in answer["message"], answer
+        assert rejected(api, "bad_request", "body") == 1
+
+
+async def trickle(port: int, first: bytes, then: bytes) -> tuple[bytes, float]:
+    """Send ``first``, then ``then`` a byte at a time, until the server answers or closes:
+    (the first bytes of its answer, seconds they took)."""
+    started = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(first)
+    answer = asyncio.ensure_future(reader.read(65536))
+    for byte in then:
+        done, _pending = await asyncio.wait([answer], timeout=0.1)
+        if done:
+            break
+        writer.write(bytes([byte]))
+    async with asyncio.timeout(5):
+        received = await answer
+    writer.close()
+    return received, time.monotonic() - started
+
+
+async def test_a_trickled_request_is_cut_off(
+    start_api: ApiFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(api_module, "HEAD_TIMEOUT", 1.0)  # 10 s in service
+    monkeypatch.setattr(api_module, "BODY_TIMEOUT", 1.0)
+    async with start_api(run_state_service=False) as api:
+        auth = AUTH["Authorization"].encode()
+        head = b"POST /rollouts HTTP/1.1\r\nHost: x\r\nAuthorization: " + auth
+        body_head = head + b"\r\nContent-Length: 1000\r\n\r\n"
+        (slow_head, head_took), (slow_body, body_took) = await asyncio.gather(
+            trickle(api.port, b"GET /devices HTTP/1.1\r\n", b"X-Slow: 1\r\n" * 100),
+            trickle(api.port, body_head, b"{" * 1000),
+        )
+        assert slow_head == b""  # closed: aiohttp answers nothing before a request exists
+        assert 0.9 <= head_took < 3.0  # the loop's timers may fire a little early
+        assert slow_body.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+        assert b"Connection: close\r\n" in slow_body
+        assert b'"error": "request_timeout", "message": "the request body did not' in slow_body
+        assert 0.9 <= body_took < 3.0
+        assert rejected(api, "request_timeout", "body") == 1
 
 
 async def test_a_bad_device_id_is_refused(
