@@ -62,9 +62,11 @@ def update_subject(device_id: str) -> str:
     return f"fleet.updates.{device_id}"
 
 
-def relay_subject(sid: str) -> str:
-    """Where a device's messages for an operator session (shell, file transfer...) go."""
-    return f"fleet.relay.{sid}"
+def relay_subject(device_id: str, sid: str) -> str:
+    """Where a device's messages for an operator session (shell, file transfer...) go. The
+    shard puts in the id of the device that sent them, so a device naming another device's
+    session id still only reaches a subject of its own."""
+    return f"fleet.relay.{device_id}.{sid}"
 
 
 def shard_subject(shard_id: str) -> str:

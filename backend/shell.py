@@ -12,8 +12,9 @@ operator's ``user_id`` (stamped by the shard) and the terminal size, answered by
   -> close ``DEVICE_GONE`` with its reason; no bytes either way for ``idle_timeout`` ->
   "stop" to the device, close ``IDLE``.
 
-Device messages reach us on ``bus.relay_subject(sid)``; ours go through the shard holding
-the device (``DeviceRouter.deliver``), one request per frame, which keeps them in order.
+Device messages reach us on ``bus.relay_subject(device_id, sid)`` (the shard writes in the id
+of the device that sent them); ours go through the shard holding the device
+(``DeviceRouter.deliver``), one request per frame, which keeps them in order.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class ShellRelay:
     async def open(self, size: tuple[int, int], timeout: float) -> None:
         """Start the device's shell; RoutingError (offline, timeout, refused) if it has none."""
         # Subscribed before "new" goes out: the device's answer cannot overtake us.
-        self._sub = await self.nc.subscribe(bus.relay_subject(self.sid))
+        self._sub = await self.nc.subscribe(bus.relay_subject(self.device_id, self.sid))
         props = {env.PROP_TERMINAL_WIDTH: size[0], env.PROP_TERMINAL_HEIGHT: size[1]}
         await self._send(env.TYP_SHELL_NEW, props=props)
         deadline = time.monotonic() + timeout

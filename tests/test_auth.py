@@ -5,12 +5,13 @@ from pathlib import Path
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from backend.auth import TokenVerifier, issue_device_token
 from backend.protocol.errors import Unauthorized
 
 SECRET = "a-test-secret-of-at-least-32-bytes-long"
+CLAIMS = {"sub": "gw-7", "exp": 2**40}
 
 
 def bearer(token: str) -> str:
@@ -66,3 +67,45 @@ def test_no_key_configured_is_a_clear_error() -> None:
 def test_issue_rejects_bad_device_ids() -> None:
     with pytest.raises(ValueError, match="invalid device id"):
         issue_device_token("has space", SECRET)
+
+
+def public_key_file(tmp_path: Path, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> Path:
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    path = tmp_path / "pub.pem"
+    path.write_bytes(pem)
+    return path
+
+
+def test_a_key_verifies_only_its_own_algorithms(tmp_path: Path) -> None:
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    verifier = TokenVerifier.from_settings(None, public_key_file(tmp_path, rsa_key))
+    assert verifier.algorithms == ("RS256", "RS384", "RS512")
+    assert verifier.device_id(bearer(jwt.encode(CLAIMS, rsa_key, "RS256"))) == "gw-7"
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        # An ES256 token against an RSA key raised InvalidKeyError past the shard: no answer.
+        jwt.encode(CLAIMS, ec.generate_private_key(ec.SECP256R1()), "ES256"),
+        jwt.encode(CLAIMS, SECRET, "HS256"),
+        jwt.encode(CLAIMS, None, "none"),
+        "eyJhbGciOiJSUzI1NiJ9.e30.AAAA",  # a header and claims, a short signature
+        "a.b.c",
+        "....",
+    ],
+    ids=["es256", "hs256", "none", "short-signature", "not-base64", "dots"],
+)
+def test_every_token_case_is_unauthorized_with_a_public_key(tmp_path: Path, token: str) -> None:
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    verifier = TokenVerifier.from_settings(None, public_key_file(tmp_path, rsa_key))
+    with pytest.raises(Unauthorized, match="invalid device token"):
+        verifier.device_id(bearer(token))
+
+
+def test_a_file_that_is_not_a_public_key_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "pub.pem").write_text("not a key")
+    with pytest.raises(ValueError, match="not a PEM public key"):
+        TokenVerifier.from_settings(None, tmp_path / "pub.pem")

@@ -187,6 +187,13 @@ MALFORMED: dict[str, bytes] = {
     "body str": pack({"hdr": {"proto": 1}, "body": "text"}),
     "body int": pack({"hdr": {"proto": 1}, "body": 5}),
     "body map": pack({"hdr": {"proto": 1}, "body": {}}),
+    # Header fields become NATS subject tokens and header values, and are echoed in errors.
+    "sid with a dot": hdr(proto=1, sid="a.b"),
+    "sid with a space": hdr(proto=1, sid="a b"),
+    "sid with CR LF": hdr(proto=1, sid="a\r\nPUB x 1"),
+    "sid too long": hdr(proto=1, sid="s" * 129),
+    "typ too long": hdr(proto=1, typ="t" * (env.MAX_TYP_LENGTH + 1)),
+    "props nested too deep": hdr(proto=1, props={"a": [[[[[[[[1]]]]]]]]}),
 }
 
 
@@ -194,6 +201,21 @@ MALFORMED: dict[str, bytes] = {
 def test_malformed_input_is_rejected(data: bytes) -> None:
     with pytest.raises(MalformedMessage):
         decode(data)
+
+
+def test_a_deeply_nested_field_is_malformed_not_a_recursion_error() -> None:
+    nested = b"\x91" * 1000 + b"\x01"  # [[[...[1]...]]], 1,000 levels: msgpack reads it
+    data = b"\x81\xa3hdr\x81\xa5proto" + nested
+    with pytest.raises(MalformedMessage, match="not list"):
+        decode(data)
+    props = b"\x81\xa3hdr\x82\xa5proto\x01\xa5props\x81\xa1a" + nested
+    with pytest.raises(MalformedMessage, match="nests deeper"):
+        decode(props)
+
+
+def test_a_longest_sid_and_typ_are_read() -> None:
+    msg = decode(hdr(proto=1, sid="s" * 128, typ="t" * env.MAX_TYP_LENGTH))
+    assert (len(msg.sid), len(msg.typ)) == (128, env.MAX_TYP_LENGTH)
 
 
 def test_trailing_data_is_not_silently_dropped() -> None:
@@ -254,7 +276,7 @@ proto_msgs = st.builds(
     ProtoMsg,
     proto=st.integers(min_value=0, max_value=0xFFFF),
     typ=st.text(max_size=12),
-    sid=st.text(max_size=12),
+    sid=st.from_regex(env.SID, fullmatch=True) | st.just(""),
     props=st.none() | st.dictionaries(st.text(max_size=12), values, max_size=5),
     body=st.binary(max_size=64),
 )

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import gevent
-import nats
 import pytest
 from nats.js.kv import KeyValue
 
 from backend import bus, presence
+from backend.natsauth import ADMIN, API, AUDIT
 from backend.protocol import closecodes
 from backend.protocol import envelope as env
 from backend.protocol.messages import CommandResult, UpdateOffer, UpdateProgress
@@ -35,6 +35,7 @@ from simulator.behaviour import Behaviour
 from simulator.fleet import Fleet, parse_targets
 from simulator.gateway import VirtualGateway
 from simulator.network import PROFILES, NetworkMix, NetworkProfile
+from tests.natsauth_support import connect_as
 from tests.support import running, wait_until
 
 SERVER_KEEPALIVE_TIMEOUT = 3.0
@@ -194,7 +195,9 @@ def test_alerts_survive_forced_drops_without_loss_or_duplicates(stack: LocalStac
     assert stats.alerts["resent"] > 0  # alerts really went again after reconnects
     assert stats.alerts["refused"] == 0
     assert stats.alerts["acked"] == stats.alerts["sent"]
-    stored = audit_stream(stack.nats_url, fleet.run_id, timeout=30)
+    stored = audit_stream(
+        stack.nats_url, fleet.run_id, timeout=30, credentials=stack.nats_credentials[AUDIT]
+    )
     assert (stored["unique"], stored["duplicates"]) == (stats.alerts["acked"], 0)
     assert errors(events) == []
 
@@ -203,10 +206,10 @@ def test_alerts_survive_forced_drops_without_loss_or_duplicates(stack: LocalStac
 
 
 async def operator_commands(
-    nats_url: str, device_id: str, commands: list[str]
+    stack: LocalStack, device_id: str, commands: list[str]
 ) -> list[CommandResult]:
     """What an operator gets back from ``commands``, sent to the device through NATS."""
-    nc = await nats.connect(nats_url)
+    nc = await connect_as(stack.nats_url, API, stack.nats_credentials[API], [])
     try:
         kv = await bus.ensure_streams(nc.jetstream())
         await presence_connected(kv, device_id)
@@ -232,9 +235,7 @@ def test_a_gateway_answers_operator_commands(stack: LocalStack) -> None:
         wait_until(lambda: fleet.stats.connected == 1, 10, "the gateway connected")
         # nats-py wants asyncio: the operator gets its own thread while gevent runs this one.
         commands = ["echo hi", "hostname", "false"]
-        answer = operator.submit(
-            asyncio.run, operator_commands(stack.nats_url, gateway.device_id, commands)
-        )
+        answer = operator.submit(asyncio.run, operator_commands(stack, gateway.device_id, commands))
         wait_until(answer.done, 20, "the operator's answers")
         results = answer.result()
     assert [(r.exit_code, r.output) for r in results] == [
@@ -245,15 +246,15 @@ def test_a_gateway_answers_operator_commands(stack: LocalStack) -> None:
     assert fleet.stats.commands == 3
 
 
-async def operator_shell(nats_url: str, device_id: str) -> tuple[bytes, str]:
+async def operator_shell(stack: LocalStack, device_id: str) -> tuple[bytes, str]:
     """A shell session as the API relays it: the terminal bytes the device sent, and the
     type of its last message, after typing ``hostname`` then ``exit``."""
-    nc = await nats.connect(nats_url)
+    nc = await connect_as(stack.nats_url, API, stack.nats_credentials[API], [])
     try:
         kv = await bus.ensure_streams(nc.jetstream())
         await presence_connected(kv, device_id)
         router = DeviceRouter(nc, kv)
-        sub = await nc.subscribe(bus.relay_subject("shell-1"))
+        sub = await nc.subscribe(bus.relay_subject(device_id, "shell-1"))
 
         async def send(typ: str, body: bytes = b"") -> None:
             msg = env.ProtoMsg(env.PROTO_SHELL, typ, "shell-1", None, body)
@@ -282,7 +283,7 @@ def test_a_gateway_serves_a_shell_session(stack: LocalStack) -> None:
     fleet, _ = new_fleet(stack, only(PROFILES["lte"].with_overrides(**NO_FAULTS)))
     with running(fleet, 1) as (gateway,), ThreadPoolExecutor(1) as operator:
         wait_until(lambda: fleet.stats.connected == 1, 10, "the gateway connected")
-        answer = operator.submit(asyncio.run, operator_shell(stack.nats_url, gateway.device_id))
+        answer = operator.submit(asyncio.run, operator_shell(stack, gateway.device_id))
         wait_until(answer.done, 30, "the shell session")
         output, last = answer.result()
         assert gateway.shells is None  # the session ended: the gateway holds nothing for it
@@ -290,9 +291,10 @@ def test_a_gateway_serves_a_shell_session(stack: LocalStack) -> None:
     assert last == env.TYP_SHELL_STOP
 
 
-async def offered_update(nats_url: str, device_id: str, offer: UpdateOffer) -> list[str]:
-    """Offer ``offer`` to the device; the progress states it reports, until the final one."""
-    nc = await nats.connect(nats_url)
+async def offered_update(stack: LocalStack, device_id: str, offer: UpdateOffer) -> list[str]:
+    """Offer ``offer`` to the device; the progress states it reports, until the final one
+    (read off the updates subject: the API role reads them from the stream only)."""
+    nc = await connect_as(stack.nats_url, ADMIN, stack.nats_credentials[ADMIN], [])
     try:
         kv = await bus.ensure_streams(nc.jetstream())
         await presence_connected(kv, device_id)
@@ -315,9 +317,7 @@ def test_an_update_survives_a_dropped_connection_and_reports_after_reconnecting(
     offer = UpdateOffer("2.0.0", "https://updates.example/fw.bin", "00" * 32, 400_000)
     with running(fleet, 1) as (gateway,), ThreadPoolExecutor(1) as operator:
         wait_until(lambda: fleet.stats.connected == 1, 10, "the gateway connected")
-        answer = operator.submit(
-            asyncio.run, offered_update(stack.nats_url, gateway.device_id, offer)
-        )
+        answer = operator.submit(asyncio.run, offered_update(stack, gateway.device_id, offer))
         wait_until(lambda: gateway.updating, 10, "the download started")
         gateway.sock.shutdown(socket.SHUT_RDWR)  # the connection ends mid-download
         wait_until(answer.done, 40, "the update's final result")

@@ -16,8 +16,10 @@ from backend.protocol.errors import (
     MalformedMessage,
     MessageTooBig,
     ProtocolError,
+    TooBigForBus,
     UnexpectedMessage,
     UnknownProtocol,
+    UnknownSession,
 )
 from backend.protocol.session import DeviceSession, Role
 
@@ -532,10 +534,11 @@ def test_failure_without_reason_on_the_wire_is_malformed() -> None:
 
 def test_shell_messages_are_relayed(pair: tuple[DeviceSession, DeviceSession]) -> None:
     server, device = pair
-    new = ProtoMsg(env.PROTO_SHELL, env.TYP_SHELL_NEW, "0f1e2d3c", {"user_id": "operator-1"})
-    server.send(new)
+    new = ProtoMsg(env.PROTO_SHELL, env.TYP_SHELL_NEW, "0f1e2d3c")
+    server.deliver(new, "operator-1")
     deliver(server, device)
-    assert device.events_received() == [ps.MessageReceived(new)]
+    stamped = ProtoMsg(env.PROTO_SHELL, env.TYP_SHELL_NEW, "0f1e2d3c", {"user_id": "operator-1"})
+    assert device.events_received() == [ps.MessageReceived(stamped)]
 
     started = ProtoMsg(
         env.PROTO_SHELL, env.TYP_SHELL_NEW, "0f1e2d3c", {"status": 1}, b"Shell started"
@@ -550,14 +553,86 @@ def test_shell_messages_are_relayed(pair: tuple[DeviceSession, DeviceSession]) -
 
 
 @pytest.mark.parametrize("proto", sorted(env.MENDER_PROTOCOLS))
-@pytest.mark.parametrize("role", list(Role))
-def test_every_mender_protocol_is_passed_through(proto: int, role: Role) -> None:
-    session = DeviceSession(role)
+def test_every_mender_protocol_is_passed_through_to_the_device(proto: int) -> None:
+    session = DeviceSession(Role.DEVICE)
     msg = ProtoMsg(proto, "anything", "s-1", {"connection_id": "c"}, b"\x00\x01")
     session.receive_message(encode(msg))
-    expected = ps.Relayed(msg) if role is Role.SERVER else ps.MessageReceived(msg)
-    assert session.events_received() == [expected]
+    assert session.events_received() == [ps.MessageReceived(msg)]
     assert session.messages_to_send() == []
+
+
+@pytest.mark.parametrize("proto", sorted(env.MENDER_PROTOCOLS))
+def test_every_mender_protocol_is_relayed_for_a_session_the_server_opened(proto: int) -> None:
+    server = DeviceSession(Role.SERVER)
+    server.deliver(ProtoMsg(proto, "anything", "s-1"))
+    server.messages_to_send()
+    msg = ProtoMsg(proto, "anything", "s-1", {"connection_id": "c"}, b"\x00\x01")
+    server.receive_message(encode(msg))
+    assert server.events_received() == [ps.Relayed(msg)]
+    assert server.messages_to_send() == []
+
+
+def test_a_message_for_a_session_not_opened_here_is_refused() -> None:
+    """Device A naming device B's session id: B's session lives on B's connection."""
+    server = DeviceSession(Role.SERVER)
+    server.receive_message(raw(env.PROTO_SHELL, env.TYP_SHELL_DATA, "b-session", None, b"rm"))
+    error, reply = single_violation(server)
+    assert isinstance(error, UnknownSession)
+    assert (reply.code, reply.close, reply.msgid) == (404, False, "b-session")
+
+
+def test_a_session_of_another_protocol_is_not_the_same_session() -> None:
+    server = DeviceSession(Role.SERVER)
+    server.deliver(ProtoMsg(env.PROTO_SHELL, env.TYP_SHELL_NEW, "s-1"))
+    server.messages_to_send()
+    server.receive_message(raw(env.PROTO_PORT_FORWARD, "forward", "s-1"))
+    error, _reply = single_violation(server)
+    assert isinstance(error, UnknownSession)
+
+
+@pytest.mark.parametrize(
+    ("typ", "props"),
+    [(env.TYP_SHELL_STOP, None), (env.TYP_SHELL_NEW, {"status": env.STATUS_ERROR})],
+    ids=["device-stop", "refused-new"],
+)
+def test_the_device_ending_a_session_unbinds_it(typ: str, props: Any) -> None:
+    server = DeviceSession(Role.SERVER)
+    server.deliver(ProtoMsg(env.PROTO_SHELL, env.TYP_SHELL_NEW, "s-1"))
+    server.messages_to_send()
+    ending = ProtoMsg(env.PROTO_SHELL, typ, "s-1", props)
+    server.receive_message(encode(ending))
+    assert server.events_received() == [ps.Relayed(ending)]
+    assert server.end_relays() == {}
+    server.receive_message(raw(env.PROTO_SHELL, env.TYP_SHELL_DATA, "s-1", None, b"late"))
+    error, _reply = single_violation(server)
+    assert isinstance(error, UnknownSession)
+
+
+def test_open_sessions_are_bounded_and_handed_over_once() -> None:
+    server = DeviceSession(Role.SERVER)
+    for index in range(ps.MAX_RELAYS + 5):
+        server.deliver(ProtoMsg(env.PROTO_SHELL, env.TYP_SHELL_NEW, f"s-{index}"))
+    relays = server.end_relays()
+    assert list(relays) == [f"s-{index}" for index in range(5, ps.MAX_RELAYS + 5)]
+    assert set(relays.values()) == {env.PROTO_SHELL}
+    assert server.end_relays() == {}
+
+
+def test_reject_answers_with_an_error_and_no_event() -> None:
+    server = DeviceSession(Role.SERVER)
+    msg = ProtoMsg(env.PROTO_MONITOR, "alert", "a-1")
+    server.reject(msg, TooBigForBus("too big"))
+    assert server.events_received() == []
+    (reply,) = sent_messages(server)
+    error = m.Error.from_body(reply.body)
+    assert (error.code, error.close, error.msgtype, error.msgid) == (413, False, "alert", "a-1")
+
+
+def test_an_error_reply_never_grows_with_its_input() -> None:
+    server = DeviceSession(Role.SERVER)
+    server.receive_message(raw(env.PROTO_CONTROL, "x" * 64, "s-1"))
+    _error, reply = single_violation(server)
+    assert len(reply.err) <= ps.MAX_ERROR_TEXT
 
 
 # --- violations --------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ RFC 6455 §7.4.2 reserves 4000-4999 for private use; ours are documented in docs
 
 from __future__ import annotations
 
+# RFC 6455 §7.4.1: "policy violation" - here, a device that keeps sending bad input.
+POLICY_VIOLATION = 1008
 # RFC 6455 registry: "Service Restart" - the server is draining; reconnect after the hint.
 SERVICE_RESTART = 1012
 

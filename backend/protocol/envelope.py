@@ -8,6 +8,7 @@ Empty optional fields are omitted, as Go's ``omitempty`` does, and ``proto`` is 
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,13 @@ STATUS_ERROR = 2
 STATUS_CONTROL = 3
 
 DEFAULT_MAX_MESSAGE_SIZE = 8 * 2**20  # Mender's server-side message limit
+
+# Header fields are bounded so that nothing a peer sends grows when echoed, logged or used as
+# a NATS subject token or header value (a relayed sid is one: no dots, spaces or CR/LF).
+SID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+MAX_TYP_LENGTH = 64
+MAX_PROPS_DEPTH = 8
+"""Mender's props are flat (status, user_id, terminal size...); deeper is an attack."""
 
 _PACK = msgpack.Packer(use_bin_type=True, autoreset=True)
 
@@ -120,8 +128,8 @@ def decode(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> ProtoMsg:
         raise MalformedMessage("ProtoMsg has no 'hdr' map")
     return ProtoMsg(
         proto=_proto(hdr.get("proto")),
-        typ=_optional(hdr, "typ", str, ""),
-        sid=_optional(hdr, "sid", str, ""),
+        typ=_typ(_optional(hdr, "typ", str, "")),
+        sid=_sid(_optional(hdr, "sid", str, "")),
         props=_props(hdr.get("props")),
         body=_optional(fields, "body", bytes, b""),
     )
@@ -129,7 +137,21 @@ def decode(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> ProtoMsg:
 
 def _proto(value: object) -> int:
     if type(value) is not int or not 0 <= value <= 0xFFFF:
-        raise MalformedMessage(f"hdr.proto must be an integer in 0..65535, not {value!r}")
+        # The type only: a repr of a deeply nested value would recurse past Python's limit.
+        shown = value if type(value) is int else type(value).__name__
+        raise MalformedMessage(f"hdr.proto must be an integer in 0..65535, not {shown}")
+    return value
+
+
+def _typ(value: str) -> str:
+    if len(value) > MAX_TYP_LENGTH:
+        raise MalformedMessage(f"hdr.typ is longer than {MAX_TYP_LENGTH} characters")
+    return value
+
+
+def _sid(value: str) -> str:
+    if value and not SID.fullmatch(value):
+        raise MalformedMessage("hdr.sid must be 1 to 128 characters of [A-Za-z0-9_-]")
     return value
 
 
@@ -147,4 +169,22 @@ def _props(value: object) -> dict[str, Any] | None:
         return None
     if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
         raise MalformedMessage("hdr.props must be a map with string keys")
+    if _depth(value) > MAX_PROPS_DEPTH:
+        raise MalformedMessage(f"hdr.props nests deeper than {MAX_PROPS_DEPTH} levels")
     return value
+
+
+def _depth(value: object) -> int:
+    """How deep containers nest in ``value``, without recursion (and without walking past
+    the limit): msgpack unpacks up to 1024 levels, Python's repr and packer choke earlier."""
+    depth, level = 0, [value]
+    while level and depth <= MAX_PROPS_DEPTH:
+        depth += 1
+        inner: list[object] = []
+        for item in level:
+            if isinstance(item, dict):
+                inner.extend(item.values())
+            elif isinstance(item, list):
+                inner.extend(item)
+        level = inner
+    return depth - 1 if not level else depth

@@ -154,6 +154,22 @@ class UnknownProtocol(ProtocolError):
     reason = "unknown_proto"
 
 
+class UnknownSession(ProtocolError):
+    """A message for an operator session (shell...) not open on this connection."""
+
+    close_code = None
+    error_code = 404
+    reason = "unknown_session"
+
+
+class TooBigForBus(ProtocolError):
+    """A message that would not fit in one NATS message (the server's ``max_payload``)."""
+
+    close_code = None
+    error_code = 413
+    reason = "too_big_for_bus"
+
+
 class UnexpectedMessage(ProtocolError):
     """A well-formed message that is not valid in the session's current state."""
 

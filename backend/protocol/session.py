@@ -26,9 +26,15 @@ from backend.protocol.errors import (
     ProtocolError,
     UnexpectedMessage,
     UnknownProtocol,
+    UnknownSession,
 )
 
 DEVICE_PROTOCOLS = (env.PROTO_SHELL, env.PROTO_MONITOR, env.PROTO_COMMAND, env.PROTO_UPDATE)
+MAX_ERROR_TEXT = 200
+"""An error reply never grows with the input it answers (an attacker reads nothing back)."""
+MAX_RELAYS = 32
+"""Operator sessions (shell, port forward, file transfer) open at once on one device; the
+oldest is forgotten beyond it."""
 _open_ids = itertools.count(1)
 
 
@@ -111,7 +117,8 @@ class UpdateProgressReceived:
 
 @dataclass(slots=True, frozen=True)
 class Relayed:
-    """Server side: a device message of a Mender protocol (shell...) for an operator session."""
+    """Server side: a device message of a Mender protocol (shell...) for an operator session
+    that the server opened on this connection (``deliver``)."""
 
     msg: ProtoMsg
 
@@ -155,6 +162,7 @@ class DeviceSession:
         "_outbox",
         "_outgoing",
         "_pending_commands",
+        "_relays",
         "device_id",
         "max_message_size",
         "max_outbox",
@@ -183,6 +191,7 @@ class DeviceSession:
         self._outgoing: list[bytes] | None = None
         self._outbox: dict[str, bytes] | None = None
         self._pending_commands: set[str] | None = None
+        self._relays: dict[str, int] | None = None  # operator sessions open: sid -> proto
 
     # --- I/O boundary ----------------------------------------------------------------------
 
@@ -207,6 +216,11 @@ class DeviceSession:
     def send(self, msg: ProtoMsg) -> None:
         """Queue any message as it is (relayed shell input, a device's shell output...)."""
         self._queue(env.encode(msg))
+
+    def reject(self, msg: ProtoMsg, error: ProtocolError) -> None:
+        """Refuse a well-formed message the driver cannot serve (too big for the bus...):
+        the peer gets a control "error" naming it; no event (the driver already knows)."""
+        self.send(_error_reply(error, msg))
 
     def connection_lost(self) -> None:
         """Forget the connection's state; the device's outbox stays for the next one."""
@@ -258,7 +272,10 @@ class DeviceSession:
         if proto == env.PROTO_CONTROL:
             self._control(msg)
         elif proto in env.MENDER_PROTOCOLS:
-            self._emit(Relayed(msg) if self.role is Role.SERVER else MessageReceived(msg))
+            if self.role is Role.SERVER:
+                self._relayed(msg)
+            else:
+                self._emit(MessageReceived(msg))
         elif proto in _OUR_PROTOCOLS:
             sender = _SENDER.get((proto, msg.typ))
             if sender is None:
@@ -298,16 +315,49 @@ class DeviceSession:
         self._emit(CommandCompleted(msg.sid, result))
 
     def _violation(self, exc: ProtocolError, msg: ProtoMsg | None) -> None:
-        error = m.Error(
-            err=str(exc),
-            close=exc.close_code is not None,
-            code=exc.error_code,
-            msgproto=msg.proto if msg else None,
-            msgtype=msg.typ if msg else None,
-            msgid=msg.sid if msg else None,
-        )
-        self.send(error.to_msg())
+        self.send(_error_reply(exc, msg))
         self._emit(ProtocolViolation(exc))
+
+    # --- operator sessions (Mender's shell, port forward, file transfer) --------------------
+
+    def deliver(self, msg: ProtoMsg, user_id: str | None = None) -> None:
+        """Server: send an operator's message, stamped with the operator's id (as Mender's
+        deviceconnect does), and bind its sid to this connection: only this device's answers
+        for that sid are relayed. The device's "stop" ends the binding (not the operator's:
+        the device still answers it)."""
+        if user_id:
+            msg.props = {**(msg.props or {}), env.PROP_USER_ID: user_id}
+        relays = self._relays
+        if msg.sid and (relays is None or msg.sid not in relays):
+            if relays is None:
+                relays = self._relays = {}
+            elif len(relays) >= MAX_RELAYS:
+                del relays[next(iter(relays))]
+            relays[msg.sid] = msg.proto
+        self.send(msg)
+
+    def end_relays(self) -> dict[str, int]:
+        """Server: the operator sessions still open (sid -> proto), forgotten now: the
+        driver tells their operators that the device is gone."""
+        relays, self._relays = self._relays, None
+        return relays or {}
+
+    def _relayed(self, msg: ProtoMsg) -> None:
+        relays = self._relays
+        if relays is None or relays.get(msg.sid) != msg.proto:
+            # Sessions are bound to the connection they were opened on: a device cannot
+            # write into another device's session by naming its sid.
+            raise UnknownSession(f"no open session {msg.sid!r} for proto {msg.proto}")
+        refused = (msg.props or {}).get(env.PROP_STATUS) == env.STATUS_ERROR
+        if msg.typ == env.TYP_SHELL_STOP or (msg.typ == env.TYP_SHELL_NEW and refused):
+            self._end_relay(msg.sid)
+        self._emit(Relayed(msg))
+
+    def _end_relay(self, sid: str) -> None:
+        if self._relays is not None:
+            self._relays.pop(sid, None)
+            if not self._relays:
+                self._relays = None
 
     # --- alerts -----------------------------------------------------------------------------
 
@@ -381,6 +431,18 @@ class DeviceSession:
             self._outgoing = [encoded]
         else:
             self._outgoing.append(encoded)
+
+
+def _error_reply(exc: ProtocolError, msg: ProtoMsg | None) -> ProtoMsg:
+    """Mender's control "error" for ``exc``; ``msg``'s header fields are bounded by decode."""
+    return m.Error(
+        err=str(exc)[:MAX_ERROR_TEXT],
+        close=exc.close_code is not None,
+        code=exc.error_code,
+        msgproto=msg.proto if msg else None,
+        msgtype=msg.typ if msg else None,
+        msgid=msg.sid if msg else None,
+    ).to_msg()
 
 
 def _sid(msg: ProtoMsg) -> str:
