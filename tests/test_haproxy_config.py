@@ -6,13 +6,16 @@ from __future__ import annotations
 import os
 import re
 import resource
+import socket
 import ssl
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from backend import process
@@ -29,7 +32,7 @@ from haproxy.config import (
     write,
 )
 from haproxy.tls import make_local_pki
-from tests.support import make_config, running_haproxy, tls_client_context
+from tests.support import make_config, running_haproxy, tls_client_context, wait_until
 
 
 def sources(count: int) -> list[str]:
@@ -69,9 +72,10 @@ def test_the_config_holds_the_directives_the_tier_relies_on(tmp_path: Path) -> N
         "timeout http-request 10s",
         "balance leastconn",
         "http-check send meth GET uri /healthz ver HTTP/1.1",
-        "http-check expect status 200",
-        "default-server check inter 2s fall 2 rise 2 maxconn 500 observe layer4 error-limit 3"
-        " on-error mark-down",
+        "http-check expect status 200 error-status L7OKC",
+        "default-server check inter 2s fastinter 500ms fall 2 rise 2 maxconn 500\n",
+        "default-server observe layer4 error-limit 3 on-error mark-down\n",
+        "default-server on-marked-down shutdown-sessions\n",
         "http-request use-service prometheus-exporter if { path /metrics }",
         "stats uri /stats",
         "tune.bufsize 8192",
@@ -218,3 +222,44 @@ def assert_shard_endpoints_are_hidden(url: str, context: ssl.SSLContext | None) 
         urllib.request.urlopen(http_url, timeout=5, context=context)
     assert refused.value.code == 404
     refused.value.close()
+
+
+def servers_in_state(stats_url: str, state: str) -> bool:
+    """Every server line of the shards backend is in ``state`` (UP, NOLB, DOWN, ...)."""
+    lines = re.findall(
+        rf'^haproxy_server_status{{proxy="shards",server="[^"]+",state="{state}"}} (\S+)$',
+        fetch_metrics(stats_url),
+        re.M,
+    )
+    return bool(lines) and all(float(value) == 1 for value in lines)
+
+
+def test_a_shard_without_nats_keeps_its_devices_but_gets_no_new_ones(tmp_path: Path) -> None:
+    with LocalStack(StackConfig(tmp_path, shards=1, haproxies=1)) as stack:
+        stats = stack.haproxy_stats_urls[0]
+        with open_device(stack.public_url, stack.token("gw-1"), None) as device:
+            assert_opened(device)
+            stack.nats_nodes[0].stop()  # the shard's /healthz now answers 503
+            wait_until(lambda: servers_in_state(stats, "NOLB"), 10, "the shard's lines NOLB")
+            time.sleep(5)  # past 2 checks: a 503 is never a failed check, so no mark-down
+            assert servers_in_state(stats, "NOLB")
+            assert device.ping().wait(5)  # its tunnel was not cut (shutdown-sessions)
+            with pytest.raises(InvalidStatus) as refused:
+                open_device(stack.public_url, stack.token("gw-2"), None)
+            assert refused.value.response.status_code == 503  # HAProxy: no server for it
+
+
+def first_line_of_answer(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(request)
+        return conn.recv(4096).partition(b"\r\n")[0]
+
+
+def test_an_oversized_head_is_haproxys_400_but_a_shards_431(tmp_path: Path) -> None:
+    # The limitation the global section documents: HAProxy 2.6 has no 431 to give.
+    oversized = b"GET " + DEVICE_PATH.encode() + b" HTTP/1.1\r\nHost: h\r\nX: "
+    oversized += b"a" * 9000 + b"\r\n\r\n"
+    with LocalStack(StackConfig(tmp_path, shards=1, haproxies=1)) as stack:
+        assert first_line_of_answer(stack.public_port, oversized) == b"HTTP/1.1 400 Bad request"
+        direct = first_line_of_answer(stack.shard_ports[0], oversized)
+        assert direct == b"HTTP/1.1 431 Request Header Fields Too Large"

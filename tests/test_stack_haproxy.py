@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import ssl
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,14 @@ from websockets.sync.client import connect
 from backend import process
 from backend.protocol import envelope, messages
 from backend.shard.config import DEVICE_PATH
-from backend.stack import LocalStack, StackConfig, fetch_metrics, metric_sum
+from backend.stack import (
+    LocalStack,
+    StackConfig,
+    connections_of,
+    fetch_metrics,
+    metric_sum,
+    servers_up,
+)
 from haproxy import runtime
 from simulator.behaviour import Behaviour
 from simulator.fleet import Fleet, parse_targets, tls_context
@@ -106,6 +114,38 @@ def test_a_killed_shards_gateways_come_back_and_a_drained_shard_gets_none(tmp_pa
                     "the killed shard's gateways back on the others, none on the drained one",
                 )
         assert fleet.stats.reconnects >= a
+
+
+HUNG_SHARD_DEADLINE = 15.0  # the review's bound for a hung shard's devices to be elsewhere
+
+
+def test_a_hung_shards_gateways_move_to_the_others(tmp_path: Path) -> None:
+    with LocalStack(StackConfig(tmp_path, shards=3, haproxies=1, tls=True)) as stack:
+        fleet = tls_fleet(stack)
+        with running(fleet, 150):
+            wait_until(lambda: stack.connections() == 150, 60, "150 gateways on")
+            on_a = stack.shard_connections()[0]
+            assert on_a, "leastconn gave shard-a none"
+            pid = stack.pids()["shards"][0]
+            os.kill(pid, signal.SIGSTOP)  # hung, not dead: its sockets stay open
+            stopped = time.monotonic()
+            try:
+                others = stack.shard_urls[1:]  # a stopped shard's /metrics would not answer
+                wait_until(
+                    lambda: sum(connections_of(url) or 0 for url in others) == 150,
+                    HUNG_SHARD_DEADLINE,
+                    "the hung shard's gateways on the others",
+                )
+                moved_after = time.monotonic() - stopped
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            print(f"{on_a} gateways of the hung shard moved in {moved_after:.1f}s")
+            # HAProxy cut its tunnels; resumed, it sees them closed and checks up again.
+            stats = stack.haproxy_stats_urls[0]
+            wait_until(lambda: servers_up(stats), 30, "shard-a checked up again")
+            wait_until(lambda: stack.shard_connections()[0] == 0, 30, "shard-a holds none")
+            assert stack.connections() == 150
+        assert fleet.stats.reconnects >= on_a
 
 
 def test_a_drained_shard_hands_its_gateways_over_without_an_unexpected_drop(
