@@ -17,7 +17,7 @@ import uvloop
 
 from backend import api as operator_api
 from backend import capacity as capacity_model
-from backend import fleetstate, logs, natsexporter, process, stackctl
+from backend import fleetstate, logs, natsauth, natsexporter, process, stackctl
 from backend.auth import issue_device_token
 from backend.bus import MAX_REPLICAS
 from backend.check import check_run
@@ -43,6 +43,14 @@ nats_urls_option = click.option(
     "--nats-url", "nats_urls", multiple=True, default=["nats://127.0.0.1:4222"],
     help="NATS server URL; repeat for a cluster.",
 )  # fmt: skip
+nats_credentials_option = click.option(
+    "--nats-credentials", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None, help="This role's NATS nkey seed file (a path: no secret on the command line).",
+)  # fmt: skip
+nats_ca_file_option = click.option(
+    "--nats-ca-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None, help="CA certificate to verify NATS' TLS with (tls:// URLs).",
+)  # fmt: skip
 stream_replicas_option = click.option(
     "--stream-replicas", type=click.IntRange(1, MAX_REPLICAS), default=1,
     help="Copies of each stream and KV bucket, on as many NATS nodes (3 on a 3-node cluster).",
@@ -59,6 +67,8 @@ def main() -> None:
 @click.option("--port", default=8080, help="Port for devices, /healthz and /metrics (0: any).")
 @click.option("--shard-id", default=None, help="Name on the bus [default: shard-<random>].")
 @nats_urls_option
+@nats_credentials_option
+@nats_ca_file_option
 @stream_replicas_option
 @click.option("--jwt-secret", default=None, help="HS256 secret for device tokens.")
 @click.option(
@@ -266,6 +276,8 @@ def fleet_config_option(name: str, help_text: str) -> Any:
 @click.option("--host", default="127.0.0.1", help="Address to listen on.")
 @click.option("--port", default=8090, help="Port of the API (0: any).")
 @nats_urls_option
+@nats_credentials_option
+@nats_ca_file_option
 @stream_replicas_option
 @click.option(
     "--operator-tokens-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -293,6 +305,8 @@ def api(verbose: int, operator_tokens_file: Path, no_state: bool, **options: Any
 
 @main.command()
 @nats_urls_option
+@nats_credentials_option
+@nats_ca_file_option
 @stream_replicas_option
 @click.option("--durable", default="fleet-state", help="Consumer name the instances share.")
 @click.option("--fetch-batch", default=64, help="Events fetched at once.")
@@ -545,6 +559,7 @@ def check(baseline: Path, run_dir: Path) -> None:
 
 
 main.add_command(natsexporter.main, name="nats-exporter")
+main.add_command(natsauth.main, name="nats-credentials")
 
 
 if __name__ == "__main__":

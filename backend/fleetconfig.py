@@ -35,6 +35,10 @@ class FleetConfig:
     nats_urls: tuple[str, ...] = ("nats://127.0.0.1:4222",)
     stream_replicas: int = 1
     """Copies of each stream and KV bucket: the same count as the shards are given."""
+    nats_credentials: Path | None = None
+    """This role's nkey seed file (``backend.natsauth``: api or state); None: connect without."""
+    nats_ca_file: Path | None = None
+    """The CA to verify NATS' TLS certificate with; None: the system's, if TLS is used."""
     instance_id: str = field(default_factory=default_instance_id)
 
     # --- operator API ---------------------------------------------------------------------

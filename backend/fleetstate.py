@@ -41,7 +41,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from backend import bus, presence
+from backend import bus, natsauth, presence
 from backend.auth import DEVICE_ID
 from backend.fleetconfig import FleetConfig
 from backend.protocol.errors import FleetError
@@ -296,8 +296,9 @@ class FleetState:
 
     async def start(self) -> None:
         self.nc = await nats.connect(
-            list(self.config.nats_urls), name=self.config.instance_id, max_reconnect_attempts=-1
-        )
+            list(self.config.nats_urls), name=self.config.instance_id, max_reconnect_attempts=-1,
+            **natsauth.connect_options(natsauth.STATE, self.config),
+        )  # fmt: skip
         js = self.nc.jetstream()
         await bus.ensure_streams(js, self.config.stream_replicas)
         self.kv = await bus.ensure_devices_bucket(js, self.config.stream_replicas)

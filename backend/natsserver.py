@@ -43,10 +43,14 @@ def nats_server_binary() -> str:
 class NatsServer(process.Service):
     """``with NatsServer(run_dir) as nats: nats.url``: started, ready, and stopped on exit."""
 
-    def __init__(self, run_dir: Path, *, host: str = "127.0.0.1", name: str = "nats") -> None:
+    def __init__(
+        self, run_dir: Path, *, host: str = "127.0.0.1", name: str = "nats", config: str = ""
+    ) -> None:
         self.run_dir = run_dir
         self.host = host
         self.name = name
+        self.config_text = config
+        """More configuration (the ``authorization`` block); the flags ``start`` gives win."""
         self.url = ""
         self.monitor_url = ""
         self._proc: subprocess.Popen[bytes] | None = None
@@ -58,6 +62,10 @@ class NatsServer(process.Service):
     @property
     def store_dir(self) -> Path:
         return self.run_dir / f"{self.name}-store"
+
+    @property
+    def config_file(self) -> Path:
+        return self.run_dir / f"{self.name}.conf"
 
     @property
     def pid(self) -> int | None:
@@ -73,6 +81,9 @@ class NatsServer(process.Service):
             "--jetstream", "--store_dir", str(self.store_dir),
             "--ports_file_dir", str(ports_dir),
         ]  # fmt: skip
+        if self.config_text:
+            write_text(self.config_text, self.config_file)
+            argv += ["--config", str(self.config_file)]
         self._proc = proc = process.spawn(argv, self.log_file)
         ports_file = ports_dir / f"{Path(argv[0]).name}_{proc.pid}.ports"
         process.wait_until(ports_file.exists, proc, self.name, self.log_file)
@@ -120,6 +131,8 @@ class NodeConfig:
     cluster_port: int = 6222
     http_port: int = 8222
     cluster_name: str = CLUSTER_NAME
+    authorization: str = ""
+    """The clients' ``authorization`` block (``natsauth.render_authorization``); "": none."""
 
     def __post_init__(self) -> None:
         ports = (self.port, self.cluster_port, self.http_port)
@@ -148,14 +161,19 @@ def render_config(node: NodeConfig) -> str:
         f"  listen: {quoted(f'{node.host}:{node.cluster_port}')}\n"
         f"  routes: [\n{routes}  ]\n"
         "}\n"
+        f"{node.authorization}"
     )
 
 
 def write_config(node: NodeConfig, path: Path) -> Path:
+    return write_text(render_config(node), path)
+
+
+def write_text(text: str, path: Path) -> Path:
     """Atomically, so a starting node never reads half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(render_config(node))
+    temporary.write_text(text)
     os.replace(temporary, path)
     return path
 
@@ -177,7 +195,9 @@ def check_config(path: Path, env: Mapping[str, str] | None = None) -> None:
         raise ConfigCheckFailed(f"nats-server rejects {path} (exit {result.returncode}):\n{output}")
 
 
-def local_cluster(run_dir: Path, size: int, host: str, name: str) -> list[NodeConfig]:
+def local_cluster(
+    run_dir: Path, size: int, host: str, name: str, authorization: str = ""
+) -> list[NodeConfig]:
     """``size`` nodes on ``host``, each routed to the others, on ports free now."""
     ports = process.free_ports(PORTS_PER_NODE * size, host)
     triples = [ports[i : i + PORTS_PER_NODE] for i in range(0, len(ports), PORTS_PER_NODE)]
@@ -193,6 +213,7 @@ def local_cluster(run_dir: Path, size: int, host: str, name: str) -> list[NodeCo
             port=triple[0],
             cluster_port=triple[1],
             http_port=triple[2],
+            authorization=authorization,
         )
         for node_name, triple in zip(names, triples, strict=True)
     ]
@@ -207,10 +228,6 @@ class ClusterNode(NatsServer):
         self.config = config
         self.url = f"nats://{config.host}:{config.port}"
         self.monitor_url = f"http://{config.host}:{config.http_port}"
-
-    @property
-    def config_file(self) -> Path:
-        return self.run_dir / f"{self.name}.conf"
 
     def spawn(self) -> None:
         """Start the process without waiting: a node is healthy only once a quorum runs."""
@@ -232,7 +249,13 @@ class NatsCluster(process.Service):
     JetStream, every one healthy; all stopped on exit."""
 
     def __init__(
-        self, run_dir: Path, *, size: int = 3, host: str = "127.0.0.1", name: str = "nats"
+        self,
+        run_dir: Path,
+        *,
+        size: int = 3,
+        host: str = "127.0.0.1",
+        name: str = "nats",
+        authorization: str = "",
     ) -> None:
         if size < 3 or size % 2 == 0:
             raise ValueError(f"a cluster needs an odd number of nodes, 3 or more, not {size}")
@@ -240,6 +263,7 @@ class NatsCluster(process.Service):
         self.size = size
         self.host = host
         self.name = name
+        self.authorization = authorization
         self.nodes: list[ClusterNode] = []
 
     @property
@@ -249,7 +273,7 @@ class NatsCluster(process.Service):
 
     def start(self) -> NatsCluster:
         """Spawn every node, then wait for each; if one fails, stop them all before raising."""
-        configs = local_cluster(self.run_dir, self.size, self.host, self.name)
+        configs = local_cluster(self.run_dir, self.size, self.host, self.name, self.authorization)
         self.nodes = [ClusterNode(self.run_dir, config) for config in configs]
         with contextlib.ExitStack() as started:
             for node in self.nodes:

@@ -25,7 +25,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from backend import process
+from backend import natsauth, process
 from backend.auth import issue_device_token
 from backend.natsserver import NatsCluster, NatsServer
 from backend.prometheus import PrometheusServer
@@ -36,9 +36,10 @@ from haproxy.tls import make_local_pki
 
 # Set by the stack itself: given again in shard_options they would be ignored (CLI arguments
 # beat environment variables) or, for the secret, break ``LocalStack.token``.
-RESERVED_OPTIONS = frozenset(
-    {"host", "port", "shard_id", "nats_urls", "stream_replicas", "jwt_secret", "ready_file"}
-)
+RESERVED_OPTIONS = frozenset({
+    "host", "port", "shard_id", "nats_urls", "nats_credentials", "stream_replicas",
+    "jwt_secret", "ready_file",
+})  # fmt: skip
 NATS_NODES = (1, 3)
 """One server, or a cluster that keeps every stream on all 3 nodes (it survives losing one)."""
 DEFAULT_SHARDS = 2
@@ -188,6 +189,9 @@ class LocalStack(process.Service):
         self.nats_monitor_url = ""
         self.nats_nodes: list[NatsServer] = []
         """The NATS server, or the cluster's nodes (a test may kill and restart one)."""
+        self.nats_credentials: dict[str, Path] = {}
+        """Each role's nkey seed file (``natsauth.LOCAL_ROLES``): NATS refuses clients without
+        one, and each role may use only its own subjects."""
         self.prometheus_url = ""
         """With ``observe``: Prometheus' web UI and API."""
         self._nats_exporter_ports: list[int] = []  # one exporter per NATS node
@@ -292,18 +296,30 @@ class LocalStack(process.Service):
         """Every NATS node's client URL: clients given them all reconnect to any survivor."""
         return [node.url for node in self.nats_nodes]
 
-    def _nats_args(self) -> list[str]:
-        """How a backend process of this stack reaches NATS: every node, and as many copies
-        of each stream as there are nodes."""
+    def nats_args(self, role: str) -> list[str]:
+        """How a backend process of ``role`` reaches this stack's NATS: every node, its
+        credentials, and as many copies of each stream as there are nodes."""
         urls = [arg for url in self.nats_urls for arg in ("--nats-url", url)]
-        return [*urls, "--stream-replicas", str(self.config.nats_nodes)]
+        credentials = ["--nats-credentials", str(self.nats_credentials[role])]
+        return [*urls, *credentials, "--stream-replicas", str(self.config.nats_nodes)]
 
     def _start_nats(self, teardown: contextlib.ExitStack) -> None:
+        """With new credentials for every role, written where only this user reads them."""
+        made = natsauth.write_credentials(
+            self.run_dir.resolve() / "nats-credentials", natsauth.LOCAL_ROLES
+        )
+        self.nats_credentials = {role: found.seed_file for role, found in made.items()}
+        authorization = natsauth.render_authorization(
+            {role: found.public_key for role, found in made.items()}
+        )
         host = self.config.host
         if self.config.nats_nodes == 1:
-            self.nats_nodes = [teardown.enter_context(NatsServer(self.run_dir, host=host))]
+            server = NatsServer(self.run_dir, host=host, config=authorization)
+            self.nats_nodes = [teardown.enter_context(server)]
         else:
-            cluster = NatsCluster(self.run_dir, size=self.config.nats_nodes, host=host)
+            cluster = NatsCluster(
+                self.run_dir, size=self.config.nats_nodes, host=host, authorization=authorization
+            )
             self.nats_nodes = list(teardown.enter_context(cluster).nodes)
         first = self.nats_nodes[0]
         self.nats_url, self.nats_monitor_url = first.url, first.monitor_url
@@ -317,7 +333,7 @@ class LocalStack(process.Service):
             argv = [
                 sys.executable, "-m", "backend.cli", "shard", "--host", self.config.host,
                 "--port", "0", "--shard-id", name, "--ready-file", str(ready_file),
-                *self._nats_args(),
+                *self.nats_args(natsauth.SHARD),
             ]  # fmt: skip
             log_file = self.run_dir / f"{name}.log"
             self._shards.append(process.spawn(argv, log_file, env=self.config.shard_env()))
@@ -334,7 +350,7 @@ class LocalStack(process.Service):
         tokens.write_text(json.dumps({self.operator_token: "stack-operator"}))
         argv = [
             sys.executable, "-m", "backend.cli", "api", "--host", host, "--port", str(port),
-            "--operator-tokens-file", str(tokens), *self._nats_args(),
+            "--operator-tokens-file", str(tokens), *self.nats_args(natsauth.API),
         ]  # fmt: skip
         log_file = self.run_dir / "api.log"
         api = process.spawn(argv, log_file)

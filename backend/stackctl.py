@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import socket
 import time
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backend.natsauth import API
 from backend.process import http_get
 from backend.shard.config import DEVICE_PATH
 from backend.stack import (
@@ -81,6 +83,10 @@ def stack_state(stack: LocalStack) -> dict[str, Any]:
         "public_url": stack.public_url,
         "nats_url": stack.nats_url,
         "nats_urls": stack.nats_urls,
+        "nats_credentials": {role: str(path) for role, path in stack.nats_credentials.items()},
+        "api_command": shlex.join(
+            ["fleet", "api", *stack.nats_args(API), "--operator-tokens-file", "tokens.json"]
+        ),
         "shards": [{"name": name, "url": url, "pid": pid} for name, url, pid in shards],
         "haproxies": [
             {"stats_url": url, "admin_socket": str(sock)}
@@ -130,6 +136,8 @@ def summary(state: dict[str, Any]) -> str:
         *(f"  haproxy stats       {h['stats_url']}/stats" for h in state["haproxies"]),
         f"  nats                {' '.join(state['nats_urls'])}",
         f"  a device token      fleet token gw-1 --jwt-secret {state['jwt_secret']}",
+        f"  operator API        {state['api_command']}",
+        f"  nats credentials    {Path(state['nats_credentials'][API]).parent} (one per role)",
     ]
     if state["ca_file"]:
         lines.append(f"  trust this CA       {state['ca_file']}")

@@ -25,6 +25,7 @@ from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
+from backend import natsauth
 from backend.shard.config import ShardConfig
 from backend.stack import LocalStack, StackConfig, count_or_auto, fetch_metrics, option_key
 from simulator import audit, report, verdicts
@@ -372,7 +373,11 @@ def build_summary(environment: Environment) -> dict[str, Any]:
     alerts["pending"] = fleet.get("pending", 0)
     stored = None
     if state.stack is not None and environment.parsed_options is not None:
-        stored = audit.audit_stream(state.stack.nats_url, environment.parsed_options.fleet_run_id)
+        stored = audit.audit_stream(
+            state.stack.nats_url,
+            environment.parsed_options.fleet_run_id,
+            credentials=state.stack.nats_credentials[natsauth.AUDIT],
+        )
         alerts["stored"] = stored["unique"]
         alerts["duplicated"] = stored["duplicates"]
         alerts["stream_span_s"] = round(stored["span_s"], 3)  # first stored to last

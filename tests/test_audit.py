@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from pathlib import Path
 
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from backend import bus
+from backend import bus, natsauth
 from backend.natsserver import NatsServer
 from backend.protocol.messages import Alert
 from simulator.audit import audit_stream, count_alerts
+from tests.natsauth_support import connect_as, secured_server
 
 RUN = "abc123"
 
@@ -106,3 +108,21 @@ async def test_audit_stream_raises_when_nats_is_unreachable(nats_server: NatsSer
     nats_server.stop()
     with pytest.raises(RuntimeError, match="reading the alert stream failed"):
         await asyncio.to_thread(audit_stream, url, RUN, 30)
+
+
+async def test_the_audit_role_reads_the_stream_and_no_credentials_read_nothing(
+    tmp_path: Path,
+) -> None:
+    with secured_server(tmp_path, [natsauth.SHARD, natsauth.AUDIT]) as (server, seeds):
+        shard = await connect_as(server.url, natsauth.SHARD, seeds[natsauth.SHARD], [])
+        try:
+            js = shard.jetstream()
+            await bus.ensure_streams(js)
+            await publish(js, "gw-1", f"{RUN}-1")
+        finally:
+            await shard.close()
+        seed = seeds[natsauth.AUDIT]
+        in_child = await asyncio.to_thread(audit_stream, server.url, RUN, 30, seed)
+        assert (in_child["unique"], in_child["duplicates"]) == (1, 0)
+        with pytest.raises(RuntimeError, match="Authorization Violation"):
+            await asyncio.to_thread(audit_stream, server.url, RUN, 30)

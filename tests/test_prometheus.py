@@ -11,13 +11,13 @@ import sys
 import time
 from pathlib import Path
 
-import nats
 import pytest
 import yaml
 from nats.js.api import AckPolicy, ConsumerConfig
 from websockets.sync.client import connect
 
 from backend import bus
+from backend.natsauth import STATE
 from backend.process import free_ports
 from backend.prometheus import (
     PrometheusServer,
@@ -28,6 +28,7 @@ from backend.prometheus import (
 )
 from backend.shard.config import DEVICE_PATH
 from backend.stack import LocalStack, StackConfig
+from tests.natsauth_support import connect_as
 from tests.observe_support import DASHBOARDS, dashboards, panel_queries, promtool_check, spawned
 
 STAGING_EXAMPLE = DASHBOARDS / "prometheus-staging.yml"
@@ -89,10 +90,10 @@ def test_query_results_and_errors(tmp_path: Path) -> None:
 # --- every dashboard query against a running stack -----------------------------------------
 
 
-async def add_alert_consumer(nats_url: str) -> None:
-    """A durable consumer on the alerts stream, as an alert processor would keep: the
-    dashboards show its backlog."""
-    client = await nats.connect(nats_url)
+async def add_alert_consumer(stack: LocalStack) -> None:
+    """A durable consumer on the alerts stream, as an alert processor would keep (with the
+    credentials of the fleet state, which consumes alerts): the dashboards show its backlog."""
+    client = await connect_as(stack.nats_url, STATE, stack.nats_credentials[STATE], [])
     try:
         config = ConsumerConfig(durable_name="alert-processor", ack_policy=AckPolicy.EXPLICIT)
         await client.jetstream().add_consumer(bus.ALERTS_STREAM, config)
@@ -152,7 +153,7 @@ def test_every_dashboard_query_finds_series_on_a_loaded_stack(tmp_path: Path) ->
         scrape_targets={"simulator": [f"127.0.0.1:{simulator_port}"]},
     )  # fmt: skip
     with LocalStack(config) as stack, contextlib.ExitStack() as running:
-        asyncio.run(add_alert_consumer(stack.nats_url))
+        asyncio.run(add_alert_consumer(stack))
         send_a_text_frame(stack)  # before the simulator's rush takes the accept budget
         simulator = locust_argv(stack, tmp_path / "sim", simulator_port)
         simulator_url = f"http://127.0.0.1:{simulator_port}/metrics"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
+import stat
 import urllib.request
 from pathlib import Path
 
@@ -11,11 +13,12 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from backend import process
+from backend import natsauth, process
 from backend.operator_client import OperatorClient, OperatorError
 from backend.shard.config import DEVICE_PATH, default_max_connections
 from backend.stack import LocalStack, StackConfig, count_or_auto
 from haproxy.config import max_maxconn
+from tests.natsauth_support import only_the_api_commands_devices, violations
 from tests.support import wait_until
 
 
@@ -60,7 +63,18 @@ def test_the_operator_api_answers_the_stacks_operator_only(tmp_path: Path) -> No
         with pytest.raises(OperatorError) as refused:
             OperatorClient(stack.api_url, "not-the-token").devices()
         assert refused.value.status == 401
+        assert violations(stack) == []  # NATS allowed every part all it did
     assert process.children(os.getpid()) == []
+
+
+def test_nats_takes_credentialed_clients_only_and_commands_from_the_api_only(
+    tmp_path: Path,
+) -> None:
+    with LocalStack(StackConfig(tmp_path)) as stack:
+        seeds = stack.nats_credentials
+        assert set(seeds) == set(natsauth.LOCAL_ROLES)
+        assert all(stat.S_IMODE(seed.stat().st_mode) == 0o600 for seed in seeds.values())
+        asyncio.run(only_the_api_commands_devices(stack))
 
 
 def known(operator: OperatorClient, device_id: str) -> bool:

@@ -17,10 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import nats
 from nats.js.api import StreamInfo
 
 from backend import bus, process
+from backend.natsauth import ADMIN, AUDIT
 from backend.natsserver import NatsServer, groups_behind
 from backend.prometheus import query
 from backend.stack import LocalStack, StackConfig, fetch_metrics, metric_sum
@@ -28,6 +28,7 @@ from simulator.audit import audit_stream
 from simulator.behaviour import Behaviour
 from simulator.fleet import Fleet, parse_targets
 from simulator.network import PROFILES, NetworkMix
+from tests.natsauth_support import connect_as, only_the_api_commands_devices
 from tests.support import running, wait_until
 
 GATEWAYS = 20
@@ -51,10 +52,10 @@ def beside_gateways(nats_client: ThreadPoolExecutor, call: Callable[[], Any], wh
     return done.result()
 
 
-async def alert_stream_led_by(urls: list[str], server_name: str) -> StreamInfo:
+async def alert_stream_led_by(stack: LocalStack, server_name: str) -> StreamInfo:
     """Move the alert stream's leadership to ``server_name`` (a stepdown naming it as the
-    preferred successor); the stream's info once it leads."""
-    nc = await nats.connect(urls)
+    preferred successor, which only the admin role may ask); the stream's info once it leads."""
+    nc = await connect_as(stack.nats_urls, ADMIN, stack.nats_credentials[ADMIN], [])
     try:
         js = nc.jetstream()
         async with asyncio.timeout(20):
@@ -94,7 +95,7 @@ def test_losing_a_nats_node_mid_burst_loses_no_alert_and_the_node_rejoins(tmp_pa
     with LocalStack(config) as stack, ThreadPoolExecutor(1) as nats_client:
         fleet = Fleet(parse_targets(stack.public_url), stack.token, behaviour=BEHAVIOUR, mix=STEADY)
         victim = node_serving(stack, "shard-a")
-        led = alert_stream_led_by(stack.nats_urls, victim.name)
+        led = alert_stream_led_by(stack, victim.name)
         info = beside_gateways(nats_client, lambda: asyncio.run(led), "the victim leads alerts")
         assert info.config.num_replicas == 3
         with running(fleet, GATEWAYS):
@@ -109,7 +110,9 @@ def test_losing_a_nats_node_mid_burst_loses_no_alert_and_the_node_rejoins(tmp_pa
         assert node_serving(stack, "shard-a") is not victim  # it reconnected to a survivor
         assert shard_health(stack) == [200, 200]
         haproxy = fetch_metrics(stack.haproxy_stats_urls[0])
-        stored = audit_stream(stack.nats_url, fleet.run_id, timeout=30)
+        stored = audit_stream(
+            stack.nats_url, fleet.run_id, timeout=30, credentials=stack.nats_credentials[AUDIT]
+        )
     assert metric_sum(haproxy, "haproxy_server_check_up_down_total") == 0  # no shard taken out
     stats = fleet.stats
     assert (stats.reconnects, dict(stats.drops)) == (0, {})  # no gateway lost its connection
@@ -126,3 +129,10 @@ def test_prometheus_scrapes_every_node_of_an_observed_cluster(tmp_path: Path) ->
             return len(query(stack.prometheus_url, 'nats_up{job="nats"} == 1'))
 
         wait_until(lambda: nodes_up() == 3, 30, "Prometheus has all three nodes")
+
+
+def test_every_node_takes_credentialed_clients_only_and_commands_from_the_api_only(
+    tmp_path: Path,
+) -> None:
+    with LocalStack(StackConfig(tmp_path, shards=1, nats_nodes=3)) as stack:
+        asyncio.run(only_the_api_commands_devices(stack))

@@ -35,6 +35,10 @@ class ShardConfig:
     nats_urls: tuple[str, ...] = ("nats://127.0.0.1:4222",)
     stream_replicas: int = 1
     """Copies of each stream and KV bucket (``bus.ensure_streams``): 3 on a 3-node cluster."""
+    nats_credentials: Path | None = None
+    """The shard role's nkey seed file (``backend.natsauth``); None: connect without."""
+    nats_ca_file: Path | None = None
+    """The CA to verify NATS' TLS certificate with; None: the system's, if TLS is used."""
     jwt_secret: str | None = None
     jwt_public_key_file: Path | None = None
     max_connections: int = field(default_factory=default_max_connections)

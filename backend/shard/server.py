@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from backend import bus, presence, routing
 from backend.auth import TokenVerifier
+from backend.natsauth import SHARD, connect_options
 from backend.protocol import closecodes, envelope, http, messages
 from backend.protocol import session as ps
 from backend.protocol.errors import (
@@ -85,6 +86,7 @@ class Shard:
             max_reconnect_attempts=-1,
             reconnected_cb=self._nats_reconnected,
             disconnected_cb=self._nats_disconnected,
+            **connect_options(SHARD, self.config),
         )
         self._js = self.nc.jetstream()
         self._kv = await bus.ensure_streams(self._js, self.config.stream_replicas)
