@@ -235,6 +235,11 @@ def env_variable(role: str) -> str:
     return f"NATS_NKEY_{role.upper()}"
 
 
+def deployed_authorization() -> str:
+    """deploy/k8s/nats-auth.conf: the deployed roles, their keys from the pod's variables."""
+    return render_authorization({role: f"${env_variable(role)}" for role in DEPLOYED_ROLES})
+
+
 # --- the client's side -----------------------------------------------------------------------
 
 
@@ -274,8 +279,12 @@ def connect_options(role: str, settings: NatsSettings) -> dict[str, Any]:
 def main(directory: Path) -> None:
     """New nkeys for the deployed roles: DIRECTORY/<role>.nk (a seed, for the component's
     Secret) and <role>.pub (the public key, for the NATS nodes'); docs/deploy.md."""
-    for credentials in write_credentials(directory, DEPLOYED_ROLES).values():
+    made = write_credentials(directory, DEPLOYED_ROLES)
+    for credentials in made.values():
         click.echo(f"{credentials.role:<6} {credentials.public_key}  {credentials.seed_file}")
+    # The NATS nodes' variables (Compose: their env_file).
+    keys = "".join(f"{env_variable(role)}={c.public_key}\n" for role, c in made.items())
+    (directory / "nats-nkeys.env").write_text(keys)
 
 
 if __name__ == "__main__":

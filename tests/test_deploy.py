@@ -22,8 +22,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from backend import cli
-from backend.natsserver import check_config
+from backend import cli, natsauth
+from backend.natsserver import ConfigCheckFailed, check_config
 from backend.shard.config import FD_RESERVE as SHARD_FD_RESERVE
 from haproxy import staging
 from haproxy.config import FD_RESERVE as HAPROXY_FD_RESERVE
@@ -292,7 +292,7 @@ def test_fleet_processes_are_configured_by_variables_their_command_reads() -> No
     pods = [
         f"{nats['metadata']['name']}-{i}.{nats['spec']['serviceName']}" for i in range(replicas)
     ]
-    urls = " ".join(f"nats://{pod}:{client_port}" for pod in pods)
+    urls = " ".join(f"tls://{pod}:{client_port}" for pod in pods)  # clients must use TLS
     commands = set()
     for where, argv, environment in processes():
         if argv[:1] != ["fleet"]:
@@ -390,6 +390,7 @@ def test_the_guide_creates_every_secret_the_pods_read() -> None:
     references = secret_references()
     assert {name for name, _key in references} == {
         "device-jwt", "gateway-tls", "gateway-ca", "operator-tokens",
+        "nats-tls", "nats-nkeys", "nats-credentials",
     }  # fmt: skip
     assert references <= documented_secrets()
     guide = GUIDE.read_text()
@@ -489,6 +490,10 @@ def test_compose_runs_haproxy_as_the_pods_do() -> None:
 # --- NATS ------------------------------------------------------------------------------------
 
 NATS_CONF = K8S / "nats.conf"
+NATS_AUTH = K8S / "nats-auth.conf"
+NATS_TLS = Path("/etc/nats-tls")
+# The component of each fleet command, as NATS knows it.
+ROLE_OF_COMMAND = {"shard": natsauth.SHARD, "api": natsauth.API, "state": natsauth.STATE}
 
 
 def nats_listen_ports() -> list[str]:
@@ -502,12 +507,87 @@ def nats_setting(name: str) -> str:
     return match[1]
 
 
-def test_nats_server_accepts_the_config() -> None:
+def nats_config_here(tmp_path: Path) -> Path:
+    """nats.conf and the file it includes, with the TLS files of the pod's Secret made here."""
+    pki = make_local_pki(tmp_path / "pki", hostnames=("*.nats",), ips=())
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    for name, made in (("tls.crt", pki.server_cert), ("tls.key", pki.server_key),
+                       ("ca.crt", pki.ca_cert)):  # fmt: skip
+        shutil.copy(made, tls / name)
+    for source in (NATS_CONF, NATS_AUTH):
+        text = source.read_text().replace(f"{NATS_TLS}/", f"{tls}/")
+        (tmp_path / source.name).write_text(text)
+    return tmp_path / NATS_CONF.name
+
+
+def test_nats_server_accepts_the_config_with_tls_and_every_roles_key(tmp_path: Path) -> None:
     nats = named("StatefulSet", "nats")
-    assert env(container("nats", "nats"))["POD_NAME"] == {
-        "fieldRef": {"fieldPath": "metadata.name"}
+    variables = env(container("nats", "nats"))
+    assert variables["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    made = natsauth.write_credentials(tmp_path / "credentials", natsauth.DEPLOYED_ROLES)
+    keys = {natsauth.env_variable(role): found.public_key for role, found in made.items()}
+    pod = {"POD_NAME": f"{nats['metadata']['name']}-0", **keys}
+    config = nats_config_here(tmp_path)
+    check_config(config, pod)
+    missing = {k: v for k, v in pod.items() if k != natsauth.env_variable(natsauth.SHARD)}
+    with pytest.raises(ConfigCheckFailed, match="NATS_NKEY_SHARD"):
+        check_config(config, missing)
+
+
+def test_the_deployed_authorization_is_the_rendered_one_and_requires_tls() -> None:
+    assert NATS_AUTH.read_text() == natsauth.deployed_authorization()
+    text = NATS_CONF.read_text()
+    assert f"include ./{NATS_AUTH.name}" in text
+    # Clients and routes both: the certificate, the key and the CA; routes verify the peer.
+    assert text.count(f"cert_file: {NATS_TLS}/tls.crt") == 2
+    assert text.count(f"ca_file: {NATS_TLS}/ca.crt") == 2
+    assert re.search(r"cluster \{[^}]*tls \{[^}]*verify: true", text, re.S)
+
+
+def credentials_given() -> Iterator[tuple[str, str, str, set[str]]]:
+    """(where, the fleet command, the seed file given, the files the container has)."""
+    for workload in workloads():
+        for found in pod_spec(workload)["containers"]:
+            argv, variables = found.get("args", []), env(found)
+            seeds = [v for k, v in variables.items() if k.endswith("_NATS_CREDENTIALS")]
+            if argv[:1] != ["fleet"] or not seeds:
+                continue
+            files = {
+                f"{path}/{item['path']}"
+                for path, source in mounts(workload, found).values()
+                for item in source.get("secret", {}).get("items", [])
+            }
+            yield f"{workload['metadata']['name']}/{found['name']}", argv[1], seeds[0], files
+    for name, service in SERVICES.items():
+        variables = service.get("environment", {})
+        seeds = [v for k, v in variables.items() if k.endswith("_NATS_CREDENTIALS")]
+        if seeds:
+            files = {secret["target"] for secret in service.get("secrets", [])}
+            yield f"compose {name}", service["command"][1], seeds[0], files
+
+
+def test_each_component_has_its_own_roles_credentials_and_nats_knows_every_one() -> None:
+    given = {}
+    for where, command, seed, files in credentials_given():
+        assert Path(seed).name == f"{ROLE_OF_COMMAND[command]}{natsauth.SEED_SUFFIX}", where
+        assert seed in files, where
+        given[where] = ROLE_OF_COMMAND[command]
+    assert set(given.values()) == set(natsauth.DEPLOYED_ROLES)
+    for where, _argv, variables in processes():
+        ca_files = [v for k, v in variables.items() if k.endswith("_NATS_CA_FILE")]
+        urls = [v for k, v in variables.items() if k.endswith("_NATS_URLS")]
+        assert len(ca_files) == len(urls), where  # every NATS client verifies the certificate
+    # The keys nats-auth.conf refers to are the NATS pods' and nodes' variables, from the
+    # Secret (Compose: the env file) that holds the deployed roles' public keys.
+    wanted = {natsauth.env_variable(role) for role in natsauth.DEPLOYED_ROLES}
+    assert set(re.findall(r"nkey: \$(\w+)", NATS_AUTH.read_text())) == wanted
+    variables = env(container("nats", "nats"))
+    assert {k: variables[k] for k in wanted} == {
+        k: {"secretKeyRef": {"name": "nats-nkeys", "key": k}} for k in wanted
     }
-    check_config(NATS_CONF, {"POD_NAME": f"{nats['metadata']['name']}-0"})
+    for index in range(named("StatefulSet", "nats")["spec"]["replicas"]):
+        assert SERVICES[f"nats-{index}"]["env_file"] == ["./secrets/nats-nkeys.env"]
 
 
 def test_the_nats_nodes_route_to_every_pod_and_mount_what_the_config_names() -> None:
@@ -524,6 +604,7 @@ def test_the_nats_nodes_route_to_every_pod_and_mount_what_the_config_names() -> 
     assert str(Path(pid_file).parent) == paths["pid"]
     assert f"ldm={pid_file}" in found["lifecycle"]["preStop"]["exec"]["command"]
     assert nats_setting("store_dir") == paths["data"]
+    assert paths["tls"] == str(NATS_TLS)
     # Lame duck mode: the grace period, then the clients moved over the duration.
     grace, duration = nats_setting("lame_duck_grace_period"), nats_setting("lame_duck_duration")
     lame_duck = seconds(grace) + seconds(duration)
@@ -534,8 +615,10 @@ def test_the_nats_nodes_route_to_every_pod_and_mount_what_the_config_names() -> 
         assert node["environment"]["POD_NAME"] == pod
         assert f"{pod}.{service}" in aliases(node)
         assert node["command"] == found["args"]
-        config = f"../k8s/nats.conf:{paths['config']}/nats.conf:ro"
-        assert node["volumes"] == [config, f"{pod}:{paths['data']}"]
+        configs = [f"../k8s/{f.name}:{paths['config']}/{f.name}:ro" for f in (NATS_CONF, NATS_AUTH)]
+        assert node["volumes"] == [*configs, f"{pod}:{paths['data']}"]
+        tls_files = {f"{paths['tls']}/{n}" for n in ("tls.crt", "tls.key", "ca.crt")}
+        assert {secret["target"] for secret in node["secrets"]} == tls_files
         assert str(Path(pid_file).parent) in node["tmpfs"]
         assert node["stop_signal"] == "SIGUSR2"  # lame duck mode
         assert seconds(node["stop_grace_period"]) > lame_duck
@@ -612,3 +695,58 @@ def test_the_image_is_built_from_what_the_build_context_sends() -> None:
         if any(c["image"] == "fleetharness" for c in pod_spec(w)["containers"])
     ]
     assert {pod_spec(w)["securityContext"]["runAsUser"] for w in ours} == {int(uid)}
+
+
+# --- network policies --------------------------------------------------------------------------
+
+ANYONE = "anyone"
+# (pod, port) -> the pods that may connect to it; every other pair is denied.
+REACHABLE = {
+    ("haproxy", 8443): ANYONE,  # devices
+    ("haproxy", 8404): {"prometheus"},
+    ("shard", 8080): {"haproxy", "prometheus"},
+    ("nats", 4222): {"shard", "api", "fleet-state"},
+    ("nats", 6222): {"nats"},
+    ("nats", 7777): {"prometheus"},
+    ("locust-master", 5557): {"locust-worker"},
+}
+
+
+def policies() -> list[dict[str, Any]]:
+    return [doc for doc in MANIFESTS if doc["kind"] == "NetworkPolicy"]
+
+
+def allowed_from(workload: dict[str, Any], port: int) -> set[str] | str:
+    """The workloads whose pods the policies let reach ``port`` of ``workload``'s pods."""
+    allowed: set[str] = set()
+    for policy in policies():
+        if not selects(policy["spec"]["podSelector"].get("matchLabels", {}), workload):
+            continue
+        for rule in policy["spec"].get("ingress", []):
+            if "ports" in rule and port not in {p["port"] for p in rule["ports"]}:
+                continue
+            if "from" not in rule:
+                return ANYONE
+            for peer in rule["from"]:
+                allowed |= {
+                    w["metadata"]["name"]
+                    for w in workloads()
+                    if selects(peer["podSelector"]["matchLabels"], w)
+                }
+    return allowed
+
+
+def test_network_policies_deny_by_default_and_allow_only_what_the_parts_use() -> None:
+    (deny,) = [p for p in policies() if p["spec"]["podSelector"] == {}]
+    assert deny["spec"]["policyTypes"] == ["Ingress"]
+    assert "ingress" not in deny["spec"]  # no rule: nothing is allowed in
+    for workload in workloads():
+        name = workload["metadata"]["name"]
+        for found in pod_spec(workload)["containers"]:
+            for port in (p["containerPort"] for p in found.get("ports", [])):
+                assert allowed_from(workload, port) == REACHABLE.get((name, port), set()), (
+                    name,
+                    port,
+                )
+    # NATS monitoring only for the probes and the exporter beside it: not in its Service.
+    assert 8222 not in {p["port"] for p in named("Service", "nats")["spec"]["ports"]}

@@ -169,3 +169,8 @@ def test_the_command_writes_credentials_for_the_deployed_roles(tmp_path: Path) -
         assert natsauth.public_key(seed) == public_key
         assert public_key in result.output
     assert not (tmp_path / "out" / f"{natsauth.ADMIN}.pub").exists()
+    variables = dict(line.split("=") for line in (tmp_path / "out" / "nats-nkeys.env").open())
+    assert {k: v.strip() for k, v in variables.items()} == {
+        natsauth.env_variable(role): (tmp_path / "out" / f"{role}.pub").read_text().strip()
+        for role in natsauth.DEPLOYED_ROLES
+    }
