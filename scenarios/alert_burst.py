@@ -10,7 +10,8 @@ Checks (``--threshold NAME=VALUE`` overrides): alerts_per_s_stored >= 20,000 (th
 rate is counted by reading the durable stream back, this run's unique alerts over the time
 from the first stored to the last, not from counters); alert_p50_ms <= 250 and
 alert_p99_ms <= 2,000 (first send to ack, resends included); alerts_lost = 0 and
-alerts_duplicated = 0. The stream is read back only with the embedded stack.
+alerts_duplicated = 0; the fleet checks alerts_unstored_pct <= 1 and connect_failed_pct <= 5.
+The stream is read back only with the embedded stack.
 """
 
 from simulator.behaviour import Behaviour

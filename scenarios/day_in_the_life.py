@@ -16,7 +16,8 @@ connect_p99_ms <= 5,000 (the ProtoMsg handshake, GPRS included); unexpected_drop
 -u; alerts_lost and alerts_duplicated = 0; operator_failed_pct <= 25 (commands and shells
 that failed: on flaky links a device can go offline between being listed and being asked,
 or stay silent past the command's deadline);
-rollout_failures_without_reason = 0.
+rollout_failures_without_reason = 0; the fleet checks alerts_unstored_pct <= 1 and
+connect_failed_pct <= 5.
 """
 
 from simulator.behaviour import Behaviour

@@ -13,7 +13,8 @@ Checks (``--threshold NAME=VALUE`` overrides): peak_connected >= -u; unexpected_
 (blackholes, offline spells and injected resets are expected); ping_p99_ms <= 1,000;
 blackhole_deaths_not_reaped = 0 (every connection a gateway found dead after a blackhole
 was closed by a shard's keep-alive, per the shards' fleet_shard_disconnects_total
-{reason="keepalive_timeout"}); alerts_lost and alerts_duplicated = 0.
+{reason="keepalive_timeout"}); alerts_lost and alerts_duplicated = 0; the fleet checks
+alerts_unstored_pct <= 1 and connect_failed_pct <= 5.
 """
 
 from collections.abc import Mapping

@@ -15,7 +15,8 @@ Checks (``--threshold NAME=VALUE`` overrides): rollout_completion_s <= 300;
 rollout_peak_in_flight (the rollout's own counts, polled 4 times a second) and
 gateways_peak_updating (the gateways', between offer and final result) <= the max
 concurrent; rollout_devices_unfinished = 0; failures_without_reason = 0; failures_unmatched
-(the rollout's failures with an install reason against those the gateways reported) = 0.
+(the rollout's failures with an install reason against those the gateways reported) = 0;
+the fleet checks alerts_unstored_pct <= 1 and connect_failed_pct <= 5.
 """
 
 from simulator.behaviour import Behaviour

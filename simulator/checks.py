@@ -18,6 +18,13 @@ from simulator.verdicts import Check, judge
 SHARD_KILLED = "shard_killed"  # the timeline mark the storm sets
 ROLLOUT_CREATED, ROLLOUT_FINISHED = "rollout_created", "rollout_finished"
 ALERT_GOAL = 20_000.0  # alerts/s end to end the backend is meant to sustain
+# Every run's bounds. After the drain a healthy backend has stored all but the alerts of
+# gateways caught in an offline spell; a backend that refuses or loses them fails.
+ALERTS_UNSTORED_PCT = 1.0
+# Failed connection tries (refused, 5xx, timed out; not the network model's own faults) as
+# a share of all tries: a storm's few HAProxy 503s pass, a shard refusing most devices not.
+CONNECT_FAILED_PCT = 5.0
+NETWORK_FAULT = "net_"  # the cause prefix of failures the simulated link itself caused
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,36 @@ def check(record: RunRecord, name: str, measured: float | None, rule: str, defau
           unit: str = "") -> Check:  # fmt: skip
     """A check whose threshold the run may override."""
     return judge(name, measured, rule, record.threshold(name, default), unit)
+
+
+def fleet_checks(record: RunRecord) -> list[Check]:
+    """Every run's: the alerts gateways raised were stored, the backend took their tries."""
+    unstored, failed = _unstored_pct(record), _connect_failed_pct(record)
+    return [
+        check(record, "alerts_unstored_pct", unstored, "<=", ALERTS_UNSTORED_PCT, "%"),
+        check(record, "connect_failed_pct", failed, "<=", CONNECT_FAILED_PCT, "%"),
+    ]
+
+
+def _unstored_pct(record: RunRecord) -> float:
+    """Raised alerts (sent, or refused by a full outbox) missing from the stream after the
+    drain; with --host, where the stream is not read back, those still unacked."""
+    alerts = record.summary["alerts"]
+    raised = alerts.get("sent", 0) + alerts.get("refused", 0)
+    stored = alerts.get("stored")
+    if stored is None:
+        unstored = alerts.get("pending", 0) + alerts.get("refused", 0)
+    else:
+        unstored = raised - stored
+    return 100.0 * max(0, unstored) / raised if raised else 0.0
+
+
+def _connect_failed_pct(record: RunRecord) -> float | None:
+    """Failed tries over all tries (failed ones and completed handshakes); None: no try."""
+    failures: Mapping[str, int] = record.summary["connect_failures"]
+    failed = sum(n for cause, n in failures.items() if not cause.startswith(NETWORK_FAULT))
+    tries = record.summary["gateways"]["connects"] + sum(failures.values())
+    return 100.0 * failed / tries if tries else None
 
 
 def no_loss(record: RunRecord) -> list[Check]:
@@ -86,6 +123,7 @@ def storm_checks(record: RunRecord) -> list[Check]:
         ),
         check(record, "haproxy_5xx_beyond_shed", unexplained, "<=", 0),
         *no_loss(record),
+        *fleet_checks(record),
     ]
 
 
@@ -107,6 +145,7 @@ def burst_checks(record: RunRecord) -> list[Check]:
         check(record, "alert_p50_ms", record.latency("alert", "p50"), "<=", 250, "ms"),
         check(record, "alert_p99_ms", record.latency("alert", "p99"), "<=", 2000, "ms"),
         *no_loss(record),
+        *fleet_checks(record),
     ]
 
 
@@ -129,6 +168,7 @@ def soak_checks(record: RunRecord) -> list[Check]:
         check(record, "ping_p99_ms", record.latency("ping", "p99"), "<=", 1000, "ms"),
         check(record, "blackhole_deaths_not_reaped", unreaped, "<=", 0),
         *no_loss(record),
+        *fleet_checks(record),
     ]
 
 
@@ -158,6 +198,7 @@ def day_checks(record: RunRecord) -> list[Check]:
             "<=",
             0,
         ),
+        *fleet_checks(record),
     ]
 
 
@@ -186,4 +227,5 @@ def rollout_checks(record: RunRecord) -> list[Check]:
         check(record, "rollout_devices_unfinished", unfinished, "<=", 0),
         check(record, "failures_without_reason", rollout.get("failures_without_reason"), "<=", 0),
         check(record, "failures_unmatched", unmatched, "<=", 0),
+        *fleet_checks(record),
     ]

@@ -29,7 +29,7 @@ from backend import natsauth
 from backend.shard.config import ShardConfig
 from backend.stack import LocalStack, StackConfig, count_or_auto, fetch_metrics, option_key
 from simulator import audit, report, verdicts
-from simulator.checks import RunRecord
+from simulator.checks import RunRecord, fleet_checks
 from simulator.metrics import SimulatorMetrics
 from simulator.operator import REQUEST_TYPE as OPERATOR
 from simulator.stats import (
@@ -353,8 +353,11 @@ def on_quitting(environment: Environment, **_: Any) -> None:
             if state.sampler is not None:
                 state.sampler.kill()
             summary = build_summary(environment)
-            checks = scenario_checks(environment, summary)
-            add_verdicts(summary, checks)
+            record = run_record(environment, summary)
+            checks = scenario_checks(environment, record)
+            # A run without a scenario's verdict (the whole fleet, `fleet demo`) still has
+            # the checks every scenario has; Locust's failures keep deciding its exit code.
+            add_verdicts(summary, checks or fleet_checks(record))
             print_summary(summary)
             write_run_record(environment, summary, state.run_dir)
             if summary["verdict"]["failures"]:
@@ -425,11 +428,11 @@ def _operator_figures(environment: Environment) -> dict[str, int]:
     }
 
 
-def scenario_checks(environment: Environment, summary: Mapping[str, Any]) -> list[Check]:
-    """The verdict checks of every scenario class in the run."""
+def run_record(environment: Environment, summary: Mapping[str, Any]) -> RunRecord:
+    """What the checks judge: the summary, the timeline and the run's settings."""
     options = environment.parsed_options
     assert options is not None
-    record = RunRecord(
+    return RunRecord(
         summary,
         state.timeline,
         users=options.num_users or 0,
@@ -437,8 +440,14 @@ def scenario_checks(environment: Environment, summary: Mapping[str, Any]) -> lis
         shards=state.stack.config.shards if state.stack is not None else 0,
         overrides=verdicts.parse_thresholds(options.threshold),
     )
+
+
+def scenario_checks(environment: Environment, record: RunRecord) -> list[Check]:
+    """The verdict checks of every scenario class in the run, each check once (scenarios
+    run together share the fleet checks)."""
     classes = dict.fromkeys(environment.user_classes)  # unique, in order
-    return [check for cls in classes if hasattr(cls, "checks") for check in cls.checks(record)]
+    found = [check for cls in classes if hasattr(cls, "checks") for check in cls.checks(record)]
+    return list({check.name: check for check in found}.values())
 
 
 def _shard_settings() -> dict[str, float]:

@@ -10,6 +10,7 @@ from simulator.checks import (
     RunRecord,
     burst_checks,
     day_checks,
+    fleet_checks,
     rollout_checks,
     soak_checks,
     storm_checks,
@@ -21,8 +22,9 @@ SUMMARY: dict[str, Any] = {
     "gateways": {"connected": 1000, "peak_connected": 1000, "connects": 1500},
     "unexpected_drops": 0,
     "drops": {},
-    "alerts": {"sent": 500, "acked": 500, "stored": 500, "duplicated": 0, "lost": 0,
-               "stored_per_s": 3800.0},
+    "connect_failures": {"http 503": 2, "net_drop": 40},
+    "alerts": {"sent": 500, "acked": 500, "pending": 0, "stored": 500, "duplicated": 0,
+               "lost": 0, "stored_per_s": 3800.0},
     "latency_ms": {
         "alert": {"count": 500, "p50": 12, "p95": 40, "p99": 90, "max": 300},
         "ping": {"count": 900, "p50": 80, "p95": 150, "p99": 240, "max": 400},
@@ -63,6 +65,8 @@ def test_a_storm_that_recovers_within_budget_passes() -> None:
         "haproxy_5xx_beyond_shed": 0,
         "alerts_lost": 0,
         "alerts_duplicated": 0,
+        "alerts_unstored_pct": 0,
+        "connect_failed_pct": 0.13,  # 2 HAProxy 503s in 1,542 tries
     }
     assert all(c.ok for c in checks.values())
     assert checks["peak_accept_per_s"].threshold == 3000  # (2,000/s + 1,000) x 1 survivor
@@ -187,5 +191,75 @@ def test_a_rollout_over_its_limits_or_with_unexplained_failures_fails() -> None:
 
 
 def test_a_rollout_that_never_started_measures_nothing() -> None:
-    checks = rollout_checks(rollout_record(None))
+    fleet_wide = {check.name for check in fleet_checks(rollout_record(None))}
+    checks = [c for c in rollout_checks(rollout_record(None)) if c.name not in fleet_wide]
     assert all(check.measured is None and not check.ok for check in checks)
+
+
+# --- every scenario's checks ----------------------------------------------------------------
+
+SCENARIOS = (storm_checks, burst_checks, soak_checks, day_checks, rollout_checks)
+
+
+def a_healthy_run() -> dict[str, Any]:
+    """A summary every scenario's checks can read (a day's operator, a rollout's figures)."""
+    return {**a_day(), "rollout": ROLLOUT, "updates": {"failure": 10}}
+
+
+def a_broken_shards_run() -> dict[str, Any]:
+    """The review's run: most alerts never stored, most new connections refused."""
+    summary = a_healthy_run()
+    summary["alerts"] = {"sent": 1554, "acked": 592, "pending": 962, "stored": 592,
+                         "duplicated": 0, "lost": 0}  # fmt: skip
+    summary["gateways"] = {**SUMMARY["gateways"], "connects": 1601}
+    summary["connect_failures"] = {"http 503": 2474}
+    return summary
+
+
+def test_a_run_that_stored_few_alerts_and_refused_most_tries_fails_every_scenario() -> None:
+    for checks in SCENARIOS:
+        judged = by_name(checks(RunRecord(a_broken_shards_run(), Timeline(), 1000)))
+        assert judged["alerts_unstored_pct"].measured == 61.905  # 962 of 1,554
+        assert judged["connect_failed_pct"].measured == 60.712  # 2,474 of 4,075 tries
+        assert not judged["alerts_unstored_pct"].ok
+        assert not judged["connect_failed_pct"].ok
+
+
+def test_a_healthy_run_passes_the_fleet_checks_of_every_scenario() -> None:
+    for checks in SCENARIOS:
+        judged = by_name(checks(RunRecord(a_healthy_run(), Timeline(), 1000)))
+        assert judged["alerts_unstored_pct"].ok
+        assert judged["connect_failed_pct"].ok
+
+
+def test_the_fleet_checks_bounds() -> None:
+    summary = copy.deepcopy(SUMMARY)
+    summary["alerts"].update(sent=995, refused=5, stored=990)  # 10 of 1,000 raised unstored
+    summary["connect_failures"] = {"tcp": 70, "net_offline": 400, "net_blackhole (eof)": 30}
+    judged = by_name(fleet_checks(RunRecord(summary, Timeline(), 1000)))
+    assert (judged["alerts_unstored_pct"].measured, judged["alerts_unstored_pct"].ok) == (1, True)
+    # The network model's own faults are tries too, but not the backend's failures.
+    assert (judged["connect_failed_pct"].measured, judged["connect_failed_pct"].ok) == (3.5, True)
+    summary["connect_failures"]["upgrade"] = 40  # 110 of 2,040
+    assert not by_name(fleet_checks(RunRecord(summary, Timeline(), 1000)))["connect_failed_pct"].ok
+
+
+def test_without_the_stream_the_unacked_alerts_count_as_unstored() -> None:
+    summary = copy.deepcopy(SUMMARY)
+    del summary["alerts"]["stored"]  # --host: the stream is not read back
+    summary["alerts"].update(sent=400, pending=8)
+    judged = by_name(fleet_checks(RunRecord(summary, Timeline(), 1000)))
+    assert (judged["alerts_unstored_pct"].measured, judged["alerts_unstored_pct"].ok) == (2, False)
+
+
+def test_a_run_without_alerts_or_tries() -> None:
+    summary = copy.deepcopy(SUMMARY)
+    summary["alerts"] = {"sent": 0, "pending": 0}
+    summary["gateways"] = {**SUMMARY["gateways"], "connects": 0}
+    summary["connect_failures"] = {}
+    judged = by_name(fleet_checks(RunRecord(summary, Timeline(), 1000)))
+    assert judged["alerts_unstored_pct"].ok  # nothing raised, nothing unstored
+    assert judged["connect_failed_pct"].measured is None  # no try proves nothing
+    assert not judged["connect_failed_pct"].ok
+    overridden = RunRecord(SUMMARY, Timeline(), 1000, overrides={"connect_failed_pct": 0})
+    assert not by_name(fleet_checks(overridden))["connect_failed_pct"].ok

@@ -59,6 +59,10 @@ def test_a_run_on_the_embedded_stack_loses_no_alert(tmp_path: Path) -> None:
     assert "peak connected 20," in result.stdout
     summary = summary_of(tmp_path)
     assert summary["verdict"] == {"failures": [], "ok": True}
+    # No scenario verdict of its own: the checks every scenario has.
+    checks = {check["name"]: check for check in summary["verdicts"]}
+    assert set(checks) == {"alerts_unstored_pct", "connect_failed_pct"}
+    assert [check["measured"] for check in checks.values()] == [0, 0]
     assert summary["gateways"]["peak_connected"] == 20
     assert summary["host"].startswith("ws://127.0.0.1:")
     alerts = summary["alerts"]
@@ -77,6 +81,7 @@ def test_an_unreachable_backend_fails_the_run(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "no gateway ever connected" in result.stdout
+    assert "connect_failed_pct: measured 100 %, threshold <= 5 %" in result.stdout
     assert "ConnectionRefusedError" in result.stdout + result.stderr
     summary = summary_of(tmp_path)
     assert not summary["verdict"]["ok"]

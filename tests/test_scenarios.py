@@ -27,7 +27,8 @@ def test_a_reconnect_storm_is_judged_and_leaves_a_full_run_record(tmp_path: Path
     checks = {check["name"]: check for check in summary["verdicts"]}
     assert set(checks) == {
         "connected_at_kill", "reconnect_99pct_s", "reconnect_100pct_s", "peak_accept_per_s",
-        "haproxy_5xx_beyond_shed", "alerts_lost", "alerts_duplicated",
+        "haproxy_5xx_beyond_shed", "alerts_lost", "alerts_duplicated", "alerts_unstored_pct",
+        "connect_failed_pct",
     }  # fmt: skip
     # The checks decide the exit code, not the drops the kill provoked.
     assert summary["unexpected_drops"] > 0
