@@ -34,3 +34,31 @@ def setup(verbosity: int = 0) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbosity >= 2 else logging.WARNING)
     logging.getLogger("fleet").setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
+
+
+class Throttled:
+    """At most one line per key per ``interval`` seconds, then how many were held back: a
+    device that sends garbage thousands of times a second costs one log line, not thousands.
+    Keys are bounded (``max_keys``): past it the oldest are forgotten."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0, max_keys: int = 4096):
+        self.logger = logger
+        self.interval = interval
+        self.max_keys = max_keys
+        self._last: dict[str, tuple[float, int]] = {}  # key -> (last emitted, held back)
+
+    def warning(
+        self, key: str, message: str, *args: object, exc: BaseException | None = None
+    ) -> None:
+        """Log ``message % args`` (with ``exc``'s traceback) unless ``key`` logged lately."""
+        now = time.monotonic()
+        last, held = self._last.pop(key, (-self.interval, 0))
+        if now - last < self.interval:
+            self._last[key] = (last, held + 1)
+            return
+        if held:
+            message += f" ({held} more like it in the last {now - last:.0f}s)"
+        self.logger.warning(message, *args, exc_info=exc)  # None: no traceback
+        if len(self._last) >= self.max_keys:
+            del self._last[next(iter(self._last))]
+        self._last[key] = (now, 0)

@@ -12,7 +12,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from backend import bus, presence
-from backend.protocol import closecodes, messages
+from backend.natsserver import NatsServer
+from backend.protocol import closecodes, envelope, messages
 from backend.protocol import session as ps
 from backend.protocol.errors import DeviceOffline, DeviceTimeout
 from backend.routing import DeviceRouter
@@ -385,3 +386,165 @@ async def test_drain_closes_devices_with_1012_and_a_retry_hint(start_shard: Shar
         assert not shard.ready
         with pytest.raises(ConnectionRefusedError):
             await connect(url(shard) + DEVICE_PATH, open_timeout=2)
+
+
+# --- one device never hurts another -----------------------------------------------------------
+
+
+async def error_reply(device: TestDevice) -> ps.ErrorReceived:
+    """The next control error the shard sent the device."""
+    async with asyncio.timeout(5):
+        while not isinstance(event := await device.events.get(), ps.ErrorReceived):
+            pass
+    return event
+
+
+async def still_serves(shard: Shard, device: TestDevice, alert_id: str) -> None:
+    """The shard is on NATS and stores (and acks) the device's alerts."""
+    assert shard.ready
+    await device.send_alert(alert(alert_id))
+    async with asyncio.timeout(5):
+        await device.wait_acked(alert_id)
+
+
+async def test_a_long_sid_is_refused_and_the_shard_stays_on_nats(
+    start_shard: ShardFactory,
+) -> None:
+    """5,000 characters of sid once became a subject: NATS closed the shard's connection."""
+    async with start_shard() as shard:
+        attacker, bystander = await connected("gw-a", shard), await connected("gw-b", shard)
+        assert attacker._ws is not None
+        long_sid = envelope.ProtoMsg(envelope.PROTO_SHELL, envelope.TYP_SHELL_DATA, "s" * 5000)
+        await attacker._ws.send(envelope.encode(long_sid))
+        assert (await error_reply(attacker)).error.code == 400
+        await still_serves(shard, bystander, "b-1")
+        await still_serves(shard, attacker, "a-1")
+        await attacker.close()
+        await bystander.close()
+
+
+async def test_an_alert_too_big_for_the_bus_is_refused_and_the_shard_stays_on_nats(
+    start_shard: ShardFactory,
+) -> None:
+    """An alert just under the WebSocket limit, over NATS' max_payload with its headers."""
+    async with start_shard(max_message_size=2 << 20) as shard:
+        attacker, bystander = await connected("gw-a", shard), await connected("gw-b", shard)
+        big = messages.Alert("a-big", "x", "info", "raised", "d" * (shard.max_payload - 50), "", 1)
+        await attacker.send_alert(big)
+        reply = await error_reply(attacker)
+        assert (reply.error.code, reply.error.msgtype) == (413, "alert")
+        assert metric(shard, "fleet_shard_protocol_errors_total", reason="too_big_for_bus") == 1
+        assert "a-big" not in attacker.acked
+        await still_serves(shard, bystander, "b-1")
+        await attacker.close()
+        await bystander.close()
+
+
+async def test_a_device_cannot_write_into_another_devices_session(
+    start_shard: ShardFactory, nc: NATS, router: DeviceRouter
+) -> None:
+    async with start_shard() as shard:
+        attacker, owner = await connected("gw-a", shard), await connected("gw-b", shard)
+        await registered(shard, "gw-b")
+        everything = await nc.subscribe("fleet.relay.>")
+        new = envelope.ProtoMsg(envelope.PROTO_SHELL, envelope.TYP_SHELL_NEW, "sess-b")
+        await router.deliver("gw-b", envelope.encode(new), user_id="op-1")
+        assert attacker._ws is not None
+        for typ in (envelope.TYP_SHELL_DATA, envelope.TYP_SHELL_STOP):
+            forged = envelope.ProtoMsg(envelope.PROTO_SHELL, typ, "sess-b", None, b"INJECTED")
+            await attacker._ws.send(envelope.encode(forged))
+            reply = await error_reply(attacker)
+            assert (reply.error.code, reply.error.msgid) == (404, "sess-b")
+        owner.session.send(envelope.ProtoMsg(envelope.PROTO_SHELL, "shell", "sess-b", None, b"ok"))
+        await owner._flush()
+        relayed = []  # the owner's "new" answer (its shell started), then its "ok"
+        while not relayed or relayed[-1][1] != b"ok":
+            msg = await everything.next_msg(timeout=5)
+            relayed.append((msg.subject, envelope.decode(msg.data).body))
+        assert {subject for subject, _body in relayed} == {bus.relay_subject("gw-b", "sess-b")}
+        assert not any(b"INJECTED" in body for _subject, body in relayed)
+        assert metric(shard, "fleet_shard_protocol_errors_total", reason="unknown_session") == 2
+        await attacker.close()
+        await owner.close()
+
+
+async def test_a_flooding_device_does_not_delay_another_devices_acks(
+    start_shard: ShardFactory, router: DeviceRouter
+) -> None:
+    """One device's publishes (valid ones: shell output of an open session) as fast as it
+    can send them; another device's alert acks stay prompt (p99 under 500 ms)."""
+    async with start_shard() as shard:
+        flooder, bystander = await connected("gw-f", shard), await connected("gw-b", shard)
+        await registered(shard, "gw-f")
+        new = envelope.ProtoMsg(envelope.PROTO_SHELL, envelope.TYP_SHELL_NEW, "flood")
+        await router.deliver("gw-f", envelope.encode(new))
+        output = envelope.encode(
+            envelope.ProtoMsg(envelope.PROTO_SHELL, "shell", "flood", None, b"x" * 64)
+        )
+
+        async def flood() -> None:
+            assert flooder._ws is not None
+            while True:
+                await flooder._ws.send(output)
+
+        flooding = asyncio.create_task(flood())
+        latencies = []
+        for index in range(100):
+            started = time.monotonic()
+            await still_serves(shard, bystander, f"b-{index}")
+            latencies.append(time.monotonic() - started)
+        flooding.cancel()
+        relayed = metric(shard, "fleet_shard_messages_received_total", proto="shell", typ="shell")
+        assert relayed > 1000, "the flood was too thin to prove anything"
+        assert sorted(latencies)[98] < 0.5
+        await flooder.drop()
+        await bystander.close()
+
+
+async def test_a_shard_whose_nats_client_closes_for_good_reconnects(
+    start_shard: ShardFactory,
+) -> None:
+    async with start_shard() as shard:
+        device = await connected("gw-1", shard)
+        broken = shard.nc
+        assert broken is not None
+        # Headers count against max_payload on the server, not in nats-py's own check: the
+        # server answers -ERR and nats-py closes the client for good.
+        payload, headers = b"x" * (shard.max_payload - 10), {"X-Pad": "p" * 100}
+        await broken.publish("fleet.test", payload, headers=headers)
+        await eventually(lambda: broken.is_closed and shard.nc is not broken, timeout=10)
+        await eventually(lambda: shard.ready, timeout=10)
+        await still_serves(shard, device, "a-1")
+        await device.close()
+
+
+async def test_a_shard_that_cannot_get_nats_back_moves_its_devices(
+    start_shard: ShardFactory, nats_server: NatsServer
+) -> None:
+    async with start_shard(nats_recovery_time=1.0) as shard:
+        device = await connected("gw-1", shard)
+        assert shard.nc is not None
+        nats_server.stop()
+        async with asyncio.timeout(10):
+            await shard.nc.close()  # closed for good while no server answers
+            await device.wait_closed()
+        assert device.close_code == closecodes.SERVICE_RESTART
+        assert not shard.ready
+
+
+async def test_any_method_but_get_is_405(start_shard: ShardFactory) -> None:
+    async with start_shard() as shard:
+        for path in (b"/nope", b"/healthz", DEVICE_PATH.encode()):
+            request = b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+            answer = await asyncio.to_thread(raw_exchange, shard.port, request)
+            assert answer.startswith(b"HTTP/1.1 405"), answer
+            assert b"Allow: GET" in answer
+
+
+async def test_bad_tokens_do_not_spend_the_accept_budget(start_shard: ShardFactory) -> None:
+    async with start_shard(accept_rate=0.001, accept_burst=1) as shard:
+        for _ in range(20):
+            answer = await asyncio.to_thread(raw_exchange, shard.port, upgrade_request("bad"))
+            assert answer.startswith(b"HTTP/1.1 401")
+        device = await connected("gw-1", shard)
+        await device.close()

@@ -53,6 +53,9 @@ class ShardConfig:
     max_request_size: int = 8192
     command_timeout: float = 30.0
     drain_timeout: float = 30.0
+    nats_recovery_time: float = 10.0
+    """Seconds a shard whose NATS client closed for good tries to reconnect before it
+    closes its devices with 1012, so that they move to a shard that can serve them."""
     retry_after: float = 10.0
     """Upper bound of the jittered reconnect hint sent with 503 and 1012."""
     ready_file: Path | None = None

@@ -75,6 +75,25 @@ class ShardMetrics:
             "fleet_shard_alerts", "Device alerts, by outcome (acked, failed)", ["outcome"],
             registry=r,
         )  # fmt: skip
+        self.publishes = Counter(
+            "fleet_shard_publishes",
+            "NATS publishes not made, by kind (alert, status, update, relay) and outcome "
+            "(shed: the device's share or the shard's queue was full)",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.publish_failures = Counter(
+            "fleet_shard_publish_failures", "NATS publishes that raised (NATS down...)",
+            registry=r,
+        )  # fmt: skip
+        self.input_paused = Counter(
+            "fleet_shard_input_paused",
+            "Times a device's input was paused, by cause (write: it does not read its replies; "
+            "publish: its share of the publish queue is full; turn: it sent more than one "
+            "event-loop turn's share of messages at once)",
+            ["cause"],
+            registry=r,
+        )
         self.alert_publish = Histogram(
             "fleet_shard_alert_publish_seconds",
             "From an alert's arrival to the stream's PubAck",

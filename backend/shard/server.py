@@ -14,7 +14,7 @@ import logging
 import signal
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from functools import partial
 from typing import Any
 
@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from backend import bus, presence, routing
 from backend.auth import TokenVerifier
+from backend.logs import Throttled
 from backend.natsauth import SHARD, connect_options
 from backend.protocol import closecodes, envelope, http, messages
 from backend.protocol import session as ps
@@ -36,21 +37,27 @@ from backend.protocol.errors import (
     HandshakeError,
     MethodNotAllowed,
     NotFound,
+    TooBigForBus,
 )
 from backend.protocol.http import Request
 from backend.shard.admission import Admission
 from backend.shard.config import DEVICE_PATH, SUBPROTOCOL, ShardConfig
-from backend.shard.connection import DeviceConnection, Phase
+from backend.shard.connection import INPUT_PUBLISH, DeviceConnection, Phase
+from backend.shard.fairqueue import FairQueue, Job
 from backend.shard.metrics import ShardMetrics
 from backend.shard.wheel import TimerWheel
 
 log = logging.getLogger("fleet.shard")
 
 PUBLISH_QUEUE_SIZE = 50_000
-"""Pending NATS publishes; beyond it alerts stay unacked and the devices resend them."""
+"""Pending NATS publishes of all devices; beyond it alerts stay unacked and are resent."""
+DEVICE_PUBLISH_SHARE = 256
+"""Pending publishes of one device: when full, the shard stops reading that device (and
+holds the rest of what it read) until half of them are out, so a flooding device slows
+itself down and no one else. Only the total bound sheds."""
+HEADER_OVERHEAD = 16
+"""Bytes of a NATS header block beyond its names and values ("NATS/1.0", CRLFs)."""
 ALERT_ACK_TIMEOUT = 10.0
-
-Job = Callable[[], Coroutine[Any, Any, None]]
 
 
 class Shard:
@@ -71,7 +78,11 @@ class Shard:
         self._kv: KeyValue | None = None
         self._server: asyncio.Server | None = None
         self._commands: dict[tuple[str, str], asyncio.Future[messages.CommandResult]] = {}
-        self._publishes: asyncio.Queue[Job] = asyncio.Queue(PUBLISH_QUEUE_SIZE)
+        self._publishes: FairQueue[DeviceConnection] = FairQueue(
+            DEVICE_PUBLISH_SHARE, PUBLISH_QUEUE_SIZE
+        )
+        self.max_payload = 0  # the NATS server's, learned at connect
+        self._throttled = Throttled(log)
         self._unflushed: set[DeviceConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._no_devices = asyncio.Event()
@@ -80,18 +91,7 @@ class Shard:
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.nc = await nats.connect(
-            list(self.config.nats_urls),
-            name=self.id,
-            max_reconnect_attempts=-1,
-            reconnected_cb=self._nats_reconnected,
-            disconnected_cb=self._nats_disconnected,
-            **connect_options(SHARD, self.config),
-        )
-        self._js = self.nc.jetstream()
-        self._kv = await bus.ensure_streams(self._js, self.config.stream_replicas)
-        await self.nc.subscribe(bus.shard_subject(self.id), cb=self._on_request)
-        await self.nc.subscribe(bus.kick_subject(self.id), cb=self._on_kick)
+        await self._connect_nats()
         for loop_body in (self._run_timers, self._run_publishes):
             self._spawn(loop_body())
         loop = asyncio.get_running_loop()
@@ -106,6 +106,22 @@ class Shard:
         self._write_ready_file()
         log.info("shard %s listening on %s:%d", self.id, self.config.host, self.port)
 
+    async def _connect_nats(self) -> None:
+        self.nc = await nats.connect(
+            list(self.config.nats_urls),
+            name=self.id,
+            max_reconnect_attempts=-1,
+            reconnected_cb=self._nats_reconnected,
+            disconnected_cb=self._nats_disconnected,
+            closed_cb=self._nats_closed,
+            **connect_options(SHARD, self.config),
+        )
+        self.max_payload = self.nc.max_payload
+        self._js = self.nc.jetstream()
+        self._kv = await bus.ensure_streams(self._js, self.config.stream_replicas)
+        await self.nc.subscribe(bus.shard_subject(self.id), cb=self._on_request)
+        await self.nc.subscribe(bus.kick_subject(self.id), cb=self._on_kick)
+
     def _write_ready_file(self) -> None:
         if self.config.ready_file is not None:
             info = {"shard": self.id, "host": self.config.host, "port": self.port}
@@ -117,10 +133,7 @@ class Shard:
         if self._server is not None:
             self._server.close()
         log.info("shard %s draining %d connections", self.id, len(self.devices))
-        for conn in list(self.devices.values()):
-            hint = round(self.admission.jittered_retry_after())
-            reason = closecodes.retry_after_reason(hint)
-            conn.close(closecodes.SERVICE_RESTART, reason, "drain")
+        self._close_devices("drain")
         deadline = time.monotonic() + self.config.drain_timeout
         await _wait_until(self._no_devices.wait(), deadline)
         for conn in list(self.devices.values()):
@@ -137,15 +150,18 @@ class Shard:
             with contextlib.suppress(Exception):
                 await self.nc.drain()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background task failed", exc_info=task.exception())
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # Throttled: without NATS, every device's presence update fails the same way.
+            name = task.get_coro().__qualname__  # type: ignore[union-attr]
+            self._throttled.warning(name, "background task %s failed: %r", name, exc, exc=exc)
 
     async def _nats_disconnected(self) -> None:
         if not self.draining:
@@ -153,6 +169,44 @@ class Shard:
 
     async def _nats_reconnected(self) -> None:
         log.info("shard %s reconnected to NATS", self.id)
+
+    async def _nats_closed(self) -> None:
+        """nats-py gives up on a connection for good after some server errors (a protocol
+        -ERR): never stay a live shard that cannot serve. Reconnect with a new client; if
+        that takes longer than ``nats_recovery_time``, send the devices elsewhere meanwhile."""
+        if self.draining:
+            return
+        error = self.nc.last_error if self.nc is not None else None
+        log.error("shard %s: NATS connection closed (%s); reconnecting", self.id, error)
+        self._spawn(self._recover_nats())
+
+    async def _recover_nats(self) -> None:
+        # No cancel (lost cancels in 3.11's wait_for, which nats-py uses): wait beside it.
+        reconnect = self._spawn(self._reconnect_nats())
+        done, _pending = await asyncio.wait({reconnect}, timeout=self.config.nats_recovery_time)
+        if not done and not self.draining and self.devices:
+            log.error("shard %s: no NATS for %gs; moving %d devices away", self.id,
+                      self.config.nats_recovery_time, len(self.devices))  # fmt: skip
+            self._close_devices("nats_lost")
+
+    async def _reconnect_nats(self) -> None:
+        while not self.draining:
+            try:
+                await self._connect_nats()  # nats-py itself retries while no server answers
+            except Exception as exc:  # refused credentials, a stream it cannot declare...
+                self._throttled.warning("nats-recovery", "shard %s: NATS reconnect failed: %r",
+                                        self.id, exc)  # fmt: skip
+                await asyncio.sleep(1.0)
+            else:
+                log.info("shard %s: NATS connection recovered", self.id)
+                return
+
+    def _close_devices(self, disconnect_reason: str) -> None:
+        """Close every device with 1012 and a jittered reconnect hint (a drain's goodbye)."""
+        for conn in list(self.devices.values()):
+            hint = round(self.admission.jittered_retry_after())
+            reason = closecodes.retry_after_reason(hint)
+            conn.close(closecodes.SERVICE_RESTART, reason, disconnect_reason)
 
     @property
     def ready(self) -> bool:
@@ -165,18 +219,23 @@ class Shard:
 
     async def _run_publishes(self) -> None:
         while True:
-            job = await self._publishes.get()
+            conn, job = await self._publishes.get()
             try:
                 await job()
-            except Exception:
-                log.exception("NATS publish failed")
+            except Exception as exc:  # NATS gone, buffer full: the device's input is not lost
+                self.metrics.publish_failures.inc()
+                self._throttled.warning("publish", "NATS publish failed: %r", exc)
             finally:
                 self._publishes.task_done()
+            if self._publishes.pending(conn) == DEVICE_PUBLISH_SHARE // 2:
+                conn.resume_input(INPUT_PUBLISH)
 
     # --- HTTP: endpoints and the upgrade ------------------------------------------------------
 
     def handle_request(self, conn: DeviceConnection, request: Request) -> None:
-        if request.path == "/healthz":
+        if request.method != "GET":
+            conn.refuse(MethodNotAllowed(f"method {request.method} not allowed: use GET"))
+        elif request.path == "/healthz":
             status = 200 if self.ready else 503
             conn.respond(http.http_response(status, b"ok\n" if status == 200 else b"not ready\n"))
         elif request.path == "/metrics":
@@ -191,13 +250,13 @@ class Shard:
             conn.refuse(NotFound(f"no such endpoint: {request.path}"))
 
     def _upgrade(self, conn: DeviceConnection, request: Request) -> None:
-        if request.method != "GET":
-            raise MethodNotAllowed("the device endpoint takes GET with a WebSocket upgrade")
         key = http.check_upgrade(request)
         if self.draining:
             raise Draining("shard is draining", retry_after=self.admission.jittered_retry_after())
-        self.admission.admit(time.monotonic(), len(self.devices))
+        # The token before the accept budget: a burst of bad tokens (a signature check each,
+        # microseconds) must not spend the budget that legit reconnects need.
         device_id = self.verifier.device_id(request.headers.get("authorization"))
+        self.admission.admit(time.monotonic(), len(self.devices))
         offered = request.headers.get("sec-websocket-protocol", "")
         subprotocol = SUBPROTOCOL if SUBPROTOCOL in _tokens(offered) else None
         conn.upgrade(http.accept_response(key, subprotocol), device_id)
@@ -228,12 +287,14 @@ class Shard:
     def _end_relays(self, conn: DeviceConnection) -> None:
         """Tell each operator session still open on the device that it is gone: a "stop" with
         status 2 (error) and the reason, so an operator is not left waiting for output."""
+        assert conn.session is not None
         reason = f"device {conn.device_id} disconnected ({conn.disconnect_reason})".encode()
         props = {envelope.PROP_STATUS: envelope.STATUS_ERROR}
-        for sid, proto in (conn.relays or {}).items():
+        for sid, proto in conn.session.end_relays().items():
             stop = envelope.ProtoMsg(proto, envelope.TYP_SHELL_STOP, sid, props, reason)
-            self._enqueue(partial(self._publish, bus.relay_subject(sid), envelope.encode(stop)))
-        conn.relays = None
+            subject = bus.relay_subject(conn.device_id, sid)
+            # Behind the device's last output for the session, in its own queue.
+            self._enqueue(conn, "relay", partial(self._publish, subject, envelope.encode(stop)))
 
     # --- presence ------------------------------------------------------------------------------
 
@@ -282,33 +343,77 @@ class Shard:
     def session_event(self, conn: DeviceConnection, event: ps.Event) -> None:
         kind = type(event)
         if kind is ps.AlertReceived:
-            self._enqueue(partial(self._publish_alert, conn, event.alert, time.monotonic()))
+            self._publish_alert_soon(conn, event.alert)
         elif kind is ps.StatusReceived:
-            subject = bus.status_subject(conn.device_id)
-            self._enqueue(partial(self._publish, subject, event.status.to_body()))
+            msg = event.status.to_msg()
+            self._publish_soon(conn, "status", msg, bus.status_subject(conn.device_id))
         elif kind is ps.CommandCompleted:
             future = self._commands.get((conn.device_id, event.sid))
             if future is not None and not future.done():
                 future.set_result(event.result)
         elif kind is ps.UpdateProgressReceived:
-            subject = bus.update_subject(conn.device_id)
-            headers = {bus.UPDATE_HEADER: event.sid}
-            self._enqueue(partial(self._publish, subject, event.progress.to_body(), headers))
+            msg = event.progress.to_msg(event.sid)
+            subject, headers = bus.update_subject(conn.device_id), {bus.UPDATE_HEADER: event.sid}
+            self._publish_soon(conn, "update", msg, subject, headers=headers)
         elif kind is ps.Relayed:
-            _track_relay(conn, event.msg)
-            subject = bus.relay_subject(event.msg.sid)
-            self._enqueue(partial(self._publish, subject, envelope.encode(event.msg)))
+            subject = bus.relay_subject(conn.device_id, event.msg.sid)
+            payload = envelope.encode(event.msg)
+            self._publish_soon(conn, "relay", event.msg, subject, payload)
         elif kind is ps.ProtocolViolation:
-            self.metrics.protocol_errors.labels(event.error.reason).inc()
-            if event.error.close_code is not None:
-                conn.close(event.error.close_code, str(event.error)[:120], event.error.reason)
+            error = event.error
+            self.protocol_error(conn, error.reason, error.close_code, str(error))
 
-    def _enqueue(self, job: Job) -> None:
-        try:
-            self._publishes.put_nowait(job)
-        except asyncio.QueueFull:
-            # Not acked, so the device keeps the alert and resends it: shed, never lose.
-            self.metrics.alerts.labels("shed").inc()
+    def protocol_error(
+        self, conn: DeviceConnection, reason: str, close_code: int | None, text: str
+    ) -> None:
+        """Count bad input; close the connection when the error says so, or when the device
+        keeps sending garbage (``max_errors`` within ``error_window``)."""
+        self.metrics.protocol_errors.labels(reason).inc()
+        if close_code is not None:
+            conn.close(close_code, text[:120], reason)
+        elif conn.count_error(time.monotonic()):
+            self.metrics.protocol_errors.labels("too_many_errors").inc()
+            conn.close(closecodes.POLICY_VIOLATION, "too many protocol errors", "too_many_errors")
+
+    def _publish_soon(
+        self,
+        conn: DeviceConnection,
+        kind: str,
+        msg: envelope.ProtoMsg,
+        subject: str,
+        payload: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Queue a core NATS publish of ``payload`` (by default ``msg``'s body)."""
+        payload = msg.body if payload is None else payload
+        if self._fits(conn, msg, payload, headers):
+            self._enqueue(conn, kind, partial(self._publish, subject, payload, headers))
+
+    def _fits(
+        self,
+        conn: DeviceConnection,
+        msg: envelope.ProtoMsg,
+        payload: bytes,
+        headers: dict[str, str] | None,
+    ) -> bool:
+        """Whether the publish fits in one NATS message; if not, the device is told (a NATS
+        server answers an oversize publish with -ERR and closes the shard's connection)."""
+        size = len(payload) + HEADER_OVERHEAD
+        size += sum(len(name) + len(value) + 4 for name, value in (headers or {}).items())
+        if size <= self.max_payload:
+            return True
+        error = TooBigForBus(f"{size} bytes do not fit the bus limit of {self.max_payload}")
+        assert conn.session is not None
+        conn.session.reject(msg, error)
+        self.protocol_error(conn, error.reason, None, str(error))
+        return False
+
+    def _enqueue(self, conn: DeviceConnection, kind: str, job: Job) -> None:
+        if not self._publishes.put(conn, job):
+            # An alert not acked stays with the device, which resends it: shed, never lose.
+            self.metrics.publishes.labels(kind, "shed").inc()
+        elif self._publishes.pending(conn) == DEVICE_PUBLISH_SHARE:
+            conn.pause_input(INPUT_PUBLISH)
 
     async def _publish(
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None
@@ -316,20 +421,30 @@ class Shard:
         assert self.nc is not None
         await self.nc.publish(subject, payload, headers=headers)
 
-    async def _publish_alert(
-        self, conn: DeviceConnection, alert: messages.Alert, received: float
-    ) -> None:
-        assert self._js is not None
+    def _publish_alert_soon(self, conn: DeviceConnection, alert: messages.Alert) -> None:
         headers = {
             bus.MSG_ID_HEADER: bus.alert_msg_id(conn.device_id, alert.id),
             bus.DEVICE_HEADER: conn.device_id,
             bus.SHARD_HEADER: self.id,
         }
-        future = await self._js.publish_async(
-            bus.alert_subject(conn.device_id), alert.to_body(), headers=headers
-        )
+        msg = alert.to_msg()
+        if self._fits(conn, msg, msg.body, headers):
+            job = partial(self._publish_alert, conn, alert.id, msg.body, headers, time.monotonic())
+            self._enqueue(conn, "alert", job)
+
+    async def _publish_alert(
+        self,
+        conn: DeviceConnection,
+        alert_id: str,
+        body: bytes,
+        headers: dict[str, str],
+        received: float,
+    ) -> None:
+        assert self._js is not None
+        subject = bus.alert_subject(conn.device_id)
+        future = await self._js.publish_async(subject, body, headers=headers)
         timeout = asyncio.get_running_loop().call_later(ALERT_ACK_TIMEOUT, future.cancel)
-        future.add_done_callback(partial(self._alert_stored, conn, alert.id, received, timeout))
+        future.add_done_callback(partial(self._alert_stored, conn, alert_id, received, timeout))
 
     def _alert_stored(
         self,
@@ -390,9 +505,8 @@ class Shard:
         elif op == routing.OP_COMMAND:
             reply = await self._run_command(conn, request)
         elif op == routing.OP_DELIVER:
-            msg = _stamped(envelope.decode(request["message"]), request)
-            _track_relay(conn, msg)
-            conn.session.send(msg)
+            msg = envelope.decode(request["message"])
+            conn.session.deliver(msg, request.get("user_id") or None)
             conn.flush()
             reply = routing.ok()
         elif op == routing.OP_OFFER:
@@ -442,29 +556,6 @@ class Shard:
         for (device, _sid), future in self._commands.items():
             if device == device_id and not future.done():
                 future.set_exception(ConnectionError("device disconnected before answering"))
-
-
-def _stamped(msg: envelope.ProtoMsg, request: dict[str, Any]) -> envelope.ProtoMsg:
-    """Operator messages carry the operator's id in props, as Mender's deviceconnect does."""
-    user_id = request.get("user_id")
-    if user_id:
-        msg.props = {**(msg.props or {}), "user_id": user_id}
-    return msg
-
-
-def _track_relay(conn: DeviceConnection, msg: envelope.ProtoMsg) -> None:
-    """Operator sessions (Mender's shell and port forward) open with "new" and end with
-    "stop" from either side (or a refused "new": status 2); the connection keeps the open
-    ones until it closes."""
-    refused = (msg.props or {}).get(envelope.PROP_STATUS) == envelope.STATUS_ERROR
-    if msg.typ == envelope.TYP_SHELL_NEW and msg.sid and not refused:
-        if conn.relays is None:
-            conn.relays = {}
-        conn.relays[msg.sid] = msg.proto
-    elif msg.typ in (envelope.TYP_SHELL_NEW, envelope.TYP_SHELL_STOP) and conn.relays:
-        conn.relays.pop(msg.sid, None)
-        if not conn.relays:
-            conn.relays = None
 
 
 def _tokens(value: str) -> set[str]:
