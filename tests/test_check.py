@@ -64,6 +64,8 @@ def test_the_committed_baseline_reads_figures_the_summary_has() -> None:
     committed = json.loads((REPO / "scenarios/baselines/ci.json").read_text())
     paths = committed["metrics"].keys()
     assert {"gateways/peak_connected", "alerts/lost", "verdicts/reconnect_99pct_s"} <= paths
+    # The fleet checks every run has gate CI too, at the storm's own thresholds.
+    assert {"verdicts/alerts_unstored_pct", "verdicts/connect_failed_pct"} <= paths
     assert all(set(bounds) <= {"min", "max"} for bounds in committed["metrics"].values())
 
 
