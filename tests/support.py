@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 import ssl
 import subprocess
 import time
@@ -15,7 +16,9 @@ import gevent
 from backend import process
 from backend.auth import issue_device_token
 from backend.process import free_ports
+from backend.protocol import websocket as ws
 from backend.shard import Shard
+from backend.shard.config import DEVICE_PATH
 from haproxy.config import HaproxyConfig, find_haproxy, write
 from simulator.fleet import Fleet
 from simulator.gateway import VirtualGateway
@@ -37,6 +40,54 @@ def tls_client_context(ca_file: Path) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=ca_file)
     context.maximum_version = ssl.TLSVersion.TLSv1_2
     return context
+
+
+# --- raw device connections ---------------------------------------------------------------
+
+
+def raw_device(
+    host: str, port: int, token: str, receive_buffer: int | None = None
+) -> socket.socket:
+    """An upgraded device connection on a plain socket, to do what a hostile or broken
+    device does (never read, send past a limit); blocking: beside an in-process shard, run
+    it in a thread. With ``receive_buffer``, a small kernel buffer."""
+    sock = socket.socket()
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.connect((host, port))
+    sock.sendall(
+        f"GET {DEVICE_PATH} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)  # byte by byte: what follows the head stays unread
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def frames(*messages: bytes) -> bytes:
+    codec = ws.WebSocketConnection(ws.Role.CLIENT)
+    for message in messages:
+        codec.send_binary(message)
+    return codec.data_to_send()
+
+
+def close_code(sock: socket.socket, timeout: float = 10.0) -> int | None:
+    """Read until the shard's close frame; its code, or None if the socket ended without one
+    (a reset or a bare EOF)."""
+    codec = ws.WebSocketConnection(ws.Role.CLIENT, max_message_size=1 << 24)
+    sock.settimeout(timeout)
+    try:
+        while data := sock.recv(65536):
+            codec.receive_data(data)
+            for event in codec.events_received():
+                if isinstance(event, ws.Closed):
+                    return event.code
+    except ConnectionResetError:
+        return None
+    return None
 
 
 # --- HAProxy ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import ssl
+import threading
 import time
 from pathlib import Path
 
@@ -29,7 +30,14 @@ from haproxy import runtime
 from simulator.behaviour import Behaviour
 from simulator.fleet import Fleet, parse_targets, tls_context
 from simulator.network import PROFILES, NetworkMix
-from tests.support import running, tls_client_context, wait_until
+from tests.support import (
+    close_code,
+    frames,
+    raw_device,
+    running,
+    tls_client_context,
+    wait_until,
+)
 
 DEVICES = 60  # enough that the kernel's SO_REUSEPORT hash gives both HAProxies some
 
@@ -162,6 +170,28 @@ def test_a_drained_shard_hands_its_gateways_over_without_an_unexpected_drop(
         assert fleet.stats.unexpected_drops == 0
         with pytest.raises(ValueError, match="no shard 'shard-z': the stack runs shard-a, shard-b"):
             stack.drain_shard("shard-z")
+
+
+def test_an_oversize_message_through_haproxy_gets_1009_not_a_reset(tmp_path: Path) -> None:
+    """The device is still sending when the shard fails the connection: the shard's lingering
+    close keeps its unread input from turning into a reset, which HAProxy passed on instead
+    of the close frame in 1 to 2 of 3 tries."""
+    with LocalStack(StackConfig(tmp_path, shards=1, haproxies=1)) as stack:
+        codes = []
+        for attempt in range(10):
+            token = stack.token(f"gw-big-{attempt}")
+            with raw_device("127.0.0.1", stack.public_port, token) as sock:
+                sender = threading.Thread(target=send_ignoring_errors, args=(sock,))
+                sender.start()
+                codes.append(close_code(sock))
+                sender.join()
+        assert codes == [1009] * 10
+
+
+def send_ignoring_errors(sock: socket.socket) -> None:
+    """A message four times the shard's limit; the shard closes before it is all sent."""
+    with contextlib.suppress(OSError):
+        sock.sendall(frames(b"\x00" * (4 << 20)))
 
 
 def test_plain_public_url_without_tls(tmp_path: Path) -> None:

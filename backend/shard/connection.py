@@ -116,7 +116,7 @@ class DeviceConnection(asyncio.Protocol):
             self._receive_frames(data)
 
     def eof_received(self) -> bool:
-        if self.phase is not Phase.LINGERING:
+        if self.phase is Phase.OPEN:  # closing or failed: the reason is ours already
             self.disconnect_reason = "eof"
         return False  # close our side too
 
@@ -186,11 +186,11 @@ class DeviceConnection(asyncio.Protocol):
             self._receive_frames(buffer[consumed:])  # frames sent right behind the request
 
     def respond(self, response: bytes) -> None:
-        """Answer a plain HTTP request and close (the response says ``Connection: close``)."""
+        """Answer a plain HTTP request and close (the response says ``Connection: close``),
+        lingering: a refusal may come before the whole request was read."""
         assert self.transport is not None
-        self.phase = Phase.CLOSED
         self.transport.write(response)
-        self.transport.close()
+        self._linger()
 
     def refuse(self, exc: HandshakeError) -> None:
         self.shard.metrics.rejected_upgrades.labels(exc.reason).inc()
@@ -286,8 +286,9 @@ class DeviceConnection(asyncio.Protocol):
         self.shard.wheel.schedule(self, time.monotonic() + CLOSE_GRACE)
 
     def _linger(self) -> None:
-        """Fail the connection (RFC 6455 §7.1.7) without a reset: the close frame goes out,
-        then our FIN; input is read and dropped until the peer's EOF or LINGER."""
+        """Close without a reset (after an HTTP answer, or failing the connection, RFC 6455
+        §7.1.7): the last bytes go out, then our FIN; input is read and dropped until the
+        peer's EOF or LINGER."""
         self.flush()
         self.phase = Phase.LINGERING
         transport = self.transport
