@@ -11,6 +11,7 @@ import os
 import re
 import resource
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,10 @@ DEFAULT_EPHEMERAL_PORTS = 28232
 INSTALL_HINT = "install it: apt-get install haproxy"
 # What HAProxy accepts in a server name ("~", for one, it refuses).
 SERVER_NAME = re.compile(r"[A-Za-z0-9_.:-]+")
+ENV_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# The stats port's probe endpoint: answered by HAProxy itself, never behind auth.
+HEALTH_PATH = "/healthz"
+STATS_USERLIST = "stats"
 
 
 def max_maxconn() -> int:
@@ -47,6 +52,21 @@ def ephemeral_ports() -> int:
     return int(high) - int(low) + 1
 
 
+@dataclass(frozen=True)
+class StatsAuth:
+    """Basic auth for the stats port's /stats and /metrics. The password is never in the
+    file: HAProxy reads it from ``password_variable`` in its environment when it starts."""
+
+    user: str
+    password_variable: str
+
+    def __post_init__(self) -> None:
+        if not SERVER_NAME.fullmatch(self.user):
+            raise ValueError(f"stats user {self.user!r} may hold only letters, digits and _.:-")
+        if not ENV_VARIABLE.fullmatch(self.password_variable):
+            raise ValueError(f"{self.password_variable!r} is not an environment variable name")
+
+
 @dataclass
 class HaproxyConfig:
     """Everything the generated file depends on; validated on creation."""
@@ -61,6 +81,8 @@ class HaproxyConfig:
     bind_host: str = "127.0.0.1"
     stats_host: str = "127.0.0.1"
     """Metrics and the stats page are for operators, never on the public address by default."""
+    stats_auth: StatsAuth | None = None
+    """Required unless stats_host is loopback; HEALTH_PATH (the probes) never asks for it."""
     tls_pem: Path | None = None
     """Certificate and key in one PEM: TLS is terminated on the public port when set."""
     source_addresses: list[str] = field(default_factory=list)
@@ -81,6 +103,10 @@ class HaproxyConfig:
         check_port("stats_port", self.stats_port)
         if self.port == self.stats_port:
             raise ValueError(f"port and stats_port are both {self.port}: give stats its own port")
+        if self.stats_auth is None and not is_loopback(self.stats_host):
+            raise ValueError(
+                f"stats on {self.stats_host} needs stats_auth: only loopback is private"
+            )
         check_shards(self.shards)
         check_sources(self.source_addresses)
         check_limits(self.maxconn, self.server_maxconn, self.nbthread, self.for_this_host)
@@ -93,6 +119,13 @@ class HaproxyConfig:
 def check_port(what: str, port: int) -> None:
     if not 1 <= port <= 65535:
         raise ValueError(f"{what} must be 1 to 65535 (HAProxy must know it), not {port}")
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def check_shards(shards: list[tuple[str, str, int]]) -> None:
@@ -141,6 +174,7 @@ def render(config: HaproxyConfig) -> str:
         global_section(config),
         defaults_section(),
         *([resolvers_section()] if config.dns_slots else []),
+        *([stats_userlist(config.stats_auth)] if config.stats_auth else []),
         stats_frontend(config),
         devices_frontend(config),
         shards_backend(config),
@@ -214,6 +248,21 @@ def resolvers_section() -> list[str]:
     ]
 
 
+def stats_userlist(auth: StatsAuth) -> list[str]:
+    variable = auth.password_variable
+    return [
+        "# The stats user's password is in the environment HAProxy starts with, never here.",
+        "# Unset or empty, it would make the password empty: refuse to start instead.",
+        f'.if streq("${{{variable}}}","")',
+        f'.alert "{variable} is unset or empty: it is the stats password"',
+        ".endif",
+        f"userlist {STATS_USERLIST}",
+        "    # Plain rather than a crypt(3) hash: the file names only the variable, and a hash",
+        "    # would cost a crypt call per scrape and a second form of the secret to keep.",
+        f'    user {auth.user} insecure-password "${{{variable}}}"',
+    ]
+
+
 def stats_frontend(config: HaproxyConfig) -> list[str]:
     return [
         "# Operators only: Prometheus scrapes /metrics, people read /stats.",
@@ -221,11 +270,22 @@ def stats_frontend(config: HaproxyConfig) -> list[str]:
         f"    bind {config.stats_host}:{config.stats_port}",
         "    no log",
         "    # 200 while this process runs: liveness and readiness probes.",
-        "    monitor-uri /healthz",
+        f"    monitor-uri {HEALTH_PATH}",
+        *stats_auth_rule(config.stats_auth),
         "    http-request use-service prometheus-exporter if { path /metrics }",
         "    stats enable",
         "    stats uri /stats",
         "    stats refresh 10s",
+    ]
+
+
+def stats_auth_rule(auth: StatsAuth | None) -> list[str]:
+    if auth is None:
+        return []
+    return [
+        "    # /metrics, /stats, anything but the probes' path: for the stats user only.",
+        f"    http-request auth realm haproxy-stats unless {{ path {HEALTH_PATH} }}"
+        f" || {{ http_auth({STATS_USERLIST}) }}",
     ]
 
 
@@ -313,11 +373,17 @@ def find_haproxy(name: str = "haproxy") -> str:
     return find_binary(name, INSTALL_HINT)
 
 
-def check(path: Path, haproxy_binary: str | None = None) -> None:
-    """``haproxy -c``, warnings counted as errors (-dW); the default binary: find_haproxy()."""
+def check(
+    path: Path, haproxy_binary: str | None = None, env: Mapping[str, str] | None = None
+) -> None:
+    """``haproxy -c``, warnings counted as errors (-dW); the default binary: find_haproxy().
+    ``env``: variables the file refers to, added to this process's environment."""
     argv = [haproxy_binary or find_haproxy(), "-dW", "-c", "-f", str(path)]
+    environment = {**os.environ, **(env or {})}
     try:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        result = subprocess.run(
+            argv, capture_output=True, text=True, timeout=30, check=False, env=environment
+        )
     except FileNotFoundError:
         raise FileNotFoundError(f"{argv[0]} not found; {INSTALL_HINT}") from None
     if result.returncode != 0:

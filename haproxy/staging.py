@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from haproxy.config import HaproxyConfig, write
+from haproxy.config import HaproxyConfig, StatsAuth, write
 
 DEPLOYED = Path(__file__).resolve().parent.parent / "deploy" / "k8s" / "haproxy.cfg"
 # The shards' headless Service: its A records are the ready shard pods.
@@ -19,6 +19,10 @@ SHARD_PORT = 8080
 # 443 to it, so HAProxy needs no root nor NET_BIND_SERVICE.
 PORT = 8443
 STATS_PORT = 8404
+# The stats port listens on the pod's address, so /stats and /metrics ask for this user.
+# The password is the item "password" of the Secret haproxy-stats: HAProxy gets it as this
+# variable, Prometheus as its basic_auth password_file.
+STATS_AUTH = StatsAuth(user="stats", password_variable="HAPROXY_STATS_PASSWORD")
 # The TLS Secret is mounted here: tls.crt as server.pem and tls.key beside it as
 # server.pem.key, which HAProxy loads with the certificate (ssl-load-extra-files).
 TLS_PEM = Path("/etc/haproxy/tls/server.pem")
@@ -40,6 +44,7 @@ def staging_config() -> HaproxyConfig:
         pidfile=RUN_DIR / "haproxy.pid",
         bind_host="0.0.0.0",
         stats_host="0.0.0.0",
+        stats_auth=STATS_AUTH,
         tls_pem=TLS_PEM,
         maxconn=MAXCONN,
         server_maxconn=EPHEMERAL_PORTS,

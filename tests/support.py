@@ -19,7 +19,7 @@ from backend.process import free_ports
 from backend.protocol import websocket as ws
 from backend.shard import Shard
 from backend.shard.config import DEVICE_PATH
-from haproxy.config import HaproxyConfig, find_haproxy, write
+from haproxy.config import HEALTH_PATH, HaproxyConfig, find_haproxy, write
 from simulator.fleet import Fleet
 from simulator.gateway import VirtualGateway
 
@@ -106,14 +106,18 @@ def make_config(run_dir: Path, shard_count: int = 1, **overrides: Any) -> Haprox
 
 
 @contextlib.contextmanager
-def running_haproxy(config: HaproxyConfig, run_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """HAProxy in the foreground (-db) on ``config``, until its metrics answer; always stopped."""
+def running_haproxy(
+    config: HaproxyConfig, run_dir: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """HAProxy in the foreground (-db) on ``config`` with ``env`` added to its environment,
+    until its stats port answers the probes' path (which asks for no credentials even with
+    stats_auth); always stopped."""
     path, log = run_dir / "haproxy.cfg", run_dir / "haproxy.log"
     write(config, path)
-    proc = process.spawn([find_haproxy(), "-db", "-f", str(path)], log)
+    proc = process.spawn([find_haproxy(), "-db", "-f", str(path)], log, env)
     try:
-        metrics = f"http://127.0.0.1:{config.stats_port}/metrics"
-        process.wait_until(lambda: process.answers_ok(metrics), proc, "haproxy", log)
+        health = f"http://127.0.0.1:{config.stats_port}{HEALTH_PATH}"
+        process.wait_until(lambda: process.answers_ok(health), proc, "haproxy", log)
         yield proc
     finally:
         process.stop(proc)

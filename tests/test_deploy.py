@@ -6,6 +6,7 @@ and the configuration files they carry by the programs that read them: ``haproxy
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import os
@@ -13,6 +14,8 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,12 +27,14 @@ import yaml
 
 from backend import cli, natsauth
 from backend.natsserver import ConfigCheckFailed, check_config
+from backend.process import free_ports
 from backend.shard.config import FD_RESERVE as SHARD_FD_RESERVE
 from haproxy import staging
 from haproxy.config import FD_RESERVE as HAPROXY_FD_RESERVE
-from haproxy.config import check, render
+from haproxy.config import HEALTH_PATH, STATS_USERLIST, check, render
 from haproxy.tls import make_local_pki
 from tests.observe_support import promtool_check
+from tests.support import running_haproxy
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -131,6 +136,16 @@ def mounts(workload: dict[str, Any], container: dict[str, Any]) -> dict[str, tup
     return {
         m["name"]: (m["mountPath"], volumes.get(m["name"]) or claims[m["name"]])
         for m in container.get("volumeMounts", [])
+    }
+
+
+def secret_files(workload: dict[str, Any], container: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Path of each file mounted from a Secret's item -> (the Secret, the item's key)."""
+    return {
+        f"{path}/{item['path']}": (source["secret"]["secretName"], item["key"])
+        for path, source in mounts(workload, container).values()
+        if "secret" in source
+        for item in source["secret"].get("items", [])
     }
 
 
@@ -348,6 +363,8 @@ def test_workers_have_the_ca_file_where_the_master_says() -> None:
 
 
 CREATE_SECRET = re.compile(r"kubectl -n (\S+) create secret (generic|tls) (\S+)(.*)")
+# A variable Compose refuses to start without: ${NAME:?message}.
+COMPOSE_REQUIRED = re.compile(r"\$\{(\w+):\?")
 
 
 def documented_secrets() -> set[tuple[str, str]]:
@@ -390,15 +407,50 @@ def test_the_guide_creates_every_secret_the_pods_read() -> None:
     references = secret_references()
     assert {name for name, _key in references} == {
         "device-jwt", "gateway-tls", "gateway-ca", "operator-tokens",
-        "nats-tls", "nats-nkeys", "nats-credentials",
+        "nats-tls", "nats-nkeys", "nats-credentials", "haproxy-stats",
     }  # fmt: skip
     assert references <= documented_secrets()
     guide = GUIDE.read_text()
+    required = set(COMPOSE_REQUIRED.findall((COMPOSE_DIR / "compose.yaml").read_text()))
     for secret in COMPOSE["secrets"].values():
-        assert f"deploy/compose/secrets/{Path(secret['file']).name}" in guide
+        if "file" in secret:
+            assert f"deploy/compose/secrets/{Path(secret['file']).name}" in guide
+        else:  # from a variable, which must not be missing (an empty secret)
+            assert secret["environment"] in required
+    for variable in required:
+        assert f"export {variable}=" in guide, variable
 
 
 # --- HAProxy ---------------------------------------------------------------------------------
+
+
+# Stands in for the Secret haproxy-stats' password.
+STATS_PASSWORD = "test-stats-password-0123456789abcdef"
+
+
+def haproxy_section(header: str) -> list[str]:
+    """The directives (comments left out) of the section ``header`` of haproxy.cfg."""
+    lines = staging.DEPLOYED.read_text().splitlines()
+    directives = []
+    for line in lines[lines.index(header) + 1 :]:
+        if not line.startswith(" "):
+            break
+        if not line.lstrip().startswith("#"):
+            directives.append(line.strip())
+    return directives
+
+
+def stats_status(url: str, credentials: tuple[str, str] | None = None) -> int:
+    """The status a GET of ``url`` gets, with basic auth if ``credentials``."""
+    request = urllib.request.Request(url)
+    if credentials is not None:
+        token = base64.b64encode(":".join(credentials).encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def test_the_haproxy_config_is_the_rendered_staging_config() -> None:
@@ -435,10 +487,14 @@ def test_haproxy_accepts_the_config_with_the_files_the_pod_mounts(tmp_path: Path
         text = text.replace(f"{path}/", f"{local}/")
     config = tmp_path / "haproxy.cfg"
     config.write_text(text)
-    check(config)  # warnings count as errors
+    variables = dict.fromkeys(env(found), STATS_PASSWORD)  # from the Secret
+    check(config, env=variables)  # warnings count as errors
+    # Without the password HAProxy refuses to start, rather than take an empty one.
+    with pytest.raises(RuntimeError, match=staging.STATS_AUTH.password_variable):
+        check(config)
     (tmp_path / "tls" / f"{staging.TLS_PEM.name}.key").unlink()
     with pytest.raises(RuntimeError, match="No Private Key"):
-        check(config)  # so the key does come from the second file
+        check(config, env=variables)  # so the key does come from the second file
 
 
 def test_the_haproxy_pods_and_service_fit_the_config() -> None:
@@ -447,7 +503,6 @@ def test_the_haproxy_pods_and_service_fit_the_config() -> None:
     found = container("haproxy", "haproxy")
     assert set(ports(found).values()) == {config.port, config.stats_port}
     assert found["readinessProbe"]["httpGet"]["port"] == "stats"
-    assert "monitor-uri /healthz" in staging.DEPLOYED.read_text()
     paths = {name: path for name, (path, _source) in mounts(workload, found).items()}
     sources = {name: source for name, (_path, source) in mounts(workload, found).items()}
     assert paths["config"] == str(Path(HAPROXY_IMAGE_CONFIG).parent)
@@ -466,6 +521,50 @@ def test_the_haproxy_pods_and_service_fit_the_config() -> None:
     assert env(container("shard", "shard"))["FLEET_SHARD_PORT"] == str(staging.SHARD_PORT)
     gateway = named("Service", "gateway")["spec"]["ports"]
     assert [(p["port"], ports(found)[p["targetPort"]]) for p in gateway] == [(443, config.port)]
+
+
+def test_the_stats_port_asks_for_the_stats_user_but_not_on_the_probes_path() -> None:
+    auth = staging.STATS_AUTH
+    found = container("haproxy", "haproxy")
+    assert {found[k]["httpGet"]["path"] for k in ("readinessProbe", "livenessProbe")} == {
+        HEALTH_PATH
+    }
+    frontend = haproxy_section("frontend stats")
+    assert f"monitor-uri {HEALTH_PATH}" in frontend
+    # The first request rule, so no other answers (/metrics, /stats) before it.
+    rules = [line for line in frontend if line.startswith("http-request ")]
+    assert rules[0] == (
+        f"http-request auth realm haproxy-stats unless {{ path {HEALTH_PATH} }}"
+        f" || {{ http_auth({STATS_USERLIST}) }}"
+    )
+    assert haproxy_section(f"userlist {STATS_USERLIST}") == [
+        f'user {auth.user} insecure-password "${{{auth.password_variable}}}"'
+    ]
+    secret = {"secretKeyRef": {"name": "haproxy-stats", "key": "password"}}
+    assert env(found) == {auth.password_variable: secret}
+
+
+def test_the_staging_stats_port_lets_only_the_stats_user_in_but_anyone_probe(
+    tmp_path: Path,
+) -> None:
+    # The staging rendering, only listening on loopback (devices without TLS) and within
+    # this host's limits: the stats frontend and its userlist are the deployed ones.
+    port, stats_port = free_ports(2)
+    config = dataclasses.replace(
+        staging.staging_config(),
+        port=port, stats_port=stats_port, bind_host="127.0.0.1", stats_host="127.0.0.1",
+        tls_pem=None, admin_socket=tmp_path / "admin.sock", pidfile=tmp_path / "haproxy.pid",
+        maxconn=1000,
+    )  # fmt: skip
+    auth = staging.STATS_AUTH
+    probe_path = container("haproxy", "haproxy")["livenessProbe"]["httpGet"]["path"]
+    with running_haproxy(config, tmp_path, {auth.password_variable: STATS_PASSWORD}):
+        stats = f"http://127.0.0.1:{stats_port}"
+        for path in ("/metrics", "/stats"):
+            assert stats_status(stats + path) == 401, path
+            assert stats_status(stats + path, (auth.user, "not-the-password")) == 401, path
+            assert stats_status(stats + path, (auth.user, STATS_PASSWORD)) == 200, path
+        assert stats_status(stats + probe_path) == 200
 
 
 def test_compose_runs_haproxy_as_the_pods_do() -> None:
@@ -553,11 +652,7 @@ def credentials_given() -> Iterator[tuple[str, str, str, set[str]]]:
             seeds = [v for k, v in variables.items() if k.endswith("_NATS_CREDENTIALS")]
             if argv[:1] != ["fleet"] or not seeds:
                 continue
-            files = {
-                f"{path}/{item['path']}"
-                for path, source in mounts(workload, found).values()
-                for item in source.get("secret", {}).get("items", [])
-            }
+            files = set(secret_files(workload, found))
             yield f"{workload['metadata']['name']}/{found['name']}", argv[1], seeds[0], files
     for name, service in SERVICES.items():
         variables = service.get("environment", {})
@@ -632,6 +727,24 @@ PROMETHEUS_YML = K8S / "prometheus.yml"
 def test_promtool_accepts_the_prometheus_config() -> None:
     result = promtool_check(PROMETHEUS_YML)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_prometheus_scrapes_haproxy_as_the_stats_user_with_the_password_haproxy_has() -> None:
+    auth = staging.STATS_AUTH
+    scrape = yaml.safe_load(PROMETHEUS_YML.read_text())["scrape_configs"]
+    (job,) = [j for j in scrape if j["job_name"] == "haproxy"]
+    assert job["basic_auth"]["username"] == auth.user
+    password_file = job["basic_auth"]["password_file"]
+    # Kubernetes: the file is the item of the Secret HAProxy's variable comes from.
+    secret = env(container("haproxy", "haproxy"))[auth.password_variable]["secretKeyRef"]
+    prometheus = named("StatefulSet", "prometheus")
+    mounted = secret_files(prometheus, container("prometheus", "prometheus"))
+    assert mounted[password_file] == (secret["name"], secret["key"])
+    # Compose: both from the one variable Compose is started with.
+    variable = auth.password_variable
+    assert SERVICES["haproxy"]["environment"][variable].startswith(f"${{{variable}:?")
+    (given,) = [s for s in SERVICES["prometheus"]["secrets"] if s["target"] == password_file]
+    assert COMPOSE["secrets"][given["source"]] == {"environment": variable}
 
 
 def test_prometheus_scrapes_the_staging_jobs_through_headless_services() -> None:

@@ -25,6 +25,7 @@ from backend.stack import LocalStack, StackConfig, fetch_metrics, servers_up
 from haproxy.config import (
     ConfigCheckFailed,
     HaproxyConfig,
+    StatsAuth,
     check,
     ephemeral_ports,
     find_haproxy,
@@ -128,6 +129,8 @@ def test_defaults_follow_the_fd_limit_and_the_port_range(tmp_path: Path) -> None
         ({"maxconn": 10**9}, r"lower maxconn or raise the limit \(ulimit -Hn"),
         ({"server_maxconn": 0}, "server_maxconn must be positive"),
         ({"nbthread": 0}, "nbthread must be positive"),
+        # Off loopback, the stats port is reachable by others: it must ask who they are.
+        ({"stats_host": "0.0.0.0"}, "stats on 0.0.0.0 needs stats_auth"),
     ],
 )
 def test_config_refuses_what_haproxy_cannot_run(
@@ -135,6 +138,23 @@ def test_config_refuses_what_haproxy_cannot_run(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         make_config(tmp_path, **overrides)
+
+
+@pytest.mark.parametrize(
+    ("user", "variable", "message"),
+    [("stats~x", "PASSWORD", "stats user"), ("stats", "STATS-PASSWORD", "not an environment")],
+)
+def test_stats_auth_refuses_what_haproxy_cannot_read(
+    user: str, variable: str, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        StatsAuth(user, variable)
+
+
+def test_a_loopback_stats_port_asks_for_no_credentials(tmp_path: Path) -> None:
+    text = render(make_config(tmp_path))
+    assert "userlist" not in text
+    assert "http-request auth" not in text
 
 
 def test_check_fails_with_haproxy_s_own_words(tmp_path: Path) -> None:
