@@ -504,15 +504,29 @@ async def test_a_flooding_device_does_not_delay_another_devices_acks(
 async def test_a_shard_whose_nats_client_closes_for_good_reconnects(
     start_shard: ShardFactory,
 ) -> None:
+    """nats-py closes a client for good on some server errors; closing it is the same call
+    (the -ERR case, below, may also end in an ordinary reconnect: the server's EOF can come
+    first)."""
     async with start_shard() as shard:
         device = await connected("gw-1", shard)
         broken = shard.nc
         assert broken is not None
+        await broken.close()
+        await eventually(lambda: shard.nc is not broken and shard.ready, timeout=10)
+        await still_serves(shard, device, "a-1")
+        await device.close()
+
+
+async def test_a_publish_nats_refuses_leaves_the_shard_serving(start_shard: ShardFactory) -> None:
+    async with start_shard() as shard:
+        device = await connected("gw-1", shard)
+        await registered(shard, "gw-1")
+        assert shard.nc is not None
         # Headers count against max_payload on the server, not in nats-py's own check: the
-        # server answers -ERR and nats-py closes the client for good.
+        # server answers -ERR and drops the connection.
         payload, headers = b"x" * (shard.max_payload - 10), {"X-Pad": "p" * 100}
-        await broken.publish("fleet.test", payload, headers=headers)
-        await eventually(lambda: broken.is_closed and shard.nc is not broken, timeout=10)
+        await shard.nc.publish("fleet.test", payload, headers=headers)
+        await asyncio.sleep(0.5)
         await eventually(lambda: shard.ready, timeout=10)
         await still_serves(shard, device, "a-1")
         await device.close()
