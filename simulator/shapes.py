@@ -22,7 +22,7 @@ from typing import Any
 from locust import LoadTestShape, argument_parser, events
 from locust.env import Environment
 
-from backend.operator_client import OperatorClient
+from backend.operator_client import OperatorClient, OperatorError
 from simulator import plugin
 from simulator.checks import ROLLOUT_CREATED, ROLLOUT_FINISHED, SHARD_KILLED
 from simulator.operator import OperatorActivity
@@ -134,7 +134,7 @@ class RolloutShape(FullFleetShape):
         if watch is None:
             up_for = self.up_for(now)
             if up_for is not None and up_for >= options.rollout_after:
-                self.watch = start_rollout(
+                self.watch = try_rollout(
                     RolloutPlan(
                         max_concurrent=options.rollout_max_concurrent, rate=options.rollout_rate
                     )
@@ -163,6 +163,17 @@ def start_rollout(plan: RolloutPlan) -> RolloutWatch:
     log.info("update rollout %s: %d devices", watch.rollout_id, watch.status["total"])
     plugin.start_scenario_task(watch.watch, plugin.elapsed)
     return watch
+
+
+def try_rollout(plan: RolloutPlan) -> RolloutWatch | None:
+    """``start_rollout``, or None (the shape tries again next tick) when the API refused it:
+    on a loaded host the fleet state may not know the gateways yet ("the selector matches no
+    device"), and an exception would end the shape, and with it the run."""
+    try:
+        return start_rollout(plan)
+    except OperatorError as exc:
+        log.warning("update rollout not created yet (%s); trying again", exc)
+        return None
 
 
 def kill_first_shard() -> None:
@@ -198,8 +209,8 @@ class DayShape(FleetShape):
             self.operating = True
             start_operator()
         if share >= self.ROLLOUT_AT and not self.rolling_out:
-            self.rolling_out = True
-            start_rollout(RolloutPlan(percent=20, max_concurrent=20, rate=5))
+            plan = RolloutPlan(percent=20, max_concurrent=20, rate=5)
+            self.rolling_out = try_rollout(plan) is not None
         return (round(users * 0.7), rate) if 0.5 <= share < 0.7 else base
 
 
