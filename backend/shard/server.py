@@ -361,13 +361,13 @@ class Shard:
             self._publish_soon(conn, "relay", event.msg, subject, payload)
         elif kind is ps.ProtocolViolation:
             error = event.error
-            self.protocol_error(conn, error.reason, error.close_code, str(error))
+            self._protocol_error(conn, error.reason, error.close_code, str(error))
 
-    def protocol_error(
+    def _protocol_error(
         self, conn: DeviceConnection, reason: str, close_code: int | None, text: str
     ) -> None:
         """Count bad input; close the connection when the error says so, or when the device
-        keeps sending garbage (``max_errors`` within ``error_window``)."""
+        keeps sending garbage (``connection.MAX_ERRORS`` within ``ERROR_WINDOW``)."""
         self.metrics.protocol_errors.labels(reason).inc()
         if close_code is not None:
             conn.close(close_code, text[:120], reason)
@@ -405,7 +405,7 @@ class Shard:
         error = TooBigForBus(f"{size} bytes do not fit the bus limit of {self.max_payload}")
         assert conn.session is not None
         conn.session.reject(msg, error)
-        self.protocol_error(conn, error.reason, None, str(error))
+        self._protocol_error(conn, error.reason, None, str(error))
         return False
 
     def _enqueue(self, conn: DeviceConnection, kind: str, job: Job) -> None:
