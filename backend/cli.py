@@ -15,14 +15,15 @@ from typing import Any
 import click
 import uvloop
 
-from backend import api as operator_api
-from backend import capacity as capacity_model
-from backend import fleetstate, logs, natsauth, natsexporter, process, stackctl
-from backend.auth import issue_device_token
-from backend.bus import MAX_REPLICAS
-from backend.check import check_run
-from backend.fleetconfig import FleetConfig, load_operator_tokens
-from backend.operator_client import (
+from backend import logs
+from backend.bus import exporter, natsauth
+from backend.bus.auth import issue_device_token
+from backend.bus.subjects import MAX_REPLICAS
+from backend.devstack import process, stackctl
+from backend.devstack.stack import StackConfig, count_or_auto
+from backend.operator import api as operator_api
+from backend.operator import fleetstate
+from backend.operator.client import (
     OperatorClient,
     OperatorError,
     format_command,
@@ -34,9 +35,11 @@ from backend.operator_client import (
     relay_terminal,
     terminal_size,
 )
+from backend.operator.config import FleetConfig, load_operator_tokens
 from backend.shard import ShardConfig, serve
 from backend.shard.config import default_max_connections, default_shard_id
-from backend.stack import StackConfig, count_or_auto
+from backend.tools import capacity as capacity_model
+from backend.tools.check import check_run
 
 verbose_option = click.option("-v", "--verbose", count=True, help="More logs (-v info, -vv debug).")
 nats_urls_option = click.option(
@@ -558,7 +561,7 @@ def check(baseline: Path, run_dir: Path) -> None:
         sys.exit(1)
 
 
-main.add_command(natsexporter.main, name="nats-exporter")
+main.add_command(exporter.main, name="nats-exporter")
 main.add_command(natsauth.main, name="nats-credentials")
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import uvloop
 
-from backend import process
-from backend.auth import issue_device_token
-from backend.natsserver import NatsServer
+from backend.bus.auth import issue_device_token
+from backend.devstack import process
+from backend.devstack.natsserver import NatsServer
 from backend.protocol import http
 from backend.protocol import session as ps
 from backend.protocol import websocket as ws

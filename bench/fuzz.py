@@ -1,10 +1,10 @@
 """Fuzz a live shard: a million generated upgrade heads, RFC 6455 frames and ProtoMsg envelopes.
 
 One shard process (``fleet shard``, as the local stack runs it) on a real NATS server.
-``backend.fuzzdevice`` plays ``--count`` cases of ``backend.fuzzcases`` over ``--connections``
-workers, several cases per connection, while a legit device raises alerts that must be acked
-and ``--mute`` connections send big pings they never read. Prints inputs sent, connections
-opened, answers by kind, shard RSS before/peak/after, the legit device's round trips and
+``backend.tools.fuzzdevice`` plays ``--count`` cases of ``backend.tools.fuzzcases`` over
+``--connections`` workers, several cases per connection, while a legit device raises alerts that
+must be acked and ``--mute`` connections send big pings they never read. Prints inputs sent,
+connections opened, answers by kind, shard RSS before/peak/after, the legit device's round trips and
 latency, inputs per second, and each input answered wrongly with how to rebuild it. Exits 1
 if the shard failed a check.
 
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import uvloop
 
-from backend import process
-from backend.fuzzdevice import SHARD_OPTIONS, FuzzSettings, FuzzTarget, fuzz
-from backend.stack import LocalStack, StackConfig
+from backend.devstack import process
+from backend.devstack.stack import LocalStack, StackConfig
+from backend.tools.fuzzdevice import SHARD_OPTIONS, FuzzSettings, FuzzTarget, fuzz
 
 
 def main() -> int:

@@ -25,8 +25,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from backend import process
-from backend.stack import LocalStack, StackConfig
+from backend.devstack import process
+from backend.devstack.stack import LocalStack, StackConfig
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL_KIB = 8.0

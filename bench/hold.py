@@ -27,8 +27,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backend import process
-from backend.stack import LocalStack, StackConfig
+from backend.devstack import process
+from backend.devstack.stack import LocalStack, StackConfig
 
 REPO = Path(__file__).resolve().parents[1]
 PER_WORKER = 15_000  # gateways per Locust process: one socket each within 20,000 open files

@@ -13,7 +13,7 @@ import os
 import websocket
 from locust import User, constant, task
 
-from backend.auth import issue_device_token
+from backend.bus.auth import issue_device_token
 from backend.shard.config import DEVICE_PATH
 
 _indexes = itertools.count()

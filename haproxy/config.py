@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backend.process import find_binary
+from backend.devstack.process import find_binary
 from backend.shard.config import DEVICE_PATH
 
 # Descriptors kept back from the connection budget: listeners, the runtime API socket, health

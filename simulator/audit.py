@@ -4,7 +4,7 @@ shard acks only after JetStream stored it, so acked alerts missing here are lost
 
 Runs as its own process (``python -m simulator.audit NATS_URL RUN_ID [CREDENTIALS]``): the
 simulator lives under gevent's monkey patching, nats-py under asyncio. CREDENTIALS is the
-audit role's nkey seed file (``backend.natsauth``): it may read the alert stream, nothing else.
+audit role's nkey seed file (``backend.bus.natsauth``): it may read the alert stream, nothing else.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import nats
 from nats.js.api import DeliverPolicy
 
-from backend import bus, natsauth
+from backend.bus import natsauth, subjects
 
 
 async def count_alerts(
@@ -36,18 +36,18 @@ async def count_alerts(
     )  # fmt: skip
     try:
         js = nc.jetstream()
-        info = await js.stream_info(bus.ALERTS_STREAM)
+        info = await js.stream_info(subjects.ALERTS_STREAM)
         ids: Counter[str] = Counter()
         stored_at: list[float] = []
         if info.state.messages:
             sub = await js.subscribe(
-                bus.alert_subject("*"),
+                subjects.alert_subject("*"),
                 ordered_consumer=True,
                 headers_only=True,
                 deliver_policy=DeliverPolicy.ALL,
             )
             async for msg in sub.messages:
-                msg_id = (msg.headers or {}).get(bus.MSG_ID_HEADER, "")
+                msg_id = (msg.headers or {}).get(subjects.MSG_ID_HEADER, "")
                 if f":{run_id}-" in msg_id:
                     ids[msg_id] += 1
                     stored_at.append(msg.metadata.timestamp.timestamp())

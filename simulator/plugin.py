@@ -25,9 +25,9 @@ from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
-from backend import natsauth
+from backend.bus import natsauth
+from backend.devstack.stack import LocalStack, StackConfig, count_or_auto, fetch_metrics, option_key
 from backend.shard.config import ShardConfig
-from backend.stack import LocalStack, StackConfig, count_or_auto, fetch_metrics, option_key
 from simulator import audit, report, verdicts
 from simulator.checks import RunRecord, fleet_checks
 from simulator.metrics import SimulatorMetrics

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from backend.stack import metric_sum
+from backend.devstack.stack import metric_sum
 
 Sample = dict[str, Any]
 ShardFigures = dict[str, float]

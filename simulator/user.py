@@ -18,7 +18,7 @@ from locust import User, task
 from locust.env import Environment
 from locust.runners import WorkerRunner
 
-from backend.auth import issue_device_token
+from backend.bus.auth import issue_device_token
 from simulator import plugin
 from simulator.behaviour import Behaviour
 from simulator.checks import RunRecord

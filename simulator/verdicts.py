@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from backend.check import aligned
+from backend.tools.check import aligned
 
 AT_MOST, AT_LEAST = "<=", ">="
 

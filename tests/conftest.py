@@ -14,10 +14,10 @@ import pytest
 import uvloop
 from nats.aio.client import Client as NATS
 
-from backend.api import OperatorApi
-from backend.fleetconfig import FleetConfig
-from backend.fleetstate import FleetState
-from backend.natsserver import NatsCluster, NatsServer
+from backend.devstack.natsserver import NatsCluster, NatsServer
+from backend.operator.api import OperatorApi
+from backend.operator.config import FleetConfig
+from backend.operator.fleetstate import FleetState
 from backend.shard import Shard, ShardConfig
 from tests.fleet_support import OPERATOR_TOKENS, ApiFactory, FleetStateFactory
 from tests.support import JWT_SECRET, ShardFactory

@@ -11,10 +11,10 @@ from typing import Any, TypeVar
 import aiohttp
 from nats.js.kv import KeyValue
 
-from backend.api import OperatorApi
-from backend.fleetstate import DeviceState, FleetState, load
+from backend.devstack.testdevice import CommandHandler, TestDevice, UpdateHandler, echo_command
+from backend.operator.api import OperatorApi
+from backend.operator.fleetstate import DeviceState, FleetState, load
 from backend.shard import Shard
-from backend.testdevice import CommandHandler, TestDevice, UpdateHandler, echo_command
 from tests.support import device_token
 
 FleetStateFactory = Callable[..., contextlib.AbstractAsyncContextManager[FleetState]]

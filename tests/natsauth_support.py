@@ -1,4 +1,4 @@
-"""Connecting to NATS as a role of ``backend.natsauth``, and what its credentials refuse:
+"""Connecting to NATS as a role of ``backend.bus.natsauth``, and what its credentials refuse:
 shared by the tests of the credentials and of the local stacks that run with them."""
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 
-from backend import bus, natsauth
-from backend.natsserver import NatsServer
+from backend.bus import natsauth, subjects
+from backend.bus.routing import DeviceRouter
+from backend.devstack.natsserver import NatsServer
+from backend.devstack.stack import LocalStack
+from backend.devstack.testdevice import TestDevice
 from backend.protocol import session as ps
 from backend.protocol.errors import DeviceOffline, DeviceTimeout
-from backend.routing import DeviceRouter
-from backend.stack import LocalStack
-from backend.testdevice import TestDevice
 
 Seeds = dict[str, Path]
 """Role -> its seed file."""
@@ -119,12 +119,12 @@ async def only_the_api_commands_devices(stack: LocalStack) -> None:
     api = await connect_as(stack.nats_urls, natsauth.API, seeds[natsauth.API], errors)
     shard = await connect_as(stack.nats_urls, natsauth.SHARD, seeds[natsauth.SHARD], errors)
     try:
-        as_api = DeviceRouter(api, await api.jetstream().key_value(bus.PRESENCE_BUCKET))
+        as_api = DeviceRouter(api, await api.jetstream().key_value(subjects.PRESENCE_BUCKET))
         holder = await held_by_a_shard(as_api, "gw-1")
-        as_shard = DeviceRouter(shard, await shard.jetstream().key_value(bus.PRESENCE_BUCKET))
+        as_shard = DeviceRouter(shard, await shard.jetstream().key_value(subjects.PRESENCE_BUCKET))
         with pytest.raises(DeviceTimeout):
             await as_shard.run_command("gw-1", "echo from a shard", timeout=0.5)
-        assert refused(errors) == [bus.shard_subject(holder)]
+        assert refused(errors) == [subjects.shard_subject(holder)]
         assert commands_seen(device) == 0
         result = await as_api.run_command("gw-1", "echo from the api", timeout=5)
         assert (result.exit_code, result.output) == (0, b"from the api\n")

@@ -11,8 +11,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from backend import process
-from backend.prometheus import find_prometheus
+from backend.devstack import process
+from backend.devstack.prometheus import find_prometheus
 
 DASHBOARDS = Path(__file__).resolve().parents[1] / "dashboards"
 # Grafana's own variables, as Grafana would fill them in at a few seconds' scrape interval.

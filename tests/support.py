@@ -13,9 +13,9 @@ from typing import Any
 
 import gevent
 
-from backend import process
-from backend.auth import issue_device_token
-from backend.process import free_ports
+from backend.bus.auth import issue_device_token
+from backend.devstack import process
+from backend.devstack.process import free_ports
 from backend.protocol import websocket as ws
 from backend.shard import Shard
 from backend.shard.config import DEVICE_PATH

@@ -10,12 +10,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from backend import api as api_module
-from backend.api import MAX_JSON_DEPTH, OperatorApi
+from backend.devstack.testdevice import TestDevice
+from backend.operator import api as api_module
+from backend.operator.api import MAX_JSON_DEPTH, OperatorApi
 from backend.protocol import messages
 from backend.protocol import session as ps
 from backend.shard import Shard
-from backend.testdevice import TestDevice
 from tests.fleet_support import AUTH, ApiFactory, base, call, connected, until
 from tests.support import ShardFactory
 

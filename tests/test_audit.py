@@ -10,8 +10,8 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from backend import bus, natsauth
-from backend.natsserver import NatsServer
+from backend.bus import natsauth, subjects
+from backend.devstack.natsserver import NatsServer
 from backend.protocol.messages import Alert
 from simulator.audit import audit_stream, count_alerts
 from tests.natsauth_support import connect_as, secured_server
@@ -29,16 +29,16 @@ async def publish(js: JetStreamContext, device_id: str, alert_id: str) -> bool:
     """Store an alert as a shard does; True if JetStream took it as a duplicate."""
     alert = Alert(alert_id, "smoke", "critical", "raised", "Smoke in the kitchen", "Leave", 1.0)
     ack = await js.publish(
-        bus.alert_subject(device_id),
+        subjects.alert_subject(device_id),
         alert.to_body(),
-        headers={bus.MSG_ID_HEADER: bus.alert_msg_id(device_id, alert_id)},
+        headers={subjects.MSG_ID_HEADER: subjects.alert_msg_id(device_id, alert_id)},
     )
     return bool(ack.duplicate)
 
 
 async def test_counts_the_unique_alerts_of_one_run(nats_server: NatsServer, nc: NATS) -> None:
     js = nc.jetstream()
-    await bus.ensure_streams(js)
+    await subjects.ensure_streams(js)
     stored = [
         ("gw-1", f"{RUN}-1"),
         ("gw-1", f"{RUN}-2"),
@@ -57,7 +57,7 @@ async def test_a_stream_without_the_run_counts_nothing(
     nats_server: NatsServer, nc: NATS, foreign: list[tuple[str, str]]
 ) -> None:
     js = nc.jetstream()
-    await bus.ensure_streams(js)
+    await subjects.ensure_streams(js)
     for device, alert_id in foreign:
         await publish(js, device, alert_id)
     async with asyncio.timeout(10):  # reading must end even when nothing matches
@@ -71,7 +71,7 @@ async def test_a_resend_after_the_dedup_window_shows_as_a_duplicate(
 ) -> None:
     # The real window is 2 minutes; a gateway resending later than that is stored twice.
     js = nc.jetstream()
-    await js.add_stream(dataclasses.replace(bus.STREAMS[0], duplicate_window=0.2))
+    await js.add_stream(dataclasses.replace(subjects.STREAMS[0], duplicate_window=0.2))
     assert not await publish(js, "gw-1", f"{RUN}-1")
     await asyncio.sleep(1.0)  # well past the window
     assert not await publish(js, "gw-1", f"{RUN}-1")
@@ -83,7 +83,7 @@ async def test_audit_stream_reports_what_count_alerts_does(
     nats_server: NatsServer, nc: NATS
 ) -> None:
     js = nc.jetstream()
-    await bus.ensure_streams(js)
+    await subjects.ensure_streams(js)
     for device, alert_id in [("gw-1", f"{RUN}-1"), ("gw-2", f"{RUN}-1"), ("gw-2", "def456-1")]:
         await publish(js, device, alert_id)
     in_child = await asyncio.to_thread(audit_stream, nats_server.url, RUN, 30)
@@ -95,7 +95,7 @@ async def test_the_span_runs_from_the_first_stored_alert_to_the_last(
     nats_server: NatsServer, nc: NATS
 ) -> None:
     js = nc.jetstream()
-    await bus.ensure_streams(js)
+    await subjects.ensure_streams(js)
     await publish(js, "gw-1", f"{RUN}-1")
     await asyncio.sleep(0.5)  # the stream stamps each message when it stores it
     await publish(js, "gw-1", f"{RUN}-2")
@@ -117,7 +117,7 @@ async def test_the_audit_role_reads_the_stream_and_no_credentials_read_nothing(
         shard = await connect_as(server.url, natsauth.SHARD, seeds[natsauth.SHARD], [])
         try:
             js = shard.jetstream()
-            await bus.ensure_streams(js)
+            await subjects.ensure_streams(js)
             await publish(js, "gw-1", f"{RUN}-1")
         finally:
             await shard.close()

@@ -7,7 +7,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from backend.auth import TokenVerifier, issue_device_token
+from backend.bus.auth import TokenVerifier, issue_device_token
 from backend.protocol.errors import Unauthorized
 
 SECRET = "a-test-secret-of-at-least-32-bytes-long"

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from backend import capacity
 from backend.shard.config import default_max_connections
+from backend.tools import capacity
 from haproxy.config import max_maxconn
 
 # The shape bench/hold.py writes; round figures so the expected plans are easy to check.

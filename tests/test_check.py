@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from backend.check import Row, compare, figure
 from backend.cli import main
+from backend.tools.check import Row, compare, figure
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from backend import process
-from backend.auth import TokenVerifier
+from backend.bus.auth import TokenVerifier
 from backend.cli import main
-from backend.natsserver import NatsServer
-from backend.process import free_ports
+from backend.devstack import process
+from backend.devstack.natsserver import NatsServer
+from backend.devstack.process import free_ports
 
 SECRET = "a-cli-test-secret-of-at-least-32-bytes"
 OPERATOR_TOKEN = "an-operator-token-for-the-cli-tests"

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from backend import process
+from backend.devstack import process
 
 FLEET = [sys.executable, "-m", "backend.cli"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.fleetconfig import FleetConfig, load_operator_tokens
+from backend.operator.config import FleetConfig, load_operator_tokens
 
 
 def test_tokens_map_to_operators(tmp_path: Path) -> None:

@@ -7,10 +7,11 @@ import asyncio
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
-from backend import bus, fleetstate, presence
-from backend.fleetstate import DeviceState, FleetState, StateMetrics
+from backend.bus import presence, subjects
+from backend.devstack.testdevice import TestDevice
+from backend.operator import fleetstate
+from backend.operator.fleetstate import DeviceState, FleetState, StateMetrics
 from backend.protocol import messages
-from backend.testdevice import TestDevice
 from tests.fleet_support import FleetStateFactory, connected, state_when, until_true
 from tests.support import ShardFactory
 
@@ -43,7 +44,7 @@ def devices_gauge(service: FleetState, state: str) -> float | None:
 
 
 async def devices_kv(nc: NATS) -> KeyValue:
-    return await bus.ensure_devices_bucket(nc.jetstream())
+    return await subjects.ensure_devices_bucket(nc.jetstream())
 
 
 async def test_an_alert_turns_a_device_red_and_its_clear_green_again(
@@ -155,8 +156,8 @@ async def test_an_unreadable_event_is_counted_and_dropped(
     js = nc.jetstream()
     async with start_fleet_state() as service:
         kv = await devices_kv(nc)
-        await js.publish(bus.alert_subject("gw-1"), b"\xc1 not msgpack")
-        await js.publish(bus.alert_subject("gw-1"), raised("a-1").to_body())
+        await js.publish(subjects.alert_subject("gw-1"), b"\xc1 not msgpack")
+        await js.publish(subjects.alert_subject("gw-1"), raised("a-1").to_body())
         await state_when(kv, "gw-1", lambda s: s.health == "red")
         assert events(service, "alert", "invalid") == 1
         assert events(service, "alert", "applied") == 1

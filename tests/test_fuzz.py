@@ -6,7 +6,7 @@ upgrade; after it a close code, a ProtoMsg error or the message's own answer), w
 and with the TCP connection closed after a refusal; the shard process is still there with
 /healthz answering 200 throughout; its RSS peaked at most 64 MiB over its RSS before the run,
 though a mute connection sent 128 MiB of pings without reading a pong; and a legit device
-alongside had each of its alerts acked within 5 s (``backend.fuzzdevice`` holds the bounds).
+alongside had each of its alerts acked within 5 s (``backend.tools.fuzzdevice`` holds the bounds).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import uvloop
 
-from backend.fuzzdevice import SHARD_OPTIONS, FuzzSettings, FuzzTarget, fuzz
-from backend.stack import LocalStack, StackConfig
+from backend.devstack.stack import LocalStack, StackConfig
+from backend.tools.fuzzdevice import SHARD_OPTIONS, FuzzSettings, FuzzTarget, fuzz
 
 SETTINGS = FuzzSettings(seed=20240611, count=50_000, connections=32, mute=1)
 

@@ -23,13 +23,13 @@ import gevent
 import pytest
 from nats.js.kv import KeyValue
 
-from backend import bus, presence
-from backend.natsauth import ADMIN, API, AUDIT
+from backend.bus import presence, subjects
+from backend.bus.natsauth import ADMIN, API, AUDIT
+from backend.bus.routing import DeviceRouter
+from backend.devstack.stack import LocalStack, StackConfig, fetch_metrics, metric_sum
 from backend.protocol import closecodes
 from backend.protocol import envelope as env
 from backend.protocol.messages import CommandResult, UpdateOffer, UpdateProgress
-from backend.routing import DeviceRouter
-from backend.stack import LocalStack, StackConfig, fetch_metrics, metric_sum
 from simulator.audit import audit_stream
 from simulator.behaviour import Behaviour
 from simulator.fleet import Fleet, parse_targets
@@ -213,7 +213,7 @@ async def operator_commands(
     """What an operator gets back from ``commands``, sent to the device through NATS."""
     nc = await connect_as(stack.nats_url, API, stack.nats_credentials[API], [])
     try:
-        kv = await bus.ensure_streams(nc.jetstream())
+        kv = await subjects.ensure_streams(nc.jetstream())
         await presence_connected(kv, device_id)
         router = DeviceRouter(nc, kv)
         return [await router.run_command(device_id, c, timeout=5) for c in commands]
@@ -253,10 +253,10 @@ async def operator_shell(stack: LocalStack, device_id: str) -> tuple[bytes, str]
     type of its last message, after typing ``hostname`` then ``exit``."""
     nc = await connect_as(stack.nats_url, API, stack.nats_credentials[API], [])
     try:
-        kv = await bus.ensure_streams(nc.jetstream())
+        kv = await subjects.ensure_streams(nc.jetstream())
         await presence_connected(kv, device_id)
         router = DeviceRouter(nc, kv)
-        sub = await nc.subscribe(bus.relay_subject(device_id, "shell-1"))
+        sub = await nc.subscribe(subjects.relay_subject(device_id, "shell-1"))
 
         async def send(typ: str, body: bytes = b"") -> None:
             msg = env.ProtoMsg(env.PROTO_SHELL, typ, "shell-1", None, body)
@@ -298,9 +298,9 @@ async def offered_update(stack: LocalStack, device_id: str, offer: UpdateOffer) 
     (read off the updates subject: the API role reads them from the stream only)."""
     nc = await connect_as(stack.nats_url, ADMIN, stack.nats_credentials[ADMIN], [])
     try:
-        kv = await bus.ensure_streams(nc.jetstream())
+        kv = await subjects.ensure_streams(nc.jetstream())
         await presence_connected(kv, device_id)
-        sub = await nc.subscribe(bus.update_subject(device_id))
+        sub = await nc.subscribe(subjects.update_subject(device_id))
         await DeviceRouter(nc, kv).offer_update(device_id, "update-1", offer)
         states: list[str] = []
         while not states or states[-1] not in ("success", "failure"):

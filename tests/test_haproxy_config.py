@@ -18,10 +18,10 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from backend import process
+from backend.devstack import process
+from backend.devstack.stack import LocalStack, StackConfig, fetch_metrics, servers_up
 from backend.protocol import envelope, messages
 from backend.shard.config import DEVICE_PATH
-from backend.stack import LocalStack, StackConfig, fetch_metrics, servers_up
 from haproxy.config import (
     ConfigCheckFailed,
     HaproxyConfig,

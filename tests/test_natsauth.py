@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 from nats.errors import Error as NatsError
 
-from backend import bus, natsauth
-from backend.natsauth import Credentials
-from backend.natsserver import NatsServer, check_config
+from backend.bus import natsauth, subjects
+from backend.bus.natsauth import Credentials
+from backend.devstack.natsserver import NatsServer, check_config
 from haproxy.tls import make_local_pki
 from tests.natsauth_support import Seeds, connect_as, refusals, secured_server
 
@@ -72,29 +72,29 @@ async def test_a_seed_the_server_does_not_know_is_refused(
 # subscribe, subject).
 REFUSED = {
     natsauth.SHARD: [
-        ("publish", bus.shard_subject("shard-b")),  # operator requests: the API's alone
+        ("publish", subjects.shard_subject("shard-b")),  # operator requests: the API's alone
         ("subscribe", f"{natsauth.inbox_prefix(natsauth.API)}.>"),  # the API's answers
-        ("publish", f"$JS.API.STREAM.DELETE.{bus.ALERTS_STREAM}"),
-        ("publish", f"$KV.{bus.DEVICES_BUCKET}.gw-1"),
+        ("publish", f"$JS.API.STREAM.DELETE.{subjects.ALERTS_STREAM}"),
+        ("publish", f"$KV.{subjects.DEVICES_BUCKET}.gw-1"),
     ],
     natsauth.STATE: [
-        ("publish", bus.shard_subject("shard-a")),
-        ("publish", bus.kick_subject("shard-a")),
-        ("publish", bus.alert_subject("gw-1")),
+        ("publish", subjects.shard_subject("shard-a")),
+        ("publish", subjects.kick_subject("shard-a")),
+        ("publish", subjects.alert_subject("gw-1")),
         ("subscribe", "fleet.relay.>"),  # shell output
     ],
     natsauth.API: [
-        ("publish", bus.kick_subject("shard-a")),
-        ("publish", bus.alert_subject("gw-1")),
-        ("publish", f"$KV.{bus.PRESENCE_BUCKET}.gw-1"),
-        ("subscribe", bus.shard_subject("shard-a")),
+        ("publish", subjects.kick_subject("shard-a")),
+        ("publish", subjects.alert_subject("gw-1")),
+        ("publish", f"$KV.{subjects.PRESENCE_BUCKET}.gw-1"),
+        ("subscribe", subjects.shard_subject("shard-a")),
     ],
     natsauth.AUDIT: [
-        ("publish", bus.alert_subject("gw-1")),
-        ("publish", f"$JS.API.STREAM.PURGE.{bus.ALERTS_STREAM}"),
-        ("publish", f"$JS.API.STREAM.INFO.{bus.STATUS_STREAM}"),
-        ("publish", bus.shard_subject("shard-a")),
-        ("subscribe", bus.alert_subject(">")),
+        ("publish", subjects.alert_subject("gw-1")),
+        ("publish", f"$JS.API.STREAM.PURGE.{subjects.ALERTS_STREAM}"),
+        ("publish", f"$JS.API.STREAM.INFO.{subjects.STATUS_STREAM}"),
+        ("publish", subjects.shard_subject("shard-a")),
+        ("subscribe", subjects.alert_subject(">")),
     ],
 }
 
@@ -117,15 +117,17 @@ async def test_the_api_may_ask_a_shard_and_a_shard_may_answer_and_kick(
     shard = await connect_as(server.url, natsauth.SHARD, seeds[natsauth.SHARD], errors)
     api = await connect_as(server.url, natsauth.API, seeds[natsauth.API], errors)
     try:
-        requests = await shard.subscribe(bus.shard_subject("shard-a"))
-        kicks = await shard.subscribe(bus.kick_subject("shard-a"))
+        requests = await shard.subscribe(subjects.shard_subject("shard-a"))
+        kicks = await shard.subscribe(subjects.kick_subject("shard-a"))
         await shard.flush()
-        reply = asyncio.ensure_future(api.request(bus.shard_subject("shard-a"), b"x", timeout=5))
+        reply = asyncio.ensure_future(
+            api.request(subjects.shard_subject("shard-a"), b"x", timeout=5)
+        )
         asked = await requests.next_msg(timeout=5)
         assert asked.reply.startswith(natsauth.inbox_prefix(natsauth.API) + ".")
         await asked.respond(b"done")
         assert (await reply).data == b"done"
-        await shard.publish(bus.kick_subject("shard-a"), b"kick")  # from another shard
+        await shard.publish(subjects.kick_subject("shard-a"), b"kick")  # from another shard
         assert (await kicks.next_msg(timeout=5)).data == b"kick"
     finally:
         await shard.close()

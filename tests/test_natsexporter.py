@@ -10,10 +10,10 @@ from pathlib import Path
 from nats.aio.client import Client as NATS
 from prometheus_client import CollectorRegistry, generate_latest
 
-from backend.natsexporter import NatsCollector
-from backend.natsserver import NatsServer
-from backend.process import free_ports
-from backend.stack import fetch_metrics, metric_sum
+from backend.bus.exporter import NatsCollector
+from backend.devstack.natsserver import NatsServer
+from backend.devstack.process import free_ports
+from backend.devstack.stack import fetch_metrics, metric_sum
 from tests.observe_support import spawned
 
 
@@ -55,7 +55,7 @@ def test_the_command_serves_metrics_configured_from_the_environment(
 ) -> None:
     (port,) = free_ports(1)
     env = {"FLEET_NATS_EXPORTER_NATS_MONITOR_URL": nats_server.monitor_url}
-    argv = [sys.executable, "-m", "backend.natsexporter", "--port", str(port)]
+    argv = [sys.executable, "-m", "backend.bus.exporter", "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
     with spawned("natsexporter", argv, f"{url}/metrics", tmp_path / "exporter.log", env):
         text = fetch_metrics(url)

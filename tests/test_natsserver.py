@@ -14,8 +14,8 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import APIError
 
-from backend import bus
-from backend.natsserver import (
+from backend.bus import subjects
+from backend.devstack.natsserver import (
     ClusterNode,
     ConfigCheckFailed,
     NatsCluster,
@@ -84,11 +84,11 @@ async def publish_until_stored(js: JetStreamContext, payload: bytes) -> PubAck:
     """As the shards and devices do: sent again with the same id (the stream keeps one copy)
     until acked: a publish written to the killed node just before the client noticed is lost,
     one that reached the stream but whose ack was lost is answered as a duplicate."""
-    headers = {bus.MSG_ID_HEADER: payload.hex()}
+    headers = {subjects.MSG_ID_HEADER: payload.hex()}
     async with asyncio.timeout(20):
         while True:
             with contextlib.suppress(nats.errors.TimeoutError, APIError):
-                return await js.publish(bus.alert_subject("gw-1"), payload, 1, headers=headers)
+                return await js.publish(subjects.alert_subject("gw-1"), payload, 1, headers=headers)
 
 
 async def test_a_killed_node_restarts_as_the_same_member_and_catches_up(
@@ -97,22 +97,24 @@ async def test_a_killed_node_restarts_as_the_same_member_and_catches_up(
     nc = await nats.connect(nats_cluster.urls)
     try:
         js = nc.jetstream()
-        await bus.ensure_streams(js, replicas=3)
-        await js.publish(bus.alert_subject("gw-1"), b"before")
-        info = await js.stream_info(bus.ALERTS_STREAM)
+        await subjects.ensure_streams(js, replicas=3)
+        await js.publish(subjects.alert_subject("gw-1"), b"before")
+        info = await js.stream_info(subjects.ALERTS_STREAM)
         meta = jetstream_report(nats_cluster.nodes[0].monitor_url)["meta_cluster"]["leader"]
         node = follower(nats_cluster, {info.cluster.leader, meta})
         node.kill()
         assert node.pid is None
         ack = await publish_until_stored(js, b"while it is down")  # 2 of 3 agree
         assert ack.seq == 2
-        assert bus.ALERTS_STREAM in groups_behind(nats_cluster.nodes, node.name)  # missed a write
+        assert subjects.ALERTS_STREAM in groups_behind(
+            nats_cluster.nodes, node.name
+        )  # missed a write
         await asyncio.to_thread(node.start)  # same ports, same store
         async with asyncio.timeout(20):  # until every leader counts it current again
             while True:
                 if not await asyncio.to_thread(groups_behind, nats_cluster.nodes, node.name):
                     break
                 await asyncio.sleep(0.1)
-        assert await asyncio.to_thread(stored_on, node, bus.ALERTS_STREAM) == 2
+        assert await asyncio.to_thread(stored_on, node, subjects.ALERTS_STREAM) == 2
     finally:
         await nc.close()

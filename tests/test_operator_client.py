@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from backend.api import OperatorApi
-from backend.operator_client import (
+from backend.operator.api import OperatorApi
+from backend.operator.client import (
     OperatorClient,
     OperatorError,
     format_command,

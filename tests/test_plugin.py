@@ -14,8 +14,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from backend.process import free_ports, spawn, stop, tail
-from backend.stack import metric_sum
+from backend.devstack.process import free_ports, spawn, stop, tail
+from backend.devstack.stack import metric_sum
 
 REPO = Path(__file__).resolve().parents[1]
 MIXED_FLEET = "scenarios/mixed_fleet.py"

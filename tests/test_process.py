@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from backend import process
+from backend.devstack import process
 
 
 def test_rss_and_cpu_of_a_running_process() -> None:

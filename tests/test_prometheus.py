@@ -16,18 +16,18 @@ import yaml
 from nats.js.api import AckPolicy, ConsumerConfig
 from websockets.sync.client import connect
 
-from backend import bus
-from backend.natsauth import STATE
-from backend.process import free_ports
-from backend.prometheus import (
+from backend.bus import subjects
+from backend.bus.natsauth import STATE
+from backend.devstack.process import free_ports
+from backend.devstack.prometheus import (
     PrometheusServer,
     QueryError,
     duration,
     query,
     render_config,
 )
+from backend.devstack.stack import LocalStack, StackConfig
 from backend.shard.config import DEVICE_PATH
-from backend.stack import LocalStack, StackConfig
 from tests.natsauth_support import connect_as
 from tests.observe_support import DASHBOARDS, dashboards, panel_queries, promtool_check, spawned
 
@@ -96,7 +96,7 @@ async def add_alert_consumer(stack: LocalStack) -> None:
     client = await connect_as(stack.nats_url, STATE, stack.nats_credentials[STATE], [])
     try:
         config = ConsumerConfig(durable_name="alert-processor", ack_policy=AckPolicy.EXPLICIT)
-        await client.jetstream().add_consumer(bus.ALERTS_STREAM, config)
+        await client.jetstream().add_consumer(subjects.ALERTS_STREAM, config)
     finally:
         await client.close()
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from backend.fleetconfig import FleetConfig
-from backend.operator_client import OperatorClient
-from backend.rollouts import rollout_spec
+from backend.operator.client import OperatorClient
+from backend.operator.config import FleetConfig
+from backend.operator.rollouts import rollout_spec
 from simulator.rollout import RolloutPlan, RolloutWatch
 
 

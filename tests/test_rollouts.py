@@ -13,13 +13,13 @@ import aiohttp
 import pytest
 from nats.aio.client import Client as NATS
 
-from backend import bus
-from backend.api import OperatorApi
+from backend.bus import subjects
+from backend.devstack.testdevice import TestDevice, UpdateHandler
+from backend.operator.api import OperatorApi
+from backend.operator.rollouts import FAILURE, OFFERED, PENDING, SUCCESS, Rollout, Target
 from backend.protocol import messages
 from backend.protocol import session as ps
-from backend.rollouts import FAILURE, OFFERED, PENDING, SUCCESS, Rollout, Target
 from backend.shard import Shard
-from backend.testdevice import TestDevice, UpdateHandler
 from tests.fleet_support import ApiFactory, base, call, connected, until, until_true
 from tests.support import ShardFactory
 
@@ -307,7 +307,7 @@ async def test_the_driver_ticks_without_leaving_consumers_behind(
         devices = await fleet(shard, 2, installs)
         await create(http, api, **request(devices, max_concurrent=1))
         await asyncio.sleep(1.0)  # about a hundred ticks
-        info = await nc.jetstream().stream_info(bus.ROLLOUTS_STREAM)
+        info = await nc.jetstream().stream_info(subjects.ROLLOUTS_STREAM)
         assert info.state.consumer_count == 0
         installs.gate.set()
         for device in devices:

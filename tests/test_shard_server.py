@@ -11,15 +11,15 @@ from nats.aio.client import Client as NATS
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from backend import bus, presence
-from backend.natsserver import NatsServer
+from backend.bus import presence, subjects
+from backend.bus.routing import DeviceRouter
+from backend.devstack.natsserver import NatsServer
+from backend.devstack.testdevice import TestDevice
 from backend.protocol import closecodes, envelope, messages
 from backend.protocol import session as ps
 from backend.protocol.errors import DeviceOffline, DeviceTimeout
-from backend.routing import DeviceRouter
 from backend.shard import Shard
 from backend.shard.config import DEVICE_PATH
-from backend.testdevice import TestDevice
 from tests.support import ShardFactory, device_token
 
 
@@ -46,15 +46,15 @@ async def registered(shard: Shard, device_id: str) -> None:
 
 @pytest.fixture
 async def router(nc: NATS) -> DeviceRouter:
-    return DeviceRouter(nc, await bus.ensure_streams(nc.jetstream()))
+    return DeviceRouter(nc, await subjects.ensure_streams(nc.jetstream()))
 
 
 async def stored_alerts(nc: NATS) -> list[tuple[str, bytes]]:
     js = nc.jetstream()
-    info = await js.stream_info(bus.ALERTS_STREAM)
+    info = await js.stream_info(subjects.ALERTS_STREAM)
     found = []
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
-        msg = await js.get_msg(bus.ALERTS_STREAM, seq)
+        msg = await js.get_msg(subjects.ALERTS_STREAM, seq)
         found.append((msg.subject, msg.data))
     return found
 
@@ -166,7 +166,7 @@ async def test_server_opens_handshake_and_presence_is_recorded(
 ) -> None:
     async with start_shard(shard_id="shard-a") as shard:
         device = await connected("gw-1", shard)
-        kv = await nc.jetstream().key_value(bus.PRESENCE_BUCKET)
+        kv = await nc.jetstream().key_value(subjects.PRESENCE_BUCKET)
 
         async def state() -> presence.Presence | None:
             return (await presence.lookup(kv, "gw-1"))[0]
@@ -216,9 +216,9 @@ async def test_alert_resent_after_reconnect_is_stored_once(
         await device.connect()  # resends everything unacked
         async with asyncio.timeout(5):
             await device.wait_acked("a-2")
-        subjects = [body for _subject, body in await stored_alerts(nc)]
-        assert subjects.count(alert("a-1").to_body()) == 1
-        assert subjects.count(alert("a-2").to_body()) == 1
+        bodies = [body for _subject, body in await stored_alerts(nc)]
+        assert bodies.count(alert("a-1").to_body()) == 1
+        assert bodies.count(alert("a-2").to_body()) == 1
         await device.close()
 
 
@@ -461,7 +461,7 @@ async def test_a_device_cannot_write_into_another_devices_session(
         while not relayed or relayed[-1][1] != b"ok":
             msg = await everything.next_msg(timeout=5)
             relayed.append((msg.subject, envelope.decode(msg.data).body))
-        assert {subject for subject, _body in relayed} == {bus.relay_subject("gw-b", "sess-b")}
+        assert {subject for subject, _body in relayed} == {subjects.relay_subject("gw-b", "sess-b")}
         assert not any(b"INJECTED" in body for _subject, body in relayed)
         assert metric(shard, "fleet_shard_protocol_errors_total", reason="unknown_session") == 2
         await attacker.close()

@@ -9,11 +9,11 @@ import json
 import aiohttp
 import pytest
 
-from backend import shell
-from backend.api import OperatorApi
+from backend.devstack.testdevice import TestDevice
+from backend.operator import shell
+from backend.operator.api import OperatorApi
 from backend.protocol import envelope as env
 from backend.protocol import session as ps
-from backend.testdevice import TestDevice
 from tests.fleet_support import AUTH, ApiFactory, connected, until, until_true
 from tests.support import ShardFactory
 

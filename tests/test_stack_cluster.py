@@ -19,11 +19,12 @@ from typing import Any
 
 from nats.js.api import StreamInfo
 
-from backend import bus, process
-from backend.natsauth import ADMIN, AUDIT
-from backend.natsserver import NatsServer, groups_behind
-from backend.prometheus import query
-from backend.stack import LocalStack, StackConfig, fetch_metrics, metric_sum
+from backend.bus import subjects
+from backend.bus.natsauth import ADMIN, AUDIT
+from backend.devstack import process
+from backend.devstack.natsserver import NatsServer, groups_behind
+from backend.devstack.prometheus import query
+from backend.devstack.stack import LocalStack, StackConfig, fetch_metrics, metric_sum
 from simulator.audit import audit_stream
 from simulator.behaviour import Behaviour
 from simulator.fleet import Fleet, parse_targets
@@ -42,7 +43,7 @@ BEHAVIOUR = Behaviour(
 )
 NO_FAULTS = {"drops_per_hour": 0, "blackholes_per_hour": 0, "offline_per_hour": 0}
 STEADY = NetworkMix(((PROFILES["wired"].with_overrides(**NO_FAULTS), 1.0),))
-STEPDOWN = f"$JS.API.STREAM.LEADER.STEPDOWN.{bus.ALERTS_STREAM}"
+STEPDOWN = f"$JS.API.STREAM.LEADER.STEPDOWN.{subjects.ALERTS_STREAM}"
 
 
 def beside_gateways(nats_client: ThreadPoolExecutor, call: Callable[[], Any], what: str) -> Any:
@@ -59,7 +60,9 @@ async def alert_stream_led_by(stack: LocalStack, server_name: str) -> StreamInfo
     try:
         js = nc.jetstream()
         async with asyncio.timeout(20):
-            while (info := await js.stream_info(bus.ALERTS_STREAM)).cluster.leader != server_name:
+            while (
+                info := await js.stream_info(subjects.ALERTS_STREAM)
+            ).cluster.leader != server_name:
                 request = {"placement": {"preferred": server_name}}
                 await nc.request(STEPDOWN, json.dumps(request).encode(), timeout=5)
                 await asyncio.sleep(0.1)

@@ -15,10 +15,8 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect
 
-from backend import process
-from backend.protocol import envelope, messages
-from backend.shard.config import DEVICE_PATH
-from backend.stack import (
+from backend.devstack import process
+from backend.devstack.stack import (
     LocalStack,
     StackConfig,
     connections_of,
@@ -26,6 +24,8 @@ from backend.stack import (
     metric_sum,
     servers_up,
 )
+from backend.protocol import envelope, messages
+from backend.shard.config import DEVICE_PATH
 from haproxy import runtime
 from simulator.behaviour import Behaviour
 from simulator.fleet import Fleet, parse_targets, tls_context

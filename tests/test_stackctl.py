@@ -12,8 +12,8 @@ from typing import Any
 
 from websockets.sync.client import connect
 
-from backend import process
-from backend.auth import issue_device_token
+from backend.bus.auth import issue_device_token
+from backend.devstack import process
 from backend.shard.config import DEVICE_PATH
 
 FLEET = [sys.executable, "-m", "backend.cli"]

@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backend.bus import check_replicas
+from backend.bus.subjects import check_replicas
 
 DEVICE_PATH = "/api/devices/v1/deviceconnect/connect"
 SUBPROTOCOL = "protomsg/msgpack"
@@ -36,7 +36,7 @@ class ShardConfig:
     stream_replicas: int = 1
     """Copies of each stream and KV bucket (``bus.ensure_streams``): 3 on a 3-node cluster."""
     nats_credentials: Path | None = None
-    """The shard role's nkey seed file (``backend.natsauth``); None: connect without."""
+    """The shard role's nkey seed file (``backend.bus.natsauth``); None: connect without."""
     nats_ca_file: Path | None = None
     """The CA to verify NATS' TLS certificate with; None: the system's, if TLS is used."""
     jwt_secret: str | None = None

@@ -19,7 +19,7 @@ from backend.protocol import websocket as ws
 from backend.protocol.errors import HandshakeError, RequestTimeout
 
 if TYPE_CHECKING:
-    from backend.presence import Registration
+    from backend.bus.presence import Registration
     from backend.shard.server import Shard
 
 CLOSE_GRACE = 5.0

@@ -25,10 +25,10 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from backend import bus, presence, routing
-from backend.auth import TokenVerifier
+from backend.bus import presence, routing, subjects
+from backend.bus.auth import TokenVerifier
+from backend.bus.natsauth import SHARD, connect_options
 from backend.logs import Throttled
-from backend.natsauth import SHARD, connect_options
 from backend.protocol import closecodes, envelope, http, messages
 from backend.protocol import session as ps
 from backend.protocol.errors import (
@@ -118,9 +118,9 @@ class Shard:
         )
         self.max_payload = self.nc.max_payload
         self._js = self.nc.jetstream()
-        self._kv = await bus.ensure_streams(self._js, self.config.stream_replicas)
-        await self.nc.subscribe(bus.shard_subject(self.id), cb=self._on_request)
-        await self.nc.subscribe(bus.kick_subject(self.id), cb=self._on_kick)
+        self._kv = await subjects.ensure_streams(self._js, self.config.stream_replicas)
+        await self.nc.subscribe(subjects.shard_subject(self.id), cb=self._on_request)
+        await self.nc.subscribe(subjects.kick_subject(self.id), cb=self._on_kick)
 
     def _write_ready_file(self) -> None:
         if self.config.ready_file is not None:
@@ -292,7 +292,7 @@ class Shard:
         props = {envelope.PROP_STATUS: envelope.STATUS_ERROR}
         for sid, proto in conn.session.end_relays().items():
             stop = envelope.ProtoMsg(proto, envelope.TYP_SHELL_STOP, sid, props, reason)
-            subject = bus.relay_subject(conn.device_id, sid)
+            subject = subjects.relay_subject(conn.device_id, sid)
             # Behind the device's last output for the session, in its own queue.
             self._enqueue(conn, "relay", partial(self._publish, subject, envelope.encode(stop)))
 
@@ -313,7 +313,7 @@ class Shard:
             kick = routing.encode(
                 {"op": routing.OP_KICK, "device": conn.device_id, "version": reg.version}
             )
-            await self.nc.publish(bus.kick_subject(previous.shard), kick)
+            await self.nc.publish(subjects.kick_subject(previous.shard), kick)
 
     async def _unregister_presence(self, conn: DeviceConnection) -> None:
         assert self._kv is not None
@@ -346,17 +346,20 @@ class Shard:
             self._publish_alert_soon(conn, event.alert)
         elif kind is ps.StatusReceived:
             msg = event.status.to_msg()
-            self._publish_soon(conn, "status", msg, bus.status_subject(conn.device_id))
+            self._publish_soon(conn, "status", msg, subjects.status_subject(conn.device_id))
         elif kind is ps.CommandCompleted:
             future = self._commands.get((conn.device_id, event.sid))
             if future is not None and not future.done():
                 future.set_result(event.result)
         elif kind is ps.UpdateProgressReceived:
             msg = event.progress.to_msg(event.sid)
-            subject, headers = bus.update_subject(conn.device_id), {bus.UPDATE_HEADER: event.sid}
+            subject, headers = (
+                subjects.update_subject(conn.device_id),
+                {subjects.UPDATE_HEADER: event.sid},
+            )
             self._publish_soon(conn, "update", msg, subject, headers=headers)
         elif kind is ps.Relayed:
-            subject = bus.relay_subject(conn.device_id, event.msg.sid)
+            subject = subjects.relay_subject(conn.device_id, event.msg.sid)
             payload = envelope.encode(event.msg)
             self._publish_soon(conn, "relay", event.msg, subject, payload)
         elif kind is ps.ProtocolViolation:
@@ -423,9 +426,9 @@ class Shard:
 
     def _publish_alert_soon(self, conn: DeviceConnection, alert: messages.Alert) -> None:
         headers = {
-            bus.MSG_ID_HEADER: bus.alert_msg_id(conn.device_id, alert.id),
-            bus.DEVICE_HEADER: conn.device_id,
-            bus.SHARD_HEADER: self.id,
+            subjects.MSG_ID_HEADER: subjects.alert_msg_id(conn.device_id, alert.id),
+            subjects.DEVICE_HEADER: conn.device_id,
+            subjects.SHARD_HEADER: self.id,
         }
         msg = alert.to_msg()
         if self._fits(conn, msg, msg.body, headers):
@@ -441,7 +444,7 @@ class Shard:
         received: float,
     ) -> None:
         assert self._js is not None
-        subject = bus.alert_subject(conn.device_id)
+        subject = subjects.alert_subject(conn.device_id)
         future = await self._js.publish_async(subject, body, headers=headers)
         timeout = asyncio.get_running_loop().call_later(ALERT_ACK_TIMEOUT, future.cancel)
         future.add_done_callback(partial(self._alert_stored, conn, alert_id, received, timeout))

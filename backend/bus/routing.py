@@ -1,6 +1,6 @@
 """Reaching a device from anywhere: find its shard in presence, then ask that shard.
 
-Requests travel as core NATS request/reply on the shard's own subject (``bus.shard_subject``),
+Requests travel as core NATS request/reply on the shard's own subject (``subjects.shard_subject``),
 as small MessagePack maps. Answers are ``{"ok": True, ...}`` or ``{"error": <reason>,
 "message": <text>}``. A shard that is gone shows up as NATS "no responders", which is as good
 as an "offline" answer: nobody holds the device.
@@ -17,7 +17,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.kv import KeyValue
 
-from backend import bus, presence
+from backend.bus import presence, subjects
 from backend.protocol.errors import DeviceOffline, DeviceTimeout, RoutingError
 from backend.protocol.messages import CommandResult, UpdateOffer
 
@@ -97,7 +97,7 @@ class DeviceRouter:
         payload = encode({**fields, "device": device_id})
         try:
             msg = await self.nc.request(
-                bus.shard_subject(shard), payload, timeout=timeout + REPLY_MARGIN
+                subjects.shard_subject(shard), payload, timeout=timeout + REPLY_MARGIN
             )
         except NoRespondersError:
             raise DeviceOffline(f"device {device_id}: its shard {shard} is gone") from None

@@ -44,12 +44,13 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysEr
 from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry, Counter
 
-from backend import bus, fleetstate, presence
-from backend.auth import DEVICE_ID
-from backend.fleetconfig import FleetConfig
+from backend.bus import presence, subjects
+from backend.bus.auth import DEVICE_ID
+from backend.bus.routing import DeviceRouter
+from backend.operator import fleetstate
+from backend.operator.config import FleetConfig
 from backend.protocol.errors import FleetError, RoutingError
 from backend.protocol.messages import UpdateOffer, UpdateProgress
-from backend.routing import DeviceRouter
 
 log = logging.getLogger("fleet.rollouts")
 
@@ -368,9 +369,9 @@ class Rollouts:
 
     async def start(self) -> None:
         js = self.nc.jetstream()
-        self.kv = await bus.ensure_rollouts_bucket(js, self.config.stream_replicas)
+        self.kv = await subjects.ensure_rollouts_bucket(js, self.config.stream_replicas)
         self._sub = sub = await fleetstate.bind_consumer(
-            js, bus.UPDATES_STREAM, bus.update_subject(">"), self.config.rollout_durable,
+            js, subjects.UPDATES_STREAM, subjects.update_subject(">"), self.config.rollout_durable,
             self.config.ack_wait,
         )  # fmt: skip
         self._running = True
@@ -431,9 +432,9 @@ class Rollouts:
         create a watcher consumer per call, and the driver asks several times a second
         (idle consumers linger for minutes, until JetStream refuses more)."""
         info = await self.nc.jetstream().stream_info(
-            bus.ROLLOUTS_STREAM, subjects_filter=bus.ROLLOUTS_SUBJECTS
+            subjects.ROLLOUTS_STREAM, subjects_filter=subjects.ROLLOUTS_SUBJECTS
         )
-        prefix = bus.ROLLOUTS_SUBJECTS.removesuffix(">")
+        prefix = subjects.ROLLOUTS_SUBJECTS.removesuffix(">")
         return sorted(subject.removeprefix(prefix) for subject in info.state.subjects or {})
 
     async def control(self, rollout_id: str, action: str) -> Rollout:
@@ -516,14 +517,16 @@ class Rollouts:
         """One compare-and-set per rollout for the whole batch."""
         by_rollout: dict[str, list[tuple[str, UpdateProgress]]] = {}
         for msg in msgs:
-            rollout_id = (msg.headers or {}).get(bus.UPDATE_HEADER, "")
+            rollout_id = (msg.headers or {}).get(subjects.UPDATE_HEADER, "")
             try:
                 progress = UpdateProgress.from_body(msg.data)
             except FleetError as exc:
                 log.warning("dropping update progress on %s: %s", msg.subject, exc)
                 self.metrics.events.labels("invalid").inc()
                 continue
-            by_rollout.setdefault(rollout_id, []).append((bus.device_of(msg.subject), progress))
+            by_rollout.setdefault(rollout_id, []).append(
+                (subjects.device_of(msg.subject), progress)
+            )
         for rollout_id, events in by_rollout.items():
             await self._apply_events(rollout_id, events)
 

@@ -25,10 +25,11 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from backend import natsauth, process
-from backend.auth import issue_device_token
-from backend.natsserver import NatsCluster, NatsServer
-from backend.prometheus import PrometheusServer
+from backend.bus import natsauth
+from backend.bus.auth import issue_device_token
+from backend.devstack import process
+from backend.devstack.natsserver import NatsCluster, NatsServer
+from backend.devstack.prometheus import PrometheusServer
 from backend.shard.config import default_max_connections
 from haproxy import runtime
 from haproxy.config import HaproxyConfig, check, find_haproxy, max_maxconn, write
@@ -440,7 +441,7 @@ class LocalStack(process.Service):
         self._nats_exporter_ports = process.free_ports(len(self.nats_nodes), host)
         for node, port in zip(self.nats_nodes, self._nats_exporter_ports, strict=True):
             argv = [
-                sys.executable, "-m", "backend.natsexporter", "--host", host,
+                sys.executable, "-m", "backend.bus.exporter", "--host", host,
                 "--port", str(port), "--nats-monitor-url", node.monitor_url,
             ]  # fmt: skip
             log_file = self.run_dir / f"{node.name}-exporter.log"

@@ -19,9 +19,9 @@ STATUS_STREAM = "FLEET_STATUS"
 UPDATES_STREAM = "FLEET_UPDATES"
 PRESENCE_BUCKET = "fleet-presence"
 DEVICES_BUCKET = "fleet-devices"
-"""Per-device fleet state (health, open alerts, last status) kept by ``backend.fleetstate``."""
+"""Per-device fleet state (health, open alerts, last status): ``backend.operator.fleetstate``."""
 ROLLOUTS_BUCKET = "fleet-rollouts"
-"""Update rollouts (request, state, each target's progress) kept by ``backend.rollouts``."""
+"""Update rollouts (request, state, each target's progress): ``backend.operator.rollouts``."""
 
 
 def bucket_stream(bucket: str) -> str:

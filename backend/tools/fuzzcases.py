@@ -3,7 +3,7 @@
 Three layers, as a device reaches the shard: HTTP upgrade request heads, RFC 6455 frames and
 ProtoMsg envelopes (see docs/protocol.md). A case is a recipe (a named mutation of valid
 input) with the set of answers the protocol allows for it, so the fuzz driver
-(``backend.fuzzdevice``) can tell a refusal from a defect. ``case(index)`` derives each case
+(``backend.tools.fuzzdevice``) can tell a refusal from a defect. ``case(index)`` derives each case
 from (seed, stream, index) alone: any case a run reports can be rebuilt on its own.
 
 Answers are strings: ``none``, ``pong`` (control pong), ``accept``, ``ws-pong``,
@@ -24,7 +24,7 @@ from typing import Any
 import jwt
 import msgpack
 
-from backend.auth import issue_device_token
+from backend.bus.auth import issue_device_token
 from backend.protocol import envelope as env
 from backend.protocol import messages as m
 from backend.protocol import websocket as ws

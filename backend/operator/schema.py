@@ -1,11 +1,11 @@
-"""The operator API's OpenAPI 3.1 document, written by hand beside ``backend/api.py``."""
+"""The operator API's OpenAPI 3.1 document, written by hand beside ``backend/operator/api.py``."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from backend.fleetconfig import FleetConfig
-from backend.shell import MAX_TERMINAL
+from backend.operator.config import FleetConfig
+from backend.operator.shell import MAX_TERMINAL
 
 ERROR = {"$ref": "#/components/responses/Error"}
 DEVICE_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"}

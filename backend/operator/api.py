@@ -1,5 +1,5 @@
-"""The operator API: the fleet's state, commands and shells on devices (``backend.shell``),
-and update rollouts (``backend.rollouts``), over HTTP (aiohttp).
+"""The operator API: the fleet's state, commands and shells on devices (``backend.operator.shell``),
+and update rollouts (``backend.operator.rollouts``), over HTTP (aiohttp).
 
 Every endpoint but ``/healthz``, ``/metrics`` and ``/openapi.json`` takes an operator's bearer
 token (``FleetConfig.operator_tokens``); the operator's id is stamped as ``user_id`` into what
@@ -37,15 +37,16 @@ from prometheus_client import (
     generate_latest,
 )
 
-from backend import bus, fleetstate, natsauth, presence, rollouts
-from backend.api_schema import openapi_document
-from backend.auth import BEARER, DEVICE_ID
-from backend.fleetconfig import FleetConfig
-from backend.fleetstate import FleetState, wait_for_stop_signal
+from backend.bus import natsauth, presence, subjects
+from backend.bus.auth import BEARER, DEVICE_ID
+from backend.bus.routing import DeviceRouter
+from backend.operator import fleetstate, rollouts
+from backend.operator.config import FleetConfig
+from backend.operator.fleetstate import FleetState, wait_for_stop_signal
+from backend.operator.rollouts import Rollouts
+from backend.operator.schema import openapi_document
+from backend.operator.shell import MAX_TERMINAL, ShellRelay
 from backend.protocol.errors import DeviceOffline, DeviceTimeout, FleetError, RoutingError
-from backend.rollouts import Rollouts
-from backend.routing import DeviceRouter
-from backend.shell import MAX_TERMINAL, ShellRelay
 
 log = logging.getLogger("fleet.api")
 
@@ -315,8 +316,8 @@ class OperatorApi:
         )  # fmt: skip
         js = self.nc.jetstream()
         replicas = self.config.stream_replicas
-        self._presence = await bus.ensure_streams(js, replicas)
-        self._devices = await bus.ensure_devices_bucket(js, replicas)
+        self._presence = await subjects.ensure_streams(js, replicas)
+        self._devices = await subjects.ensure_devices_bucket(js, replicas)
         self._router = DeviceRouter(self.nc, self._presence)
         self.rollouts = Rollouts(
             self.config, self.nc, self._router, self._devices, self.metrics.registry
@@ -497,8 +498,8 @@ class OperatorApi:
     # --- shell ---------------------------------------------------------------------------------
 
     async def open_shell(self, request: web.Request) -> web.StreamResponse:
-        """A WebSocket relayed to the device's shell (``backend.shell``); refusals (offline,
-        unknown, a device without a shell) are HTTP answers, before the upgrade."""
+        """A WebSocket relayed to the device's shell (``backend.operator.shell``); refusals
+        (offline, unknown, a device without a shell) are HTTP answers, before the upgrade."""
         assert self.nc is not None and self._router is not None
         device_id = device_id_of(request)
         size = shell_size(request.query)

@@ -2,7 +2,7 @@
 
 nats-server serves JSON (/varz, /jsz) on its monitoring port (``-m``/``--http_port``), not the
 Prometheus text format; this collector translates each scrape, so it needs neither a broker
-client nor NATS credentials. Run ``python -m backend.natsexporter --help``; every option can
+client nor NATS credentials. Run ``python -m backend.bus.exporter --help``; every option can
 also be set as ``FLEET_NATS_EXPORTER_<OPTION>``.
 """
 
@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from backend import process
+from backend.devstack import process
 
 JSZ_PATH = "/jsz?streams=true&consumers=true"
 # (metric, /varz field, help): counters get their _total suffix from prometheus_client.

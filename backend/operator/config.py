@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backend.bus import check_replicas
+from backend.bus.subjects import check_replicas
 
 
 def default_instance_id() -> str:
@@ -36,7 +36,7 @@ class FleetConfig:
     stream_replicas: int = 1
     """Copies of each stream and KV bucket: the same count as the shards are given."""
     nats_credentials: Path | None = None
-    """This role's nkey seed file (``backend.natsauth``: api or state); None: connect without."""
+    """This role's nkey seed file (``backend.bus.natsauth``: api or state); None: none."""
     nats_ca_file: Path | None = None
     """The CA to verify NATS' TLS certificate with; None: the system's, if TLS is used."""
     instance_id: str = field(default_factory=default_instance_id)

@@ -2,7 +2,7 @@
 
 Instances bind the same durable pull consumers (one per source: the alert and status streams
 and the presence bucket's own stream) and so split the events between them. Each event is
-applied to its device's entry (``bus.DEVICES_BUCKET``) with compare-and-set on the entry's
+applied to its device's entry (``subjects.DEVICES_BUCKET``) with compare-and-set on the entry's
 revision, and acked only once that write succeeded: events of a stopped or crashed instance
 are redelivered, to it or to another, and nothing is lost.
 
@@ -41,9 +41,9 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from backend import bus, natsauth, presence
-from backend.auth import DEVICE_ID
-from backend.fleetconfig import FleetConfig
+from backend.bus import natsauth, presence, subjects
+from backend.bus.auth import DEVICE_ID
+from backend.operator.config import FleetConfig
 from backend.protocol.errors import FleetError
 from backend.protocol.messages import Alert, Status
 
@@ -204,9 +204,9 @@ class Source:
 
 
 SOURCES = (
-    Source("alert", bus.ALERTS_STREAM, bus.alert_subject(">")),
-    Source("status", bus.STATUS_STREAM, bus.status_subject(">")),
-    Source("presence", bus.PRESENCE_STREAM, bus.PRESENCE_SUBJECTS),
+    Source("alert", subjects.ALERTS_STREAM, subjects.alert_subject(">")),
+    Source("status", subjects.STATUS_STREAM, subjects.status_subject(">")),
+    Source("presence", subjects.PRESENCE_STREAM, subjects.PRESENCE_SUBJECTS),
 )
 
 
@@ -300,8 +300,8 @@ class FleetState:
             **natsauth.connect_options(natsauth.STATE, self.config),
         )  # fmt: skip
         js = self.nc.jetstream()
-        await bus.ensure_streams(js, self.config.stream_replicas)
-        self.kv = await bus.ensure_devices_bucket(js, self.config.stream_replicas)
+        await subjects.ensure_streams(js, self.config.stream_replicas)
+        self.kv = await subjects.ensure_devices_bucket(js, self.config.stream_replicas)
         for source in SOURCES:
             sub = await bind_consumer(
                 js, source.stream, source.subjects, self.config.durable, self.config.ack_wait
@@ -370,7 +370,7 @@ class FleetState:
 
     async def _apply(self, kind: str, msg: Msg) -> bool:
         assert self.kv is not None
-        device_id = bus.device_of(msg.subject)
+        device_id = subjects.device_of(msg.subject)
         if not DEVICE_ID.fullmatch(device_id):
             raise InvalidEvent(f"{device_id!r} is not a device id")
         return await update(self.kv, device_id, change_of(kind, msg), self.metrics)
@@ -388,7 +388,7 @@ async def quietly(ack: Awaitable[Any]) -> None:
 
 
 async def bind_consumer(
-    js: JetStreamContext, stream: str, subjects: str, durable: str, ack_wait: float
+    js: JetStreamContext, stream: str, filter_subject: str, durable: str, ack_wait: float
 ) -> PullSubscription:
     """Declare (idempotent for an identical config, so concurrent instances may all do it)
     and bind a durable pull consumer that never gives up on an event: its effect would be lost."""
@@ -398,7 +398,7 @@ async def bind_consumer(
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=ack_wait,
         max_deliver=-1,
-        filter_subject=subjects,
+        filter_subject=filter_subject,
     )
     await js.add_consumer(stream, config)
     return await js.pull_subscribe_bind(durable, stream)

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backend.natsauth import API
-from backend.process import http_get
-from backend.shard.config import DEVICE_PATH
-from backend.stack import (
+from backend.bus.natsauth import API
+from backend.devstack.process import http_get
+from backend.devstack.stack import (
     CHECK_PASSED,
     LocalStack,
     StackConfig,
@@ -30,6 +29,7 @@ from backend.stack import (
     fetch_metrics,
     metric_sum,
 )
+from backend.shard.config import DEVICE_PATH
 from haproxy import runtime
 
 STATE_FILE = "stack.json"

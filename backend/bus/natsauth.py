@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import click
 import nkeys
 
-from backend import bus
+from backend.bus import subjects
 
 SHARD = "shard"
 API = "api"
@@ -55,8 +55,8 @@ class Permissions:
         )
 
 
-def _unique(subjects: Iterable[str]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(subjects))
+def _unique(names: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(names))
 
 
 def inbox_prefix(role: str) -> str:
@@ -65,14 +65,14 @@ def inbox_prefix(role: str) -> str:
 
 def declares(*streams: str) -> tuple[str, ...]:
     """Creating or updating ``streams`` (every component declares the layout it uses,
-    ``bus.ensure_streams``), not deleting or purging them."""
+    ``subjects.ensure_streams``), not deleting or purging them."""
     verbs = ("CREATE", "UPDATE", "INFO")
     return ("$JS.API.INFO", *(f"$JS.API.STREAM.{v}.{s}" for s in streams for v in verbs))
 
 
 def reads_kv(bucket: str) -> tuple[str, ...]:
     """A bucket's entries by key: direct gets, or the stream's message get."""
-    stream = bus.bucket_stream(bucket)
+    stream = subjects.bucket_stream(bucket)
     return (f"$JS.API.DIRECT.GET.{stream}.>", f"$JS.API.STREAM.MSG.GET.{stream}")
 
 
@@ -93,45 +93,50 @@ def consumes(stream: str) -> tuple[str, ...]:
     )
 
 
-LAYOUT = (bus.ALERTS_STREAM, bus.STATUS_STREAM, bus.UPDATES_STREAM, bus.PRESENCE_STREAM)
-DEVICES_STREAM = bus.bucket_stream(bus.DEVICES_BUCKET)
+LAYOUT = (
+    subjects.ALERTS_STREAM,
+    subjects.STATUS_STREAM,
+    subjects.UPDATES_STREAM,
+    subjects.PRESENCE_STREAM,
+)
+DEVICES_STREAM = subjects.bucket_stream(subjects.DEVICES_BUCKET)
 
 _SHARD = Permissions(
     publish=(
-        bus.alert_subject(">"),
-        bus.status_subject(">"),
-        bus.update_subject(">"),
+        subjects.alert_subject(">"),
+        subjects.status_subject(">"),
+        subjects.update_subject(">"),
         "fleet.relay.>",  # a device's messages for an operator session
-        bus.kick_subject("*"),
+        subjects.kick_subject("*"),
         *declares(*LAYOUT),
-        *reads_kv(bus.PRESENCE_BUCKET),
-        *writes_kv(bus.PRESENCE_BUCKET),
+        *reads_kv(subjects.PRESENCE_BUCKET),
+        *writes_kv(subjects.PRESENCE_BUCKET),
     ),
-    subscribe=(bus.shard_subject("*"), bus.kick_subject("*"), f"{inbox_prefix(SHARD)}.>"),
+    subscribe=(subjects.shard_subject("*"), subjects.kick_subject("*"), f"{inbox_prefix(SHARD)}.>"),
     allow_responses=True,  # answers to the operator API's requests
 )
 _STATE = Permissions(
     publish=(
         *declares(*LAYOUT, DEVICES_STREAM),
-        *consumes(bus.ALERTS_STREAM),
-        *consumes(bus.STATUS_STREAM),
-        *consumes(bus.PRESENCE_STREAM),
+        *consumes(subjects.ALERTS_STREAM),
+        *consumes(subjects.STATUS_STREAM),
+        *consumes(subjects.PRESENCE_STREAM),
         *consumes(DEVICES_STREAM),  # the summary watches the bucket
-        *reads_kv(bus.DEVICES_BUCKET),
-        *writes_kv(bus.DEVICES_BUCKET),
+        *reads_kv(subjects.DEVICES_BUCKET),
+        *writes_kv(subjects.DEVICES_BUCKET),
     ),
     subscribe=(f"{inbox_prefix(STATE)}.>",),
 )
 _API = Permissions(
     publish=(
-        bus.shard_subject("*"),
-        *declares(*LAYOUT, DEVICES_STREAM, bus.ROLLOUTS_STREAM),
-        *consumes(bus.UPDATES_STREAM),  # rollout progress
+        subjects.shard_subject("*"),
+        *declares(*LAYOUT, DEVICES_STREAM, subjects.ROLLOUTS_STREAM),
+        *consumes(subjects.UPDATES_STREAM),  # rollout progress
         *consumes(DEVICES_STREAM),  # listing devices
-        *reads_kv(bus.PRESENCE_BUCKET),  # which shard holds a device
-        *reads_kv(bus.DEVICES_BUCKET),
-        *reads_kv(bus.ROLLOUTS_BUCKET),
-        *writes_kv(bus.ROLLOUTS_BUCKET),
+        *reads_kv(subjects.PRESENCE_BUCKET),  # which shard holds a device
+        *reads_kv(subjects.DEVICES_BUCKET),
+        *reads_kv(subjects.ROLLOUTS_BUCKET),
+        *writes_kv(subjects.ROLLOUTS_BUCKET),
     ),
     subscribe=("fleet.relay.>", f"{inbox_prefix(API)}.>"),
 )
@@ -142,10 +147,10 @@ PERMISSIONS: dict[str, Permissions] = {
     AUDIT: Permissions(
         publish=(
             "$JS.API.STREAM.NAMES",  # which stream holds the alert subjects
-            f"$JS.API.STREAM.INFO.{bus.ALERTS_STREAM}",
-            f"$JS.API.CONSUMER.CREATE.{bus.ALERTS_STREAM}",
-            f"$JS.API.CONSUMER.CREATE.{bus.ALERTS_STREAM}.>",
-            f"$JS.FC.{bus.ALERTS_STREAM}.>",
+            f"$JS.API.STREAM.INFO.{subjects.ALERTS_STREAM}",
+            f"$JS.API.CONSUMER.CREATE.{subjects.ALERTS_STREAM}",
+            f"$JS.API.CONSUMER.CREATE.{subjects.ALERTS_STREAM}.>",
+            f"$JS.FC.{subjects.ALERTS_STREAM}.>",
         ),
         subscribe=(f"{inbox_prefix(AUDIT)}.>",),
     ),
@@ -199,9 +204,9 @@ def _value(text: str) -> str:
     return text if text.startswith("$") else json.dumps(text)
 
 
-def _subjects(subjects: tuple[str, ...]) -> str:
+def _subjects(allowed: tuple[str, ...]) -> str:
     """One a line: the deployed file is read, and diffed, by people."""
-    return "[\n" + "".join(f"          {json.dumps(s)}\n" for s in subjects) + "        ]"
+    return "[\n" + "".join(f"          {json.dumps(s)}\n" for s in allowed) + "        ]"
 
 
 def render_user(role: str, nkey: str) -> str:
@@ -225,7 +230,7 @@ def render_authorization(nkeys_by_role: Mapping[str, str]) -> str:
     A client without one of these keys is refused."""
     users = "".join(render_user(role, nkey) for role, nkey in nkeys_by_role.items())
     return (
-        "# Generated by backend/natsauth.py (PERMISSIONS): edit that, not this block.\n"
+        "# Generated by backend/bus/natsauth.py (PERMISSIONS): edit that, not this block.\n"
         f"authorization {{\n  users = [\n{users}  ]\n}}\n"
     )
 

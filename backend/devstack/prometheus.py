@@ -1,9 +1,9 @@
 """A real Prometheus server (the system's ``prometheus`` package) scraping a stack, on loopback.
 
-Used by the tests and the local stack, like ``backend.natsserver``: configuration, storage and
-log live in the run directory; the server counts as started once ``/-/ready`` answers 200.
-``render_config`` writes the scrape configuration (also the committed staging example) and
-``query`` evaluates PromQL through the HTTP API.
+Used by the tests and the local stack, like ``backend.devstack.natsserver``: configuration,
+storage and log live in the run directory; the server counts as started once ``/-/ready``
+answers 200. ``render_config`` writes the scrape configuration (also the committed staging
+example) and ``query`` evaluates PromQL through the HTTP API.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from backend import process
-from backend.process import free_ports
+from backend.devstack import process
+from backend.devstack.process import free_ports
 
 INSTALL_HINT = "install it: apt-get install prometheus"
 
@@ -43,8 +43,8 @@ def render_config(targets: dict[str, list[str]], scrape_interval: float = 2.0) -
     """``prometheus.yml`` scraping ``/metrics`` of each job's ``host:port`` targets."""
     interval = duration(scrape_interval)
     lines = [
-        "# Rendered by backend.prometheus.render_config. The dashboards select series by metric",
-        "# name, never by job, so the job names are free.",
+        "# Rendered by backend.devstack.prometheus.render_config. The dashboards select series",
+        "# by metric name, never by job, so the job names are free.",
         "global:",
         f"  scrape_interval: {interval}",
         f"  evaluation_interval: {interval}",

@@ -12,7 +12,7 @@ operator's ``user_id`` (stamped by the shard) and the terminal size, answered by
   -> close ``DEVICE_GONE`` with its reason; no bytes either way for ``idle_timeout`` ->
   "stop" to the device, close ``IDLE``.
 
-Device messages reach us on ``bus.relay_subject(device_id, sid)`` (the shard writes in the id
+Device messages reach us on ``subjects.relay_subject(device_id, sid)`` (the shard writes in the id
 of the device that sent them); ours go through the shard holding the device
 (``DeviceRouter.deliver``), one request per frame, which keeps them in order.
 """
@@ -34,11 +34,11 @@ from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
-from backend import bus
+from backend.bus import subjects
+from backend.bus.routing import DeviceRouter
 from backend.protocol import envelope as env
 from backend.protocol.envelope import ProtoMsg
 from backend.protocol.errors import DeviceTimeout, FleetError, RoutingError
-from backend.routing import DeviceRouter
 
 log = logging.getLogger("fleet.shell")
 
@@ -93,7 +93,7 @@ class ShellRelay:
     async def open(self, size: tuple[int, int], timeout: float) -> None:
         """Start the device's shell; RoutingError (offline, timeout, refused) if it has none."""
         # Subscribed before "new" goes out: the device's answer cannot overtake us.
-        self._sub = await self.nc.subscribe(bus.relay_subject(self.device_id, self.sid))
+        self._sub = await self.nc.subscribe(subjects.relay_subject(self.device_id, self.sid))
         props = {env.PROP_TERMINAL_WIDTH: size[0], env.PROP_TERMINAL_HEIGHT: size[1]}
         await self._send(env.TYP_SHELL_NEW, props=props)
         deadline = time.monotonic() + timeout

@@ -1,6 +1,6 @@
 """The fuzz driver: hostile connections against a live shard while a legit device is served.
 
-``fuzz`` plays ``count`` cases of ``backend.fuzzcases`` over ``connections`` concurrent
+``fuzz`` plays ``count`` cases of ``backend.tools.fuzzcases`` over ``connections`` concurrent
 workers. An HTTP case gets a connection of its own; frame and envelope cases share upgraded
 connections, many per connection, each case followed by a barrier (a control ping whose pong
 comes back behind every answer to the case), so each case's answer is known and checked
@@ -24,9 +24,18 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
-from backend import process
-from backend.auth import issue_device_token
-from backend.fuzzcases import (
+from backend.bus.auth import issue_device_token
+from backend.devstack import process
+from backend.devstack.stack import LocalStack
+from backend.devstack.testdevice import TestDevice
+from backend.protocol import envelope as env
+from backend.protocol import http
+from backend.protocol import messages as m
+from backend.protocol import websocket as ws
+from backend.protocol.envelope import ProtoMsg
+from backend.protocol.errors import FleetError
+from backend.shard.config import DEVICE_PATH
+from backend.tools.fuzzcases import (
     NONE,
     SHARD_DEFAULTS,
     WS_PONG,
@@ -39,15 +48,6 @@ from backend.fuzzcases import (
     frame,
     summary,
 )
-from backend.protocol import envelope as env
-from backend.protocol import http
-from backend.protocol import messages as m
-from backend.protocol import websocket as ws
-from backend.protocol.envelope import ProtoMsg
-from backend.protocol.errors import FleetError
-from backend.shard.config import DEVICE_PATH
-from backend.stack import LocalStack
-from backend.testdevice import TestDevice
 
 SHARD_OPTIONS = {"accept_rate": "100000", "accept_burst": "100000"}
 """One client opens hundreds of connections a second; at the default accept rate most would
