@@ -28,7 +28,7 @@ from backend.devstack.natsserver import NatsServer
 from backend.protocol import http
 from backend.protocol import session as ps
 from backend.protocol import websocket as ws
-from backend.shard.config import DEVICE_PATH
+from backend.protocol.http import DEVICE_PATH
 
 SETTLE = 3.0
 

@@ -14,7 +14,7 @@ import websocket
 from locust import User, constant, task
 
 from backend.bus.auth import issue_device_token
-from backend.shard.config import DEVICE_PATH
+from backend.protocol.http import DEVICE_PATH
 
 _indexes = itertools.count()
 

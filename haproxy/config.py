@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backend.devstack.process import find_binary
-from backend.shard.config import DEVICE_PATH
+from backend.protocol.http import DEVICE_PATH
 
 # Descriptors kept back from the connection budget: listeners, the runtime API socket, health
 # checks (one per server line), logs, the poller and HAProxy's internal pipes.

@@ -1,7 +1,8 @@
 """The part of a simulated fleet shared by all gateways of one process: where to connect, how
 gateways behave, which network each one lives on, the process's accounting, and the drain at
 the end of a run. Gateways keep only their own state and reach the rest through ``Fleet``,
-which keeps them small.
+which keeps them small. The fleet knows its gateways only as ``Gateway`` (what it asks of
+them), so that this module never imports the gateway's.
 """
 
 from __future__ import annotations
@@ -15,25 +16,31 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import gevent
 import gevent.ssl
 
-from backend.shard.config import DEVICE_PATH
+from backend.protocol.http import DEVICE_PATH
+from backend.protocol.session import DeviceSession
 from simulator.behaviour import Behaviour
 from simulator.network import NetworkMix, parse_mix
 from simulator.stats import FleetStats
 
-if TYPE_CHECKING:
-    from simulator.gateway import VirtualGateway
-
-GatewayFactory = Callable[["Fleet", int, str], "VirtualGateway"]
-
 _DEFAULT_PORTS = {"ws": 80, "wss": 443}
 AUTO_SOURCES = 8  # loopback source addresses: 8 x ~28k ephemeral ports per destination
 T = TypeVar("T")
+
+
+class Gateway(Protocol):
+    """What the fleet asks of each of its gateways."""
+
+    @property
+    def session(self) -> DeviceSession: ...
+
+
+G = TypeVar("G", bound=Gateway)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,16 +146,14 @@ class Fleet:
     # Alert ids must not repeat across runs within the stream's de-duplication window.
     run_id: str = field(default_factory=lambda: secrets.token_hex(3))
     draining: bool = False
-    gateways: set[VirtualGateway] = field(default_factory=set)
+    gateways: set[Gateway] = field(default_factory=set)
     _indexes: itertools.count[int] = field(default_factory=itertools.count)
 
-    def new_gateway(self, factory: GatewayFactory | None = None) -> VirtualGateway:
-        """A gateway of this fleet; ``factory(fleet, index, device_id)`` makes it (default:
-        ``VirtualGateway``), so a scenario can bring its own kind."""
-        from simulator.gateway import VirtualGateway
-
+    def new_gateway(self, factory: Callable[[Fleet, int, str], G]) -> G:
+        """A gateway of this fleet, made by ``factory(fleet, index, device_id)``
+        (``VirtualGateway``, or a scenario's own kind)."""
         index = next(self._indexes)
-        gateway = (factory or VirtualGateway)(self, index, f"{self.prefix}-{index:06d}")
+        gateway = factory(self, index, f"{self.prefix}-{index:06d}")
         self.gateways.add(gateway)
         return gateway
 

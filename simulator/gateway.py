@@ -1,7 +1,7 @@
 """A virtual gateway: one greenlet driving the shared Sans-I/O core over a gevent socket.
 
-The bytes go through the same ``WebSocketConnection`` and ``DeviceSession`` as the shard's,
-in their client/device roles; this module only moves bytes, keeps time and plays the
+The bytes go through the same ``DeviceChannel`` (upgrade, WebSocket, ``DeviceSession``) as
+the shard's, in its client role; this module only moves bytes, keeps time and plays the
 network. Everything periodic (status, alerts, pings, injected faults) is a due time checked
 by the one loop, so an idle gateway is one greenlet blocked in ``recv`` with a timeout and a
 few small objects: no extra greenlet, queue or timer per gateway.
@@ -23,19 +23,19 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, assert_never
 
 import gevent
 from gevent import socket
 
-from backend.protocol import closecodes, http
+from backend.protocol import channel as ch
+from backend.protocol import closecodes
 from backend.protocol import envelope as env
 from backend.protocol import messages as m
 from backend.protocol import session as ps
+from backend.protocol import websocket as ws
 from backend.protocol.errors import HandshakeError, UpgradeRejected
 from backend.protocol.terminal import DeviceShells
-from backend.protocol.websocket import Closed, Failed, Message, Pong, Role, WebSocketConnection
-from backend.shard.config import SUBPROTOCOL
 from simulator.backoff import Backoff
 from simulator.behaviour import INSTALL_FAILURES, pick_problem, run_command
 
@@ -89,6 +89,7 @@ class VirtualGateway:
         "alert_sent",
         "alert_seq",
         "backoff",
+        "channel",
         "connected_at",
         "down_since",
         "fault_kind",
@@ -113,7 +114,6 @@ class VirtualGateway:
         "update_sid",
         "updating",
         "upgraded_at",
-        "ws",
     )
 
     def __init__(self, fleet: Fleet, index: int, device_id: str) -> None:
@@ -127,7 +127,7 @@ class VirtualGateway:
         self.backoff = Backoff(behaviour.reconnect_base, behaviour.reconnect_cap)
         self.firmware = behaviour.firmware
         self.sock: Any = None
-        self.ws: WebSocketConnection | None = None
+        self.channel: ch.DeviceChannel | None = None  # the connection's protocol state
         self.connected_at: float | None = None  # set once the ProtoMsg handshake completes
         self.down_since: float | None = None  # set while reconnecting after a drop
         self.upgraded_at = self.last_heard = 0.0
@@ -168,12 +168,12 @@ class VirtualGateway:
         the next attempt (the backoff, or the server's Retry-After hint)."""
         target = self.fleet.target_for(self.index)
         try:
-            leftover = self._open(target)
+            self._open(target)
         except _ConnectFailed as exc:
             self._close_socket(reset=True)
             return self._connect_failed(exc)
         try:
-            self._serve(leftover)
+            self._serve()
         except _Dropped as drop:
             return self._dropped(drop)
         except gevent.GreenletExit:
@@ -219,7 +219,7 @@ class VirtualGateway:
 
     def _forget_connection(self) -> None:
         self.session.connection_lost()
-        self.ws = None
+        self.channel = None
         self.connected_at = None
         self.ping_sent = None
         self.timers = None
@@ -229,8 +229,8 @@ class VirtualGateway:
 
     # --- connecting ------------------------------------------------------------------------
 
-    def _open(self, target: Target) -> bytes:
-        """TCP (+TLS) and the HTTP upgrade; returns bytes already read past the response."""
+    def _open(self, target: Target) -> None:
+        """TCP (+TLS) and the HTTP upgrade."""
         fleet, network = self.fleet, self.network
         timeout = fleet.behaviour.handshake_timeout
         stage = "tcp"
@@ -248,11 +248,10 @@ class VirtualGateway:
                 self.sock = sock = self._start_tls(sock, target)
                 fleet.stats.request("connect: tls", time.monotonic() - started)
             stage, started = "upgrade", time.monotonic()
-            leftover = self._upgrade(sock, target)
+            self._upgrade(sock, target)
             fleet.stats.request("connect: upgrade", time.monotonic() - started)
         except (OSError, HandshakeError) as exc:
             raise _ConnectFailed(stage, exc) from exc
-        return leftover
 
     def _start_tls(self, sock: Any, target: Target) -> Any:
         context = self.fleet.ssl_context
@@ -260,35 +259,33 @@ class VirtualGateway:
             raise OSError("wss:// target but no TLS context configured")
         return context.wrap_socket(sock, server_hostname=target.host)
 
-    def _upgrade(self, sock: Any, target: Target) -> bytes:
+    def _upgrade(self, sock: Any, target: Target) -> None:
+        """Raises the ``HandshakeError`` of a refused upgrade; the frames that came with the
+        101 wait in the channel."""
+        channel = self.channel = ch.DeviceChannel(ch.Role.CLIENT, session=self.session)
         token = self.fleet.credentials(self.device_id)
-        request, key = http.client_request(
-            target.netloc,
-            target.path,
-            [("Authorization", f"Bearer {token}"), ("Sec-WebSocket-Protocol", SUBPROTOCOL)],
-        )
+        request = channel.connect(target.netloc, target.path, token)
         rng = self.fleet.rng
         gevent.sleep(self.network.delay(len(request), rng))  # one way out...
         self._send(request)
-        buffer = b""
-        while True:
-            data = sock.recv(RECV_SIZE)
+        read = 0
+        while channel.state is ws.State.CONNECTING:
+            data: bytes = sock.recv(RECV_SIZE)
             if not data:
                 raise OSError("connection closed during the upgrade")
-            buffer += data
-            parsed = http.parse_response(buffer, key)
-            if parsed is not None:
-                gevent.sleep(self.network.delay(parsed[2], rng))  # ...and back
-                return buffer[parsed[2] :]
+            read += len(data)
+            channel.receive_data(data)
+        gevent.sleep(self.network.delay(read, rng))  # ...and back
+        outcome = next(channel.events_received())  # the handshake's, before any frame
+        if isinstance(outcome, ch.HandshakeFailed):
+            raise outcome.error
 
     # --- serving ---------------------------------------------------------------------------
 
-    def _serve(self, leftover: bytes) -> NoReturn:
+    def _serve(self) -> NoReturn:
         """Run the connection until it drops (raises ``_Dropped``)."""
-        self.ws = WebSocketConnection(Role.CLIENT, self.session.max_message_size)
         self.upgraded_at = self.last_heard = time.monotonic()
-        if leftover:
-            self._arrived(leftover, self.upgraded_at)
+        self._handle_events(self.upgraded_at)  # the frames that came with the 101
         while True:
             due = self._run_due(time.monotonic())
             self._flush()
@@ -342,23 +339,49 @@ class VirtualGateway:
         return float("inf")
 
     def _received(self, data: bytes, now: float) -> None:
-        assert self.ws is not None
+        assert self.channel is not None
         self.last_heard = now
-        self.ws.receive_data(data)
-        for event in self.ws.events_received():
-            if isinstance(event, Message):
-                self.session.receive_message(event.data)
-                self._session_events(now)
-            elif isinstance(event, Pong):
-                self._pong_received(event.payload, now)
-            elif isinstance(event, Closed):
+        self.channel.receive_data(data)
+        self._handle_events(now)
+
+    def _handle_events(self, now: float) -> None:
+        assert self.channel is not None
+        for event in self.channel.events_received():
+            self._event(event, now)
+
+    def _event(self, event: ch.Event, now: float) -> None:
+        match event:
+            case ps.HandshakeCompleted():
+                self._handshake_completed(now)
+            case ps.AlertAcked(alert_id):
+                self._alert_acked(alert_id, now)
+            case ps.CommandRequested():
+                self._command_requested(event, now)
+            case ps.UpdateOffered():
+                self._update_offered(event, now)
+            case ps.MessageReceived(msg) if msg.proto == env.PROTO_SHELL:
+                self._shell_message(msg, now)
+            case ws.Pong(payload):
+                self._pong_received(payload, now)
+            case ws.Closed(code, reason):
                 self._flush()  # the echoed close frame (RFC 6455 §5.5.1)
-                hint = closecodes.parse_retry_after(event.reason)
-                expected = event.code in _EXPECTED_CLOSES
-                raise _Dropped(f"closed {event.code}", expected=expected, retry_after=hint)
-            elif isinstance(event, Failed):
+                hint = closecodes.parse_retry_after(reason)
+                expected = code in _EXPECTED_CLOSES
+                raise _Dropped(f"closed {code}", expected=expected, retry_after=hint)
+            case ws.Failed(error) | ps.ProtocolViolation(error) if error.close_code:
                 self._flush()
-                raise _Dropped(f"protocol error {event.error.close_code}", expected=False)
+                raise _Dropped(f"protocol error {error.close_code}", expected=False)
+            case ps.ErrorReceived(error):
+                log.debug("%s: server error %s", self.device_id, error.err)
+            case (
+                ch.MessageHandled() | ch.Upgraded() | ch.UpgradeRequested() | ch.HandshakeFailed()
+                | ps.MessageReceived() | ps.ProtocolViolation() | ws.Failed() | ps.PeerClosing()
+                | ps.StrayMessage() | ps.AlertReceived() | ps.StatusReceived()
+                | ps.CommandCompleted() | ps.UpdateProgressReceived() | ps.Relayed()
+            ):  # fmt: skip
+                pass  # answered by the session already, or a server's event only
+            case _:
+                assert_never(event)
 
     def _pong_received(self, payload: bytes, now: float) -> None:
         """Only the answer to the latest ping counts: one to an earlier ping may have waited
@@ -368,23 +391,6 @@ class VirtualGateway:
         self.silent_ended = False  # the server still answers: the connection survived
         self.fleet.stats.request("ping", now - self.ping_sent)
         self.ping_sent = None
-
-    def _session_events(self, now: float) -> None:
-        for event in self.session.events_received():
-            if isinstance(event, ps.HandshakeCompleted):
-                self._handshake_completed(now)
-            elif isinstance(event, ps.AlertAcked):
-                self._alert_acked(event.id, now)
-            elif isinstance(event, ps.CommandRequested):
-                self._command_requested(event, now)
-            elif isinstance(event, ps.UpdateOffered):
-                self._update_offered(event, now)
-            elif isinstance(event, ps.MessageReceived) and event.msg.proto == env.PROTO_SHELL:
-                self._shell_message(event.msg, now)
-            elif isinstance(event, ps.ProtocolViolation) and event.error.close_code:
-                raise _Dropped(f"protocol error {event.error.close_code}", expected=False)
-            elif isinstance(event, ps.ErrorReceived):
-                log.debug("%s: server error %s", self.device_id, event.error.err)
 
     def _handshake_completed(self, now: float) -> None:
         fleet = self.fleet
@@ -441,8 +447,8 @@ class VirtualGateway:
         return self.last_heard + behaviour.keepalive_timeout
 
     def _ping(self, now: float) -> None:
-        assert self.ws is not None
-        self.ws.send_ping(_ping_payload(now))  # the pong echoes it: which ping it answers
+        assert self.channel is not None
+        self.channel.send_ping(_ping_payload(now))  # the pong echoes it: which ping it answers
         self.ping_sent = now
 
     def _after(self, due: float, action: Callable[[Any, float], None], arg: Any) -> None:
@@ -650,11 +656,8 @@ class VirtualGateway:
 
     def _flush(self) -> None:
         """Frame what the session queued and put it on the simulated link."""
-        ws = self.ws
-        assert ws is not None
-        for message in self.session.messages_to_send():
-            ws.send_binary(message)
-        if not (data := ws.data_to_send()):
+        assert self.channel is not None
+        if not (data := self.channel.data_to_send()):
             return
         outbound = self.outbound
         busy_until = outbound[-1][0] if outbound else 0.0
@@ -684,12 +687,12 @@ class VirtualGateway:
 
     def _leave(self, code: int, reason: str) -> None:
         """Close politely (best effort), then the socket."""
-        if self.ws is not None and self.sock is not None:
-            self.ws.send_close(code, reason)
+        if self.channel is not None and self.sock is not None:
+            self.channel.send_close(code, reason)
             pending = b"".join(data for _, data in self.outbound or ())
             with contextlib.suppress(OSError):
                 self.sock.settimeout(1.0)
-                self.sock.sendall(pending + self.ws.data_to_send())
+                self.sock.sendall(pending + self.channel.data_to_send())
         self._close_socket(reset=False)
 
     def _close_socket(self, *, reset: bool) -> None:

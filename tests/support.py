@@ -17,8 +17,8 @@ from backend.bus.auth import issue_device_token
 from backend.devstack import process
 from backend.devstack.process import free_ports
 from backend.protocol import websocket as ws
+from backend.protocol.http import DEVICE_PATH
 from backend.shard import Shard
-from backend.shard.config import DEVICE_PATH
 from haproxy.config import HEALTH_PATH, HaproxyConfig, find_haproxy, write
 from simulator.fleet import Fleet
 from simulator.gateway import VirtualGateway
@@ -129,7 +129,7 @@ def running_haproxy(
 @contextlib.contextmanager
 def running(fleet: Fleet, count: int) -> Iterator[list[VirtualGateway]]:
     """``count`` gateways, each in its greenlet, stopped on exit; a crashed one fails the test."""
-    gateways = [fleet.new_gateway() for _ in range(count)]
+    gateways = [fleet.new_gateway(VirtualGateway) for _ in range(count)]
     greenlets = [gevent.spawn(gateway.run) for gateway in gateways]
     try:
         yield gateways

@@ -14,8 +14,8 @@ import gevent.ssl
 import pytest
 
 from backend.protocol import messages as m
+from backend.protocol.http import DEVICE_PATH
 from backend.protocol.session import DeviceSession, Role
-from backend.shard.config import DEVICE_PATH
 from haproxy.tls import make_local_pki
 from simulator.fleet import Fleet, Target, parse_targets, round_robin, tls_context
 from simulator.gateway import VirtualGateway
@@ -141,7 +141,7 @@ def test_no_source_addresses_leaves_the_choice_to_the_kernel() -> None:
 
 def test_new_gateways_are_numbered_and_kept() -> None:
     fleet = make_fleet(prefix="gw-test")
-    first, second = fleet.new_gateway(), fleet.new_gateway()
+    first, second = fleet.new_gateway(VirtualGateway), fleet.new_gateway(VirtualGateway)
     assert (first.device_id, second.device_id) == ("gw-test-000000", "gw-test-000001")
     assert (first.index, second.index) == (0, 1)
     assert fleet.gateways == {first, second}
@@ -164,7 +164,7 @@ def deliver_ack(gateway: VirtualGateway, alert_id: str) -> None:
 
 def test_drain_of_an_empty_fleet_returns_at_once() -> None:
     fleet = make_fleet()
-    fleet.new_gateway()
+    fleet.new_gateway(VirtualGateway)
     started = time.monotonic()
     assert fleet.drain(timeout=5.0) == 0
     assert time.monotonic() - started < 0.5
@@ -173,7 +173,7 @@ def test_drain_of_an_empty_fleet_returns_at_once() -> None:
 
 def test_drain_gives_up_and_counts_unacked_alerts() -> None:
     fleet = make_fleet()
-    first, second = fleet.new_gateway(), fleet.new_gateway()
+    first, second = fleet.new_gateway(VirtualGateway), fleet.new_gateway(VirtualGateway)
     queue_alert(first, "a-1")
     queue_alert(first, "a-2")
     queue_alert(second, "b-1")
@@ -185,7 +185,7 @@ def test_drain_gives_up_and_counts_unacked_alerts() -> None:
 
 def test_drain_returns_once_the_last_ack_arrives() -> None:
     fleet = make_fleet()
-    gateway = fleet.new_gateway()
+    gateway = fleet.new_gateway(VirtualGateway)
     queue_alert(gateway, "a-1")
     queue_alert(gateway, "a-2")
     deliver_ack(gateway, "a-1")

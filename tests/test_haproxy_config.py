@@ -21,7 +21,7 @@ from websockets.sync.client import ClientConnection, connect
 from backend.devstack import process
 from backend.devstack.stack import LocalStack, StackConfig, fetch_metrics, servers_up
 from backend.protocol import envelope, messages
-from backend.shard.config import DEVICE_PATH
+from backend.protocol.http import DEVICE_PATH
 from haproxy.config import (
     ConfigCheckFailed,
     HaproxyConfig,

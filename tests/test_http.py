@@ -402,3 +402,17 @@ def test_status_line_without_reason_phrase() -> None:
     with pytest.raises(UpgradeRejected) as info:
         parse_response(b"HTTP/1.1 404\r\nContent-Length: 0\r\n\r\n", KEY)
     assert info.value.status == 404
+
+
+@pytest.mark.parametrize(
+    ("offered", "chosen"),
+    [
+        (None, None),  # the real Mender client offers none
+        ("protomsg/msgpack", "protomsg/msgpack"),
+        ("chat, protomsg/msgpack ", "protomsg/msgpack"),
+        ("chat", None),
+        ("PROTOMSG/MSGPACK", None),  # compared as written
+    ],
+)
+def test_chosen_subprotocol(offered: str | None, chosen: str | None) -> None:
+    assert http.chosen_subprotocol(request_with(**{"Sec-WebSocket-Protocol": offered})) == chosen

@@ -27,7 +27,7 @@ from backend.devstack.prometheus import (
     render_config,
 )
 from backend.devstack.stack import LocalStack, StackConfig
-from backend.shard.config import DEVICE_PATH
+from backend.protocol.http import DEVICE_PATH
 from tests.natsauth_support import connect_as
 from tests.observe_support import DASHBOARDS, dashboards, panel_queries, promtool_check, spawned
 

@@ -18,8 +18,8 @@ from backend.devstack.testdevice import TestDevice
 from backend.protocol import closecodes, envelope, messages
 from backend.protocol import session as ps
 from backend.protocol.errors import DeviceOffline, DeviceTimeout
+from backend.protocol.http import DEVICE_PATH
 from backend.shard import Shard
-from backend.shard.config import DEVICE_PATH
 from tests.support import ShardFactory, device_token
 
 
@@ -246,7 +246,7 @@ async def test_newer_connection_replaces_older_on_the_same_shard(
         async with asyncio.timeout(5):
             await old.wait_closed()
         assert old.close_code == closecodes.REPLACED
-        assert shard.devices["gw-1"].ws is not None
+        assert shard.devices["gw-1"].open
         await new.close()
 
 

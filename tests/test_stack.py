@@ -17,7 +17,8 @@ from backend.bus import natsauth
 from backend.devstack import process
 from backend.devstack.stack import LocalStack, StackConfig, count_or_auto
 from backend.operator.client import OperatorClient, OperatorError
-from backend.shard.config import DEVICE_PATH, default_max_connections
+from backend.protocol.http import DEVICE_PATH
+from backend.shard.config import default_max_connections
 from haproxy.config import max_maxconn
 from tests.natsauth_support import only_the_api_commands_devices, violations
 from tests.support import wait_until

@@ -25,7 +25,7 @@ from backend.devstack.stack import (
     servers_up,
 )
 from backend.protocol import envelope, messages
-from backend.shard.config import DEVICE_PATH
+from backend.protocol.http import DEVICE_PATH
 from haproxy import runtime
 from simulator.behaviour import Behaviour
 from simulator.fleet import Fleet, parse_targets, tls_context

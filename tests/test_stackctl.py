@@ -14,7 +14,7 @@ from websockets.sync.client import connect
 
 from backend.bus.auth import issue_device_token
 from backend.devstack import process
-from backend.shard.config import DEVICE_PATH
+from backend.protocol.http import DEVICE_PATH
 
 FLEET = [sys.executable, "-m", "backend.cli"]
 

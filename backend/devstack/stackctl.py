@@ -29,7 +29,7 @@ from backend.devstack.stack import (
     fetch_metrics,
     metric_sum,
 )
-from backend.shard.config import DEVICE_PATH
+from backend.protocol.http import DEVICE_PATH
 from haproxy import runtime
 
 STATE_FILE = "stack.json"

@@ -28,6 +28,11 @@ from backend.protocol.errors import (
 )
 
 MAX_HEADER_SIZE = 8192
+DEVICE_PATH = "/api/devices/v1/deviceconnect/connect"
+"""Where Mender devices open their WebSocket (deviceconnect's device API)."""
+SUBPROTOCOL = "protomsg/msgpack"
+"""The subprotocol a device may offer (Sec-WebSocket-Protocol); the real Mender client offers
+none, and is answered with none."""
 WS_VERSION = "13"  # RFC 6455 §4.1, item 9
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 _END = b"\r\n\r\n"
@@ -105,6 +110,13 @@ def accept_response(key: str, subprotocol: str | None = None) -> bytes:
     if subprotocol is not None:
         headers.append(("Sec-WebSocket-Protocol", subprotocol))
     return _head("HTTP/1.1 101 Switching Protocols", headers)
+
+
+def chosen_subprotocol(request: Request) -> str | None:
+    """Ours if the client offered it, else none (RFC 6455 §4.2.2 item 5, /subprotocol/: the
+    server picks one of the offered values; they are compared as written)."""
+    offered = request.headers.get("sec-websocket-protocol", "")
+    return SUBPROTOCOL if SUBPROTOCOL in {item.strip() for item in offered.split(",")} else None
 
 
 def http_response(

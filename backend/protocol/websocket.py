@@ -42,6 +42,7 @@ class Role(enum.Enum):
 
 
 class State(enum.Enum):
+    CONNECTING = "connecting"  # the opening handshake (``channel``); a codec starts OPEN
     OPEN = "open"
     CLOSING = "closing"  # we sent a close frame and wait for the peer's (RFC 6455 §7.1.2)
     CLOSED = "closed"

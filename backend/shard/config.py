@@ -9,9 +9,6 @@ from pathlib import Path
 
 from backend.bus.subjects import check_replicas
 
-DEVICE_PATH = "/api/devices/v1/deviceconnect/connect"
-SUBPROTOCOL = "protomsg/msgpack"
-
 # Descriptors kept back from the connection budget: NATS, logs, the listening socket, and
 # sockets that are being refused with a 503.
 FD_RESERVE = 256

@@ -1,26 +1,32 @@
-"""One device's TCP connection: the thin asyncio driver around the Sans-I/O core.
+"""One device's TCP connection: the thin asyncio driver of the Sans-I/O ``DeviceChannel``.
 
-Bytes go in through ``data_received`` and come out of the codecs' ``data_to_send``; all
-decisions about what they mean are made by ``backend.protocol`` (framing, ProtoMsg, session)
-and by the shard (routing, NATS). An idle connection owns no task, future or timer handle:
-its deadlines live in the shard's one timer wheel, which is why everything is in slots.
+Bytes go in through ``data_received`` and come out of the channel's ``data_to_send``; what
+they mean is decided by ``backend.protocol`` (handshake, framing, ProtoMsg, session) and
+what to do about it by the shard (endpoints, tokens, routing, NATS), which the connection
+reaches only through the narrow ``ShardContext``. An idle connection owns no task, future or
+timer handle: its deadlines live in the shard's one timer wheel, which is why everything is
+in slots.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import time
-from typing import TYPE_CHECKING, cast
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Protocol, cast
 
-from backend.protocol import closecodes, envelope, http
+from backend.protocol import channel as ch
+from backend.protocol import closecodes, envelope
 from backend.protocol import session as ps
 from backend.protocol import websocket as ws
 from backend.protocol.errors import HandshakeError, RequestTimeout
 
 if TYPE_CHECKING:
     from backend.bus.presence import Registration
-    from backend.shard.server import Shard
+    from backend.protocol.http import Request
+    from backend.shard.config import ShardConfig
+    from backend.shard.metrics import ShardMetrics
+    from backend.shard.wheel import TimerWheel
 
 CLOSE_GRACE = 5.0
 """Seconds a peer gets to answer our close frame before the socket is aborted."""
@@ -50,52 +56,73 @@ INPUT_WRITE = 1  # its replies are not being read (pause_writing)
 INPUT_PUBLISH = 2  # its share of the publish queue is full
 INPUT_TURN = 4  # it had its MESSAGES_PER_TURN this turn
 
+_OPEN = ws.State.OPEN
+_CONNECTING = ws.State.CONNECTING
+_CLOSED = ws.State.CLOSED
 
-class Phase(enum.Enum):
-    HTTP = "http"  # reading the request head
-    OPEN = "open"  # upgraded: WebSocket frames both ways
-    CLOSING = "closing"  # our close frame is out, waiting for the peer's
-    LINGERING = "lingering"  # failed: close frame out, discarding input until the peer's EOF
-    CLOSED = "closed"
+
+class ShardContext(Protocol):
+    """What a connection may use of the shard that accepted it."""
+
+    @property
+    def config(self) -> ShardConfig: ...
+    @property
+    def metrics(self) -> ShardMetrics: ...
+    @property
+    def wheel(self) -> TimerWheel: ...
+    @property
+    def channel_limits(self) -> ch.Limits: ...
+    def handle_request(self, conn: DeviceConnection, request: Request) -> None: ...
+    def session_event(self, conn: DeviceConnection, event: ps.Event) -> None: ...
+    def connection_closed(self, conn: DeviceConnection) -> None: ...
 
 
 class DeviceConnection(asyncio.Protocol):
     __slots__ = (
+        "channel",
         "device_id",
         "disconnect_reason",
         "errors",
         "errors_since",
         "held",
-        "http_buffer",
         "input_paused",
         "kicked_version",
         "last_received",
-        "phase",
         "ping_sent",
         "registration",
-        "session",
         "shard",
         "transport",
-        "ws",
     )
 
-    def __init__(self, shard: Shard) -> None:
+    def __init__(self, shard: ShardContext) -> None:
         self.shard = shard
         self.transport: asyncio.Transport | None = None
-        self.phase = Phase.HTTP
-        self.http_buffer: bytes | None = None
-        self.ws: ws.WebSocketConnection | None = None
-        self.session: ps.DeviceSession | None = None
+        self.channel = ch.DeviceChannel(ch.Role.SERVER, shard.channel_limits)
         self.device_id = ""
         self.registration: Registration | None = None
         self.kicked_version = 0
         self.input_paused = 0  # INPUT_* bits
-        self.held: list[ws.Event] | None = None  # frames read, not handled while paused
+        self.held: Iterator[ch.Event] | None = None  # events not handled while paused
         self.errors = 0  # protocol errors since errors_since
         self.errors_since = 0.0
         self.last_received = 0.0
         self.ping_sent: float | None = None
         self.disconnect_reason = "peer_closed"
+
+    @property
+    def session(self) -> ps.DeviceSession | None:
+        """The device's session, from the upgrade on."""
+        return self.channel.session
+
+    @property
+    def open(self) -> bool:
+        """Upgraded, and neither side has started closing."""
+        return self.channel.state is _OPEN
+
+    @property
+    def gone(self) -> bool:
+        """The transport is closed or closing: nothing more goes either way."""
+        return self.transport is None or self.transport.is_closing()
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 
@@ -107,16 +134,15 @@ class DeviceConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_received = time.monotonic()
-        if self.phase is Phase.HTTP:
-            self._receive_request(data)
-        elif self.phase is Phase.LINGERING:
-            return  # discarded: the connection failed and our close frame is out
-        elif self.ws is not None:
+        channel = self.channel
+        if channel.session is not None and channel.state is not _CLOSED:
             self.shard.metrics.bytes_in.inc(len(data))
-            self._receive_frames(data)
+        channel.receive_data(data)
+        if self.held is None:  # else they wait behind what is held
+            self._handle_events(channel.events_received())
 
     def eof_received(self) -> bool:
-        if self.phase is Phase.OPEN:  # closing or failed: the reason is ours already
+        if self.open:  # closing or failed: the reason is ours already
             self.disconnect_reason = "eof"
         return False  # close our side too
 
@@ -130,7 +156,7 @@ class DeviceConnection(asyncio.Protocol):
     def pause_input(self, cause: int) -> None:
         """Stop reading the device (for ``cause``, an INPUT_* bit) until ``resume_input``.
         While paused nothing arrives, so the keep-alive reaps a device that stays stuck."""
-        if not self.input_paused and self._transport_open():
+        if not self.input_paused and not self.gone:
             assert self.transport is not None
             self.transport.pause_reading()
         self.input_paused |= cause
@@ -143,14 +169,13 @@ class DeviceConnection(asyncio.Protocol):
         if self.input_paused:
             return
         held, self.held = self.held, None
-        if held:
-            self._handle_frames(held)
-        if not self.input_paused and self._transport_open():
+        if held is not None:
+            self._handle_events(held)
+            if not self.input_paused:  # what arrived while it was held
+                self._handle_events(self.channel.events_received())
+        if not self.input_paused and not self.gone:
             assert self.transport is not None
             self.transport.resume_reading()
-
-    def _transport_open(self) -> bool:
-        return self.transport is not None and not self.transport.is_closing()
 
     def count_error(self, now: float) -> bool:
         """Count a protocol error; True once the device is over MAX_ERRORS per window."""
@@ -162,91 +187,46 @@ class DeviceConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None and self.disconnect_reason == "peer_closed":
             self.disconnect_reason = "reset"
-        was_open = self.session is not None
-        self.phase = Phase.CLOSED
-        if was_open:
+        self.transport = None
+        if self.channel.session is not None:
             self.shard.connection_closed(self)
 
-    # --- before the upgrade ------------------------------------------------------------------
+    # --- events ------------------------------------------------------------------------------
 
-    def _receive_request(self, data: bytes) -> None:
-        buffer = data if self.http_buffer is None else self.http_buffer + data
-        try:
-            parsed = http.parse_request(buffer, self.shard.config.max_request_size)
-        except HandshakeError as exc:
-            self.refuse(exc)
-            return
-        if parsed is None:
-            self.http_buffer = buffer
-            return
-        self.http_buffer = None
-        request, consumed = parsed
-        self.shard.handle_request(self, request)
-        if self.phase is Phase.OPEN and consumed < len(buffer):
-            self._receive_frames(buffer[consumed:])  # frames sent right behind the request
-
-    def respond(self, response: bytes) -> None:
-        """Answer a plain HTTP request and close (the response says ``Connection: close``),
-        lingering: a refusal may come before the whole request was read."""
-        assert self.transport is not None
-        self.transport.write(response)
-        self._linger()
-
-    def refuse(self, exc: HandshakeError) -> None:
-        self.shard.metrics.rejected_upgrades.labels(exc.reason).inc()
-        self.respond(http.error_response(exc))
-
-    def upgrade(self, response: bytes, device_id: str) -> None:
-        assert self.transport is not None
-        self.transport.write(response)
-        self.device_id = device_id
-        self.phase = Phase.OPEN
-        self.ws = ws.WebSocketConnection(ws.Role.SERVER, self.shard.config.max_message_size)
-        self.session = ps.DeviceSession(ps.Role.SERVER, device_id=device_id)
-        self.session.start()  # Mender devices never speak first: the server opens
-        self.flush()
-        self.shard.wheel.schedule(self, self.last_received + self.shard.config.ping_interval)
-
-    # --- after the upgrade -------------------------------------------------------------------
-
-    def _receive_frames(self, data: bytes) -> None:
-        assert self.ws is not None
-        self.ws.receive_data(data)
-        events = self.ws.events_received()
-        if self.held is not None:
-            self.held.extend(events)  # read before the pause took effect: after the rest
-        else:
-            self._handle_frames(events)
-
-    def _handle_frames(self, events: list[ws.Event]) -> None:
-        """Handle frames in order; once input is paused (a full publish share, replies not
+    def _handle_events(self, events: Iterator[ch.Event]) -> None:
+        """Handle events in order; once input is paused (a full publish share, replies not
         read), the rest wait in ``held`` so that one read cannot queue thousands."""
-        assert self.session is not None
+        if self.input_paused:  # read before the pause took effect
+            self.held = events
+            return
         handled = 0
-        for index, event in enumerate(events):
-            if self.input_paused:
-                self.held = events[index:]
-                break
-            if type(event) is ws.Message:
-                if self.phase is not Phase.OPEN:
-                    continue  # closing: what it sent after our close frame is not answered
-                msg = self.session.receive_message(event.data)
-                if msg is not None:
-                    self.shard.metrics.message_in(msg.proto, msg.typ)
-                self._hand_over()  # may pause input: its share of publishes is full
+        for event in events:
+            if isinstance(event, ch.MessageHandled):
+                if event.msg is not None:
+                    self.shard.metrics.message_in(event.msg.proto, event.msg.typ)
                 handled += 1
                 if handled == MESSAGES_PER_TURN:
                     self.pause_input(INPUT_TURN)
                     asyncio.get_running_loop().call_soon(self.resume_input, INPUT_TURN)
-            elif type(event) is ws.Pong:
+            elif isinstance(event, ws.Pong):
                 self._pong_received()
-            elif type(event) is ws.Failed:
+            elif isinstance(event, ws.Failed):
                 self.shard.metrics.protocol_errors.labels(event.error.reason).inc()
                 self.disconnect_reason = event.error.reason
                 self._linger()
                 return
-            elif type(event) is ws.Closed:
+            elif isinstance(event, ws.Closed):
                 self._close_transport()
+            elif isinstance(event, ch.UpgradeRequested):
+                self.shard.handle_request(self, event.request)
+            elif isinstance(event, ch.HandshakeFailed):
+                self.refuse(event.error)
+                return
+            elif not isinstance(event, ch.Upgraded):  # a client's event: never on a server
+                self.shard.session_event(self, event)
+            if self.input_paused:  # may be: its share of publishes is full
+                self.held = events
+                break
         self.flush()
 
     def _pong_received(self) -> None:
@@ -254,43 +234,62 @@ class DeviceConnection(asyncio.Protocol):
             self.shard.metrics.ping_rtt.observe(time.monotonic() - self.ping_sent)
             self.ping_sent = None
 
+    # --- the upgrade -------------------------------------------------------------------------
+
+    def respond(self, response: bytes) -> None:
+        """Answer a plain HTTP request and close (the response says ``Connection: close``),
+        lingering: a refusal may come before the whole request was read."""
+        self._write(self.channel.respond(response))
+        self._linger()
+
+    def refuse(self, exc: HandshakeError) -> None:
+        self.shard.metrics.rejected_upgrades.labels(exc.reason).inc()
+        self._write(self.channel.refuse(exc))
+        self._linger()
+
+    def upgrade(self, device_id: str) -> None:
+        self.device_id = device_id
+        self._write(self.channel.accept(device_id))
+        self.flush()
+        self.shard.wheel.schedule(self, self.last_received + self.shard.config.ping_interval)
+
+    # --- bytes out ---------------------------------------------------------------------------
+
     def flush(self) -> None:
-        """Hand the session's events to the shard and write whatever the codecs produced."""
-        session, codec = self.session, self.ws
-        if session is None or codec is None:
+        """Hand the session's events to the shard and write whatever the channel produced."""
+        session = self.channel.session
+        if session is None:
             return
-        self._hand_over()
-        for message in session.messages_to_send():
-            self.shard.metrics.message_out(*envelope.peek_header(message))
-            codec.send_binary(message)
-        data = codec.data_to_send()
-        transport = self.transport
-        if data and transport is not None and not transport.is_closing():
-            transport.write(data)
-            if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+        for event in session.events_received():  # from the shard's calls (deliver...)
+            self.shard.session_event(self, event)
+        data = self.channel.data_to_send(self._count_out)
+        if data and not self.gone:
+            self._write(data)
+            assert self.transport is not None
+            if self.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
                 self.abort("slow_reader")  # a close frame would queue behind the rest
 
-    def _hand_over(self) -> None:
-        assert self.session is not None
-        for event in self.session.events_received():
-            self.shard.session_event(self, event)
+    def _count_out(self, message: bytes) -> None:
+        self.shard.metrics.message_out(*envelope.peek_header(message))
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
 
     def close(self, code: int, reason: str, disconnect_reason: str) -> None:
         """Start the closing handshake (RFC 6455 §7.1.2); the peer gets CLOSE_GRACE to answer."""
-        if self.phase is not Phase.OPEN or self.ws is None:
+        if not self.open:
             return
         self.disconnect_reason = disconnect_reason
-        self.ws.send_close(code, reason)
+        self.channel.send_close(code, reason)
         self.flush()
-        self.phase = Phase.CLOSING
         self.shard.wheel.schedule(self, time.monotonic() + CLOSE_GRACE)
 
     def _linger(self) -> None:
         """Close without a reset (after an HTTP answer, or failing the connection, RFC 6455
-        §7.1.7): the last bytes go out, then our FIN; input is read and dropped until the
-        peer's EOF or LINGER."""
+        §7.1.7): the last bytes go out, then our FIN; input is dropped (the channel is
+        closed) until the peer's EOF or LINGER."""
         self.flush()
-        self.phase = Phase.LINGERING
         transport = self.transport
         if transport is None or transport.is_closing():
             return
@@ -303,42 +302,39 @@ class DeviceConnection(asyncio.Protocol):
     def _close_transport(self) -> None:
         # RFC 6455 §7.1.1: the server closes the TCP connection first.
         self.flush()
-        self.phase = Phase.CLOSED
         if self.transport is not None:
             self.transport.close()
 
     def abort(self, disconnect_reason: str) -> None:
         self.disconnect_reason = disconnect_reason
-        self.phase = Phase.CLOSED
         if self.transport is not None:
             self.transport.abort()
 
     # --- the shard's timer wheel -------------------------------------------------------------
 
     def on_timer(self, now: float) -> float | None:
-        if self.phase is Phase.HTTP:
+        if self.gone:
+            return None
+        state = self.channel.state
+        if state is _OPEN:
+            return self._keepalive(now)
+        if state is _CONNECTING:
             self.refuse(RequestTimeout("no complete upgrade request in time"))
-            return None
-        if self.phase is Phase.CLOSING or self.phase is Phase.LINGERING:
+        else:  # our close frame got no answer, or the linger is over
             self.abort(self.disconnect_reason)
-            return None
-        if self.phase is Phase.CLOSED:
-            return None
-        return self._keepalive(now)
+        return None
 
     def _keepalive(self, now: float) -> float | None:
         config = self.shard.config
         if now - self.last_received >= config.keepalive_timeout:
             # Silent past the deadline: a blackholed peer will never read a close frame.
-            assert self.ws is not None
-            self.ws.send_close(closecodes.KEEPALIVE_TIMEOUT, "keep-alive timeout")
+            self.channel.send_close(closecodes.KEEPALIVE_TIMEOUT, "keep-alive timeout")
             self.flush()
             self.abort("keepalive_timeout")
             return None
         if self.ping_sent is None:
-            assert self.ws is not None
             self.ping_sent = now
-            self.ws.send_ping()
+            self.channel.send_ping()
             self.flush()
         return min(now + config.ping_interval, self.last_received + config.keepalive_timeout)
 

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Coroutine
 from functools import partial
-from typing import Any
+from typing import Any, assert_never
 
 import nats
 from nats.aio.client import Client as NATS
@@ -29,6 +29,7 @@ from backend.bus import presence, routing, subjects
 from backend.bus.auth import TokenVerifier
 from backend.bus.natsauth import SHARD, connect_options
 from backend.logs import Throttled
+from backend.protocol import channel as ch
 from backend.protocol import closecodes, envelope, http, messages
 from backend.protocol import session as ps
 from backend.protocol.errors import (
@@ -39,10 +40,10 @@ from backend.protocol.errors import (
     NotFound,
     TooBigForBus,
 )
-from backend.protocol.http import Request
+from backend.protocol.http import DEVICE_PATH, Request
 from backend.shard.admission import Admission
-from backend.shard.config import DEVICE_PATH, SUBPROTOCOL, ShardConfig
-from backend.shard.connection import INPUT_PUBLISH, DeviceConnection, Phase
+from backend.shard.config import ShardConfig
+from backend.shard.connection import INPUT_PUBLISH, DeviceConnection
 from backend.shard.fairqueue import FairQueue, Job
 from backend.shard.metrics import ShardMetrics
 from backend.shard.wheel import TimerWheel
@@ -66,6 +67,7 @@ class Shard:
         self.id = config.shard_id
         self.metrics = ShardMetrics(self.id)
         self.wheel = TimerWheel()
+        self.channel_limits = ch.Limits(config.max_request_size, config.max_message_size)
         self.verifier = TokenVerifier.from_settings(config.jwt_secret, config.jwt_public_key_file)
         self.admission = Admission(
             config.max_connections, config.accept_rate, config.accept_burst, config.retry_after
@@ -250,16 +252,14 @@ class Shard:
             conn.refuse(NotFound(f"no such endpoint: {request.path}"))
 
     def _upgrade(self, conn: DeviceConnection, request: Request) -> None:
-        key = http.check_upgrade(request)
+        http.check_upgrade(request)  # a bad upgrade is a 400 before anything else
         if self.draining:
             raise Draining("shard is draining", retry_after=self.admission.jittered_retry_after())
         # The token before the accept budget: a burst of bad tokens (a signature check each,
         # microseconds) must not spend the budget that legit reconnects need.
         device_id = self.verifier.device_id(request.headers.get("authorization"))
         self.admission.admit(time.monotonic(), len(self.devices))
-        offered = request.headers.get("sec-websocket-protocol", "")
-        subprotocol = SUBPROTOCOL if SUBPROTOCOL in _tokens(offered) else None
-        conn.upgrade(http.accept_response(key, subprotocol), device_id)
+        conn.upgrade(device_id)
         self._connection_opened(conn)
 
     def _connection_opened(self, conn: DeviceConnection) -> None:
@@ -303,7 +303,7 @@ class Shard:
         assert self.nc is not None
         reg = await presence.register(self._kv, conn.device_id, self.id)
         conn.registration = reg
-        if conn.phase is Phase.CLOSED:
+        if conn.gone:
             await self._unregister_presence(conn)  # it went away while we registered it
             return
         if conn.kicked_version > reg.version:
@@ -341,30 +341,33 @@ class Shard:
     # --- what devices send ----------------------------------------------------------------------
 
     def session_event(self, conn: DeviceConnection, event: ps.Event) -> None:
-        kind = type(event)
-        if kind is ps.AlertReceived:
-            self._publish_alert_soon(conn, event.alert)
-        elif kind is ps.StatusReceived:
-            msg = event.status.to_msg()
-            self._publish_soon(conn, "status", msg, subjects.status_subject(conn.device_id))
-        elif kind is ps.CommandCompleted:
-            future = self._commands.get((conn.device_id, event.sid))
-            if future is not None and not future.done():
-                future.set_result(event.result)
-        elif kind is ps.UpdateProgressReceived:
-            msg = event.progress.to_msg(event.sid)
-            subject, headers = (
-                subjects.update_subject(conn.device_id),
-                {subjects.UPDATE_HEADER: event.sid},
-            )
-            self._publish_soon(conn, "update", msg, subject, headers=headers)
-        elif kind is ps.Relayed:
-            subject = subjects.relay_subject(conn.device_id, event.msg.sid)
-            payload = envelope.encode(event.msg)
-            self._publish_soon(conn, "relay", event.msg, subject, payload)
-        elif kind is ps.ProtocolViolation:
-            error = event.error
-            self._protocol_error(conn, error.reason, error.close_code, str(error))
+        match event:
+            case ps.AlertReceived(alert):
+                self._publish_alert_soon(conn, alert)
+            case ps.StatusReceived(status):
+                msg = status.to_msg()
+                self._publish_soon(conn, "status", msg, subjects.status_subject(conn.device_id))
+            case ps.CommandCompleted(sid, result):
+                future = self._commands.get((conn.device_id, sid))
+                if future is not None and not future.done():
+                    future.set_result(result)
+            case ps.UpdateProgressReceived(sid, progress):
+                headers = {subjects.UPDATE_HEADER: sid}
+                subject = subjects.update_subject(conn.device_id)
+                self._publish_soon(conn, "update", progress.to_msg(sid), subject, headers=headers)
+            case ps.Relayed(msg):
+                subject = subjects.relay_subject(conn.device_id, msg.sid)
+                self._publish_soon(conn, "relay", msg, subject, envelope.encode(msg))
+            case ps.ProtocolViolation(error):
+                self._protocol_error(conn, error.reason, error.close_code, str(error))
+            case (
+                ps.HandshakeCompleted() | ps.ErrorReceived() | ps.PeerClosing() | ps.StrayMessage()
+                | ps.AlertAcked() | ps.CommandRequested() | ps.UpdateOffered()
+                | ps.MessageReceived()
+            ):  # fmt: skip
+                pass  # nothing to do on the server, or a device's event only
+            case _:
+                assert_never(event)
 
     def _protocol_error(
         self, conn: DeviceConnection, reason: str, close_code: int | None, text: str
@@ -463,7 +466,7 @@ class Shard:
             return  # not acked: the device resends, the stream de-duplicates
         self.metrics.alert_publish.observe(time.monotonic() - received)
         self.metrics.alerts.labels("acked").inc()
-        if conn.phase is Phase.OPEN and conn.session is not None:
+        if conn.open and conn.session is not None:
             conn.session.ack_alert(alert_id)
             self._flush_soon(conn)
 
@@ -478,7 +481,7 @@ class Shard:
     def _flush_all(self) -> None:
         unflushed, self._unflushed = self._unflushed, set()
         for conn in unflushed:
-            if conn.phase is Phase.OPEN:
+            if conn.open:
                 conn.flush()
 
     # --- requests from operators ------------------------------------------------------------------
@@ -503,7 +506,7 @@ class Shard:
 
     async def _answer(self, op: str, device_id: str, request: dict[str, Any]) -> bytes:
         conn = self.devices.get(device_id)
-        if conn is None or conn.session is None or conn.phase is not Phase.OPEN:
+        if conn is None or conn.session is None or not conn.open:
             reply = routing.error(routing.ERROR_OFFLINE, f"not connected to shard {self.id}")
         elif op == routing.OP_COMMAND:
             reply = await self._run_command(conn, request)
@@ -559,10 +562,6 @@ class Shard:
         for (device, _sid), future in self._commands.items():
             if device == device_id and not future.done():
                 future.set_exception(ConnectionError("device disconnected before answering"))
-
-
-def _tokens(value: str) -> set[str]:
-    return {token.strip() for token in value.split(",") if token.strip()}
 
 
 async def _wait_until(awaitable: Coroutine[Any, Any, Any], deadline: float) -> None:

@@ -1,0 +1,251 @@
+"""One device connection, Sans-I/O: the HTTP upgrade, the WebSocket and the ProtoMsg session.
+
+Both drivers, the shard's asyncio ``DeviceConnection`` and the simulator's gevent gateway,
+hand a ``DeviceChannel`` the bytes they read and write out the bytes it gives them; what the
+bytes mean is decided here, in the layers it stacks::
+
+    bytes -> http (opening handshake) -> websocket (RFC 6455 frames) -> session (ProtoMsg)
+
+The handshake arrives as an event. A server channel yields ``UpgradeRequested``; the driver
+answers with ``accept`` or ``refuse`` (which endpoint, which token and whether there is room
+are its policy, not protocol). A client channel yields ``Upgraded`` or ``HandshakeFailed``.
+
+``events_received`` is a generator: each WebSocket message is handed to the session only when
+the driver asks for the next event. A driver that stops reading a device between two messages
+(a full publish share, replies it does not read) keeps the iterator and resumes it later, so
+no message is interpreted before the driver is ready for its consequences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from backend.protocol import envelope, http
+from backend.protocol import session as ps
+from backend.protocol import websocket as ws
+from backend.protocol.errors import HandshakeError
+from backend.protocol.websocket import Role, State
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "DeviceChannel",
+    "Event",
+    "HandshakeFailed",
+    "Limits",
+    "MessageHandled",
+    "Role",
+    "State",
+    "UpgradeRequested",
+    "Upgraded",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what a peer may send; one instance is shared by all of a driver's channels."""
+
+    max_head_size: int = http.MAX_HEADER_SIZE
+    """The request (server) or response (client) head, final CRLF included."""
+    max_message_size: int = envelope.DEFAULT_MAX_MESSAGE_SIZE
+    """One WebSocket message, and so one ProtoMsg."""
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True, slots=True)
+class UpgradeRequested:
+    """Server: a complete request head; answer it with ``accept`` or ``refuse``."""
+
+    request: http.Request
+
+
+@dataclass(frozen=True, slots=True)
+class Upgraded:
+    """Client: the server accepted the upgrade (RFC 6455 §4.1); frames follow."""
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeFailed:
+    """The head was not a valid request (server: answer with ``refuse``), or the server did
+    not accept the upgrade (client: ``error`` is an ``UpgradeRejected`` with its status)."""
+
+    error: HandshakeError
+
+
+@dataclass(slots=True)
+class MessageHandled:
+    """One WebSocket message went to the session: ``msg`` decoded, or None if it could not
+    be (the session's ``ProtocolViolation`` follows). Its consequences come next, as session
+    events. Not frozen: it is made once per message (see ``websocket.Message``)."""
+
+    msg: envelope.ProtoMsg | None
+
+
+Event: TypeAlias = (
+    UpgradeRequested | Upgraded | HandshakeFailed | MessageHandled | ws.Pong | ws.Closed
+    | ws.Failed | ps.Event
+)  # fmt: skip
+
+_UPGRADED = Upgraded()
+
+
+class DeviceChannel:
+    """The protocol state of one connection, in the server or the client role.
+
+    The server creates the session when it accepts the upgrade, for the device its token
+    names; the client brings its own session, which outlives connections (its outbox of
+    unacked alerts is resent on the next one).
+    """
+
+    __slots__ = (
+        "_close_sent", "_head", "_key", "_pending", "_request", "_ws", "limits", "role", "session"
+    )  # fmt: skip
+
+    def __init__(
+        self, role: Role, limits: Limits = DEFAULT_LIMITS, session: ps.DeviceSession | None = None
+    ) -> None:
+        self.role = role
+        self.limits = limits
+        self.session = session
+        self._head: bytes | None = b""  # the head read so far; None once the handshake ended
+        self._pending: UpgradeRequested | Upgraded | HandshakeFailed | None = None
+        self._key = ""  # client: the Sec-WebSocket-Key sent, which the answer must match
+        self._request: http.Request | None = None  # server: the request awaiting an answer
+        self._ws: ws.WebSocketConnection | None = None
+        self._close_sent = False  # by the driver: what the peer sends after it goes unanswered
+
+    @property
+    def state(self) -> State:
+        """CONNECTING during the handshake, CLOSED if it failed; then the WebSocket's."""
+        if self._ws is not None:
+            return self._ws.state
+        return State.CONNECTING if self._head is not None else State.CLOSED
+
+    # --- bytes in, events out ----------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Take bytes read from the transport; ignored once CLOSED."""
+        if self._ws is not None:
+            self._ws.receive_data(data)
+        elif self._head is None:
+            return
+        elif self._request is not None:
+            self._head += data  # behind a request not answered yet: frames, once accepted
+        else:
+            self._receive_head(self._head + data)
+
+    def events_received(self) -> Iterator[Event]:
+        """What the received bytes mean, one event at a time (see the module docstring)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            yield pending
+        codec = self._ws  # read after the yield: ``accept`` may just have created it
+        if codec is None:
+            return
+        session = self.session
+        assert session is not None
+        for event in codec.events_received():
+            if isinstance(event, ws.Message):
+                # Once our close frame is out, data is not answered (RFC 6455 §7.1.2); the
+                # codec's state will not do: it parses a whole read at once, so a message
+                # read with the peer's close frame comes out when it is CLOSED already.
+                if not self._close_sent:
+                    yield MessageHandled(session.receive_message(event.data))
+                    yield from session.events_received()
+            elif not isinstance(event, ws.Ping):  # already answered by the codec (§5.5.2)
+                yield event
+
+    def data_to_send(self, on_message: Callable[[bytes], object] | None = None) -> bytes:
+        """Frame what the session queued and return every byte to write, in order;
+        ``on_message`` sees each ProtoMsg framed (for accounting)."""
+        codec, session = self._ws, self.session
+        if codec is None or session is None:
+            return b""
+        for message in session.messages_to_send():
+            if on_message is not None:
+                on_message(message)
+            codec.send_binary(message)
+        return codec.data_to_send()
+
+    # --- the opening handshake ---------------------------------------------------------------
+
+    def _receive_head(self, head: bytes) -> None:
+        try:
+            if self.role is Role.SERVER:
+                self._receive_request(head)
+            else:
+                self._receive_response(head)
+        except HandshakeError as exc:
+            self._head, self._pending = None, HandshakeFailed(exc)
+
+    def _receive_request(self, head: bytes) -> None:
+        parsed = http.parse_request(head, self.limits.max_head_size)
+        if parsed is None:
+            self._head = head
+        else:
+            self._request, consumed = parsed
+            self._head, self._pending = head[consumed:], UpgradeRequested(self._request)
+
+    def _receive_response(self, head: bytes) -> None:
+        parsed = http.parse_response(head, self._key, self.limits.max_head_size)
+        if parsed is None:
+            self._head = head
+        else:
+            self._open()
+            self._pending = _UPGRADED
+            self._receive_frames(head[parsed[2] :])
+
+    def accept(self, device_id: str) -> bytes:
+        """Server: accept the request (checked with ``http.check_upgrade``) for
+        ``device_id``; returns the 101 to write. The server opens the ProtoMsg handshake:
+        Mender devices never speak first."""
+        request, self._request = self._request, None
+        assert request is not None, "no upgrade request to accept"
+        key = request.headers["sec-websocket-key"]
+        response = http.accept_response(key, http.chosen_subprotocol(request))
+        self.session = ps.DeviceSession(ps.Role.SERVER, device_id=device_id)
+        self.session.start()
+        frames = self._head
+        self._open()
+        self._receive_frames(frames or b"")  # sent right behind the request
+        return response
+
+    def refuse(self, error: HandshakeError) -> bytes:
+        """Server: the HTTP error response to write; the connection is over."""
+        self._head = self._pending = self._request = None
+        return http.error_response(error)
+
+    def respond(self, response: bytes) -> bytes:
+        """Server: answer a plain HTTP request (``/healthz``...); the connection is over."""
+        self._head = self._pending = self._request = None
+        return response
+
+    def connect(self, host: str, path: str, token: str) -> bytes:
+        """Client: the upgrade request to write, with the device's token."""
+        offer = [("Authorization", f"Bearer {token}"), ("Sec-WebSocket-Protocol", http.SUBPROTOCOL)]
+        request, self._key = http.client_request(host, path, offer)
+        return request
+
+    def _open(self) -> None:
+        self._head = None
+        self._ws = ws.WebSocketConnection(self.role, self.limits.max_message_size)
+
+    def _receive_frames(self, data: bytes) -> None:
+        if data:
+            assert self._ws is not None
+            self._ws.receive_data(data)
+
+    # --- sending -----------------------------------------------------------------------------
+
+    def send_ping(self, payload: bytes = b"") -> None:
+        if self._ws is not None:
+            self._ws.send_ping(payload)
+
+    def send_close(self, code: int, reason: str = "") -> None:
+        """Start the closing handshake (RFC 6455 §7.1.2)."""
+        if self._ws is not None:
+            self._close_sent = True
+            self._ws.send_close(code, reason)
