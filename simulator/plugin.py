@@ -3,7 +3,8 @@
 
 Imported by ``simulator.user``, so every scenario that uses ``GatewayUser`` gets it. Hooks are
 registered once, at import. Master and local runners own the embedded stack and the summary;
-local and worker runners own gateways.
+local and worker runners own gateways. What a run knows beyond Locust's own state is one
+``RunState`` per Locust ``Environment`` (``run_state``).
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ import logging
 import secrets
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+from weakref import WeakKeyDictionary
 
 import gevent
-from locust import argument_parser, events, runners
+from locust import User, argument_parser, events, runners
 from locust.env import Environment
+from locust.event import EventHook
 from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
@@ -30,6 +33,7 @@ from backend.devstack.stack import LocalStack, StackConfig, count_or_auto, fetch
 from backend.shard.config import ShardConfig
 from simulator import audit, report, verdicts
 from simulator.checks import RunRecord, fleet_checks
+from simulator.fleet import Fleet
 from simulator.metrics import SimulatorMetrics
 from simulator.operator import REQUEST_TYPE as OPERATOR
 from simulator.stats import (
@@ -56,11 +60,13 @@ TIMELINE_INTERVAL = 1.0
 SHARD_SETTINGS = ("accept_rate", "accept_burst")
 
 
-class PluginState:
-    """What this process knows beyond Locust's own state."""
+class RunState:
+    """What this process knows of one run (one Locust ``Environment``) beyond Locust's own
+    state."""
 
     def __init__(self) -> None:
         self.stats = FleetStats()
+        self.fleets: dict[type[User], Fleet] = {}  # local/worker: each scenario class's gateways
         self.stack: LocalStack | None = None
         self.run_dir: Path | None = None
         self.worker_snapshots: dict[str, dict[str, Any]] = {}
@@ -71,22 +77,51 @@ class PluginState:
         self.started = time.monotonic()
         self.timeline = Timeline()  # master/local: sampled every second
         self.shard_options: dict[str, str] = {}  # the embedded shards' settings
-        self.sampler: gevent.Greenlet | None = None
+        self.sampler: gevent.Greenlet[[Environment], None] | None = None
         self.rollout: RolloutWatch | None = None  # the update rollout scenario's
-        self.scenario_tasks: list[gevent.Greenlet] = []  # a scenario's own: end with the test
+        # A scenario's own greenlets: end with the test.
+        self.scenario_tasks: list[gevent.Greenlet[..., None]] = []
+
+    def elapsed(self) -> float:
+        """Seconds since this process started the run: the timeline's clock."""
+        return time.monotonic() - self.started
+
+    def start_scenario_task(self, run: Callable[..., None], *args: Any) -> None:
+        """A scenario's own greenlet (an operator, a rollout watch): killed when the test
+        stops, before the stack it talks to."""
+        task = gevent.spawn(run, *args)
+        task.link_exception(report_crash)
+        self.scenario_tasks.append(task)
 
 
-state = PluginState()
+# Keyed weakly: a finished Environment (a test's, a library user's) takes its state with it.
+_run_states: WeakKeyDictionary[Environment, RunState] = WeakKeyDictionary()
 
 
-def elapsed() -> float:
-    """Seconds since this process started the run: the timeline's clock."""
-    return time.monotonic() - state.started
+def run_state(environment: Environment) -> RunState:
+    """The state of the run ``environment`` drives, made on first use (Locust's init)."""
+    state = _run_states.get(environment)
+    if state is None:
+        state = _run_states[environment] = RunState()
+    return state
 
 
 def owns_stack(environment: Environment) -> bool:
     """Master and local runners own the embedded stack, the summary and the timeline."""
     return not isinstance(environment.runner, WorkerRunner)
+
+
+Listener = TypeVar("Listener", bound=Callable[..., None])
+
+
+def listener(hook: EventHook) -> Callable[[Listener], Listener]:
+    """``@hook.add_listener`` that keeps the listener's type: Locust's own is unannotated."""
+
+    def add(handler: Listener) -> Listener:
+        hook.add_listener(handler)
+        return handler
+
+    return add
 
 
 # Workers send a heartbeat a second; by default three missed ones make the master drop a worker
@@ -155,7 +190,7 @@ OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 )  # fmt: skip
 
 
-@events.init_command_line_parser.add_listener
+@listener(events.init_command_line_parser)
 def add_options(parser: Any) -> None:
     # Locust's own parser, not an argument group: only it knows include_in_web_ui/is_secret.
     # Every option is also an environment variable, as Locust's own are (LOCUST_<NAME>).
@@ -167,14 +202,17 @@ def add_options(parser: Any) -> None:
 # --- start ----------------------------------------------------------------------------------
 
 
-@events.init.add_listener
+@listener(events.init)
 def on_init(environment: Environment, **_: Any) -> None:
+    state = run_state(environment)
+    # Locust gives these two the report, not the Environment: bind them to the run's state.
+    environment.events.report_to_master.add_listener(functools.partial(on_report_to_master, state))
+    environment.events.worker_report.add_listener(functools.partial(on_worker_report, state))
     options = environment.parsed_options
     if options is None:  # used as a library, without Locust's command line
         return
     runner = environment.runner
-    is_worker = isinstance(runner, WorkerRunner)
-    if not is_worker:
+    if not isinstance(runner, WorkerRunner):
         state.run_dir = Path(options.run_dir or f"runs/sim-{time.strftime('%Y%m%d-%H%M%S')}")
         options.fleet_run_id = secrets.token_hex(3)
         try:
@@ -196,12 +234,14 @@ def on_init(environment: Environment, **_: Any) -> None:
         state.sampler.link_exception(report_crash)
     if isinstance(runner, MasterRunner):
         runner.register_message(FINAL_REPORT, _final_report_received)
-    if is_worker:
+    worker_index = 0
+    if isinstance(runner, WorkerRunner):
         runner.register_message(DRAIN, drain_here, concurrent=True)
+        worker_index = runner.worker_index
     if options.metrics_port and not isinstance(runner, MasterRunner):
         metrics = SimulatorMetrics(state.stats)
         environment.events.request.add_listener(metrics.observe)
-        port = options.metrics_port + (runner.worker_index if is_worker else 0)
+        port = options.metrics_port + worker_index
         metrics.serve(port)
         log.info("simulator metrics on :%d/metrics", port)
 
@@ -210,6 +250,7 @@ def start_embedded_stack(environment: Environment) -> None:
     """No --host: run NATS, shards and HAProxy locally for the length of the run."""
     options = environment.parsed_options
     assert options is not None
+    state = run_state(environment)
     assert state.run_dir is not None
     # The scenarios' own shard settings first; --shard-option beats them.
     for user_class in environment.user_classes:
@@ -253,13 +294,11 @@ def _key_value(item: str) -> tuple[str, str]:
 # --- accounting across processes -------------------------------------------------------------
 
 
-@events.report_to_master.add_listener
-def on_report_to_master(data: dict[str, Any], **_: Any) -> None:
+def on_report_to_master(state: RunState, data: dict[str, Any], **_: Any) -> None:
     data["fleet"] = state.stats.snapshot()
 
 
-@events.worker_report.add_listener
-def on_worker_report(client_id: str, data: dict[str, Any], **_: Any) -> None:
+def on_worker_report(state: RunState, client_id: str, data: dict[str, Any], **_: Any) -> None:
     if "fleet" in data and client_id not in state.final_reports:
         state.worker_snapshots[client_id] = data["fleet"]
         connected = sum(snapshot["connected"] for snapshot in state.worker_snapshots.values())
@@ -267,6 +306,7 @@ def on_worker_report(client_id: str, data: dict[str, Any], **_: Any) -> None:
 
 
 def _final_report_received(environment: Environment, msg: Any, **_: Any) -> None:
+    state = run_state(environment)
     state.worker_snapshots[msg.node_id] = state.final_reports[msg.node_id] = msg.data
 
 
@@ -276,11 +316,13 @@ def worker_figures(environment: Environment) -> dict[str, dict[str, Any]]:
     runner = environment.runner
     if not isinstance(runner, MasterRunner):
         return {}
-    by_index = {runner.get_worker_index(node): fig for node, fig in state.worker_snapshots.items()}
+    snapshots = run_state(environment).worker_snapshots
+    by_index = {runner.get_worker_index(node): fig for node, fig in snapshots.items()}
     return {f"w{index}": by_index[index] for index in sorted(by_index)}
 
 
 def totals(environment: Environment) -> dict[str, Any]:
+    state = run_state(environment)
     if isinstance(environment.runner, MasterRunner):
         merged = merge_snapshots(state.worker_snapshots.values())
         merged["peak_connected"] = state.fleet_peak  # sampled at each report: a lower bound
@@ -293,21 +335,21 @@ def totals(environment: Environment) -> dict[str, Any]:
 # --- stop -----------------------------------------------------------------------------------
 
 
-@events.test_stopping.add_listener
+@listener(events.test_stopping)
 def on_test_stopping(environment: Environment, **_: Any) -> None:
     """Before Locust kills the gateways: stop new alerts and let outstanding acks arrive.
     A master asks its workers to drain and waits for their final figures."""
+    state = run_state(environment)
     gevent.killall(state.scenario_tasks)  # the operator stops; a rollout keeps its last status
     if isinstance(environment.runner, MasterRunner):
-        _drain_workers(environment.runner, _drain_timeout(environment))
+        _drain_workers(environment.runner, state, _drain_timeout(environment))
     else:
         drain_here(environment)
 
 
 def drain_here(environment: Environment, **_: Any) -> None:
-    from simulator.user import fleets_of
-
-    fleets = fleets_of(environment)
+    state = run_state(environment)
+    fleets = list(state.fleets.values())
     if state.drained or not fleets:
         return
     state.drained = True
@@ -322,7 +364,7 @@ def drain_here(environment: Environment, **_: Any) -> None:
         environment.runner.send_message(FINAL_REPORT, final)
 
 
-def _drain_workers(runner: MasterRunner, timeout: float) -> None:
+def _drain_workers(runner: MasterRunner, state: RunState, timeout: float) -> None:
     expected = runner.worker_count
     if not expected:
         return
@@ -340,10 +382,11 @@ def _drain_timeout(environment: Environment) -> float:
     return float(options.drain_timeout) if options else 10.0
 
 
-@events.quitting.add_listener
+@listener(events.quitting)
 def on_quitting(environment: Environment, **_: Any) -> None:
     if isinstance(environment.runner, WorkerRunner):
         return
+    state = run_state(environment)
     try:
         if environment.runner is not None:
             # Locust fires "quitting" before it stops the users (Ctrl-C, SIGTERM): stop them
@@ -371,6 +414,7 @@ def on_quitting(environment: Environment, **_: Any) -> None:
 
 
 def build_summary(environment: Environment) -> dict[str, Any]:
+    state = run_state(environment)
     fleet = totals(environment)
     alerts = dict(fleet.get("alerts", {}))
     alerts["pending"] = fleet.get("pending", 0)
@@ -403,7 +447,7 @@ def build_summary(environment: Environment) -> dict[str, Any]:
         "alerts": alerts,
         "commands": fleet["commands"],
         "updates": fleet["updates"],
-        "rollout": _rollout_figures(fleet),
+        "rollout": _rollout_figures(state.rollout, fleet),
         "operator": _operator_figures(environment),
         "workers": worker_figures(environment),
         "requests": {"count": stats.num_requests, "failures": stats.num_failures},
@@ -412,11 +456,13 @@ def build_summary(environment: Environment) -> dict[str, Any]:
     }
 
 
-def _rollout_figures(fleet: Mapping[str, Any]) -> dict[str, Any] | None:
+def _rollout_figures(
+    rollout: RolloutWatch | None, fleet: Mapping[str, Any]
+) -> dict[str, Any] | None:
     """The update rollout scenario's rollout, and the gateways' view of it."""
-    if state.rollout is None:
+    if rollout is None:
         return None
-    return {**state.rollout.figures(), "gateways_peak_updating": fleet["peak_updating"]}
+    return {**rollout.figures(), "gateways_peak_updating": fleet["peak_updating"]}
 
 
 def _operator_figures(environment: Environment) -> dict[str, int]:
@@ -432,11 +478,12 @@ def run_record(environment: Environment, summary: Mapping[str, Any]) -> RunRecor
     """What the checks judge: the summary, the timeline and the run's settings."""
     options = environment.parsed_options
     assert options is not None
+    state = run_state(environment)
     return RunRecord(
         summary,
         state.timeline,
         users=options.num_users or 0,
-        shard_settings=_shard_settings(),
+        shard_settings=_shard_settings(state),
         shards=state.stack.config.shards if state.stack is not None else 0,
         overrides=verdicts.parse_thresholds(options.threshold),
     )
@@ -450,7 +497,7 @@ def scenario_checks(environment: Environment, record: RunRecord) -> list[Check]:
     return list({check.name: check for check in found}.values())
 
 
-def _shard_settings() -> dict[str, float]:
+def _shard_settings(state: RunState) -> dict[str, float]:
     """The embedded shards' admission settings; none with --host."""
     if state.stack is None:
         return {}
@@ -473,7 +520,7 @@ def add_verdicts(summary: dict[str, Any], checks: list[Check]) -> None:
 
 
 def _latencies(environment: Environment) -> dict[str, dict[str, float]]:
-    result = {}
+    result: dict[str, dict[str, float]] = {}
     for (name, _method), entry in sorted(environment.stats.entries.items()):
         if entry.num_requests:
             result[name] = {
@@ -525,7 +572,7 @@ def write_run_record(environment: Environment, summary: Mapping[str, Any], run_d
     CSV tables; Locust itself writes locust.html."""
     write_summary(summary, run_dir / "summary.json")
     (run_dir / "verdicts.json").write_text(json.dumps(summary["verdicts"], indent=2) + "\n")
-    timeline = state.timeline.as_dict()
+    timeline = run_state(environment).timeline.as_dict()
     (run_dir / "timeline.json").write_text(json.dumps(timeline) + "\n")
     (run_dir / "report.html").write_text(report.render(summary, timeline))
     write_locust_csv(environment, run_dir)
@@ -544,18 +591,20 @@ def write_locust_csv(environment: Environment, run_dir: Path) -> None:
 
 
 def _sample_timeline(environment: Environment) -> None:
+    state = run_state(environment)
     while True:
         gevent.sleep(TIMELINE_INTERVAL)
         # Not stats.get(): that would create an empty "alert" row in runs without alerts.
         alerts = environment.stats.entries.get(("alert", REQUEST_TYPE))
-        shards, answered_5xx = _stack_figures()
+        shards, answered_5xx = _stack_figures(state.stack)
         times = alerts.response_times if alerts is not None else {}
-        state.timeline.add(elapsed(), totals(environment), times, shards, answered_5xx)
+        state.timeline.add(state.elapsed(), totals(environment), times, shards, answered_5xx)
 
 
-def _stack_figures() -> tuple[dict[str, ShardFigures | None], float | None]:
+def _stack_figures(
+    stack: LocalStack | None,
+) -> tuple[dict[str, ShardFigures | None], float | None]:
     """Each embedded shard's figures (None: not answering) and HAProxy's 5xx count."""
-    stack = state.stack
     if stack is None:
         return {}, None
     shards = {
@@ -582,15 +631,7 @@ def _print_progress(environment: Environment) -> None:
         log.info("%s", format_progress(totals(environment)))
 
 
-def start_scenario_task(run: Any, *args: Any) -> None:
-    """A scenario's own greenlet (an operator, a rollout watch): killed when the test stops,
-    before the stack it talks to."""
-    task = gevent.spawn(run, *args)
-    task.link_exception(report_crash)
-    state.scenario_tasks.append(task)
-
-
-def report_crash(greenlet: gevent.Greenlet) -> None:
+def report_crash(greenlet: gevent.Greenlet[..., Any]) -> None:
     log.error("simulator greenlet crashed: %r", greenlet.exception)
 
 
@@ -600,7 +641,7 @@ def report_crash(greenlet: gevent.Greenlet) -> None:
 def _extend_web_ui(environment: Environment) -> None:
     """A "Gateways" tab next to Locust's own: the connection gauge and fleet accounting."""
     web_ui = environment.web_ui
-    if web_ui is None:
+    if web_ui is None or web_ui.app is None:  # Locust's WebUI always makes its app
         return
     web_ui.template_args["extendedTabs"] = [{"title": "Gateways", "key": "gateways"}]
     web_ui.template_args["extendedTables"] = [

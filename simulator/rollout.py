@@ -91,7 +91,9 @@ class RolloutWatch:
     def figures(self) -> dict[str, Any]:
         """The rollout's part of the run summary."""
         failed = self.status.get("failed", [])
-        done = self.finished_at is not None and self.created_at is not None
+        completion = None
+        if self.finished_at is not None and self.created_at is not None:
+            completion = round(self.finished_at - self.created_at, 2)
         return {
             "id": self.rollout_id,
             "state": self.status.get("state"),
@@ -100,7 +102,7 @@ class RolloutWatch:
             "max_concurrent": self.plan.max_concurrent,
             "rate": self.plan.rate,
             "created_s": self.created_at,
-            "completion_s": round(self.finished_at - self.created_at, 2) if done else None,
+            "completion_s": completion,
             "peak_in_flight": self.peak_in_flight,
             "failures_without_reason": sum(not entry["reason"] for entry in failed),
             # What the gateways' installs reported; the rest the backend decided (a device

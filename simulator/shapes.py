@@ -26,6 +26,7 @@ from backend.operator.client import OperatorClient, OperatorError
 from simulator import plugin
 from simulator.checks import ROLLOUT_CREATED, ROLLOUT_FINISHED, SHARD_KILLED
 from simulator.operator import OperatorActivity
+from simulator.plugin import RunState
 from simulator.rollout import RolloutPlan, RolloutWatch
 
 log = logging.getLogger("fleet.simulator")
@@ -51,6 +52,15 @@ class FleetShape(LoadTestShape):
 
     abstract = True  # LoadTestShape's metaclass makes every subclass concrete unless told
     use_common_options = True
+
+    # Locust's LoadTestShape is unannotated: these two type it once for every shape here.
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+
+    def get_run_time(self) -> float:
+        """Seconds since the test started (Locust's clock)."""
+        run_time: float = super().get_run_time()  # type: ignore[no-untyped-call]
+        return run_time
 
     @property
     def environment(self) -> Environment:
@@ -111,7 +121,7 @@ class StormShape(FullFleetShape):
         up_for = self.up_for(now)
         if up_for is not None and up_for >= options.kill_after:
             self.killed_at = now
-            kill_first_shard()
+            kill_first_shard(plugin.run_state(self.environment))
         return super().tick()
 
 
@@ -129,60 +139,62 @@ class RolloutShape(FullFleetShape):
     def tick(self) -> Tick:
         options = self.environment.parsed_options
         assert options is not None
+        state = plugin.run_state(self.environment)
         now = self.get_run_time()
         watch = self.watch
         if watch is None:
             up_for = self.up_for(now)
             if up_for is not None and up_for >= options.rollout_after:
                 self.watch = try_rollout(
+                    state,
                     RolloutPlan(
                         max_concurrent=options.rollout_max_concurrent, rate=options.rollout_rate
-                    )
+                    ),
                 )
         elif watch.finished_at is not None:
-            plugin.state.timeline.mark(ROLLOUT_FINISHED, watch.finished_at)
-            if plugin.elapsed() >= watch.finished_at + ROLLOUT_SETTLE:
+            state.timeline.mark(ROLLOUT_FINISHED, watch.finished_at)
+            if state.elapsed() >= watch.finished_at + ROLLOUT_SETTLE:
                 return None
         return super().tick()
 
 
-def stack_operator() -> OperatorClient:
+def stack_operator(state: RunState) -> OperatorClient:
     """The embedded stack's operator API, as its one operator."""
-    stack = plugin.state.stack
+    stack = state.stack
     assert stack is not None  # the scenario refuses to start without it
     return OperatorClient(stack.api_url, stack.operator_token)
 
 
-def start_rollout(plan: RolloutPlan) -> RolloutWatch:
+def start_rollout(state: RunState, plan: RolloutPlan) -> RolloutWatch:
     """Create the rollout now and watch it in a greenlet of its own."""
-    watch = RolloutWatch(stack_operator(), plan)
-    watch.create(plugin.elapsed())
+    watch = RolloutWatch(stack_operator(state), plan)
+    watch.create(state.elapsed())
     assert watch.created_at is not None
-    plugin.state.rollout = watch
-    plugin.state.timeline.mark(ROLLOUT_CREATED, watch.created_at)
+    state.rollout = watch
+    state.timeline.mark(ROLLOUT_CREATED, watch.created_at)
     log.info("update rollout %s: %d devices", watch.rollout_id, watch.status["total"])
-    plugin.start_scenario_task(watch.watch, plugin.elapsed)
+    state.start_scenario_task(watch.watch, state.elapsed)
     return watch
 
 
-def try_rollout(plan: RolloutPlan) -> RolloutWatch | None:
+def try_rollout(state: RunState, plan: RolloutPlan) -> RolloutWatch | None:
     """``start_rollout``, or None (the shape tries again next tick) when the API refused it:
     on a loaded host the fleet state may not know the gateways yet ("the selector matches no
     device"), and an exception would end the shape, and with it the run."""
     try:
-        return start_rollout(plan)
+        return start_rollout(state, plan)
     except OperatorError as exc:
         log.warning("update rollout not created yet (%s); trying again", exc)
         return None
 
 
-def kill_first_shard() -> None:
+def kill_first_shard(state: RunState) -> None:
     """SIGKILL shard-a: no drain, no close frames, as when a host dies."""
-    stack = plugin.state.stack
+    stack = state.stack
     assert stack is not None  # the scenario refuses to start without it
     name, pid = stack.shard_names[0], stack.pids()["shards"][0]
     os.kill(pid, signal.SIGKILL)
-    plugin.state.timeline.mark(SHARD_KILLED, plugin.elapsed())
+    state.timeline.mark(SHARD_KILLED, state.elapsed())
     log.info("reconnect storm: killed %s (pid %d)", name, pid)
 
 
@@ -204,20 +216,21 @@ class DayShape(FleetShape):
         base = super().tick()
         if base is None or not run_time:
             return base
+        state = plugin.run_state(self.environment)
         share = self.get_run_time() / run_time
         if share >= self.OPERATOR_FROM and not self.operating:
             self.operating = True
-            start_operator()
+            start_operator(state)
         if share >= self.ROLLOUT_AT and not self.rolling_out:
             plan = RolloutPlan(percent=20, max_concurrent=20, rate=5)
-            self.rolling_out = try_rollout(plan) is not None
+            self.rolling_out = try_rollout(state, plan) is not None
         return (round(users * 0.7), rate) if 0.5 <= share < 0.7 else base
 
 
-def start_operator() -> None:
+def start_operator(state: RunState) -> None:
     """An operator's commands and shells, reported through Locust's request hook."""
-    activity = OperatorActivity(stack_operator(), events.request.fire, random.Random())
-    plugin.start_scenario_task(activity.run)
+    activity = OperatorActivity(stack_operator(state), events.request.fire, random.Random())
+    state.start_scenario_task(activity.run)
 
 
 def needs_embedded_stack(selected: bool, scenario: str) -> None:
@@ -230,5 +243,5 @@ def needs_embedded_stack(selected: bool, scenario: str) -> None:
 
 def require_embedded_stack(environment: Environment, scenario: str) -> None:
     """Stop before any gateway starts: ``scenario`` kills or reads the stack's processes."""
-    if plugin.owns_stack(environment) and plugin.state.stack is None:
+    if plugin.owns_stack(environment) and plugin.run_state(environment).stack is None:
         sys.exit(f"the {scenario} needs the embedded stack: run it without --host")

@@ -12,7 +12,6 @@ import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
-from weakref import WeakKeyDictionary
 
 from locust import User, task
 from locust.env import Environment
@@ -26,8 +25,6 @@ from simulator.fleet import Fleet, Target, parse_targets, source_addresses, tls_
 from simulator.gateway import VirtualGateway
 from simulator.network import PROFILES, NetworkMix, NetworkProfile, load_profiles, parse_mix
 from simulator.verdicts import Check
-
-_fleets: WeakKeyDictionary[Environment, dict[type[GatewayUser], Fleet]] = WeakKeyDictionary()
 
 
 class GatewayUser(User):
@@ -58,12 +55,8 @@ class GatewayUser(User):
         self.gateway.run()
 
 
-def fleets_of(environment: Environment) -> list[Fleet]:
-    return list(_fleets.get(environment, {}).values())
-
-
 def fleet_for(environment: Environment, user_class: type[GatewayUser]) -> Fleet:
-    fleets = _fleets.setdefault(environment, {})
+    fleets = plugin.run_state(environment).fleets
     if user_class not in fleets:
         fleets[user_class] = make_fleet(environment, user_class)
     return fleets[user_class]
@@ -80,7 +73,7 @@ def make_fleet(environment: Environment, user_class: type[GatewayUser]) -> Fleet
         raise ValueError("no --jwt-secret (env LOCUST_JWT_SECRET): needed to sign device tokens")
     worker = environment.runner.worker_index if isinstance(environment.runner, WorkerRunner) else 0
     seed = getattr(options, "seed", None)
-    stats = plugin.state.stats
+    stats = plugin.run_state(environment).stats
     stats.request_hook = environment.events.request.fire
     fleet = Fleet(
         targets,

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import click
-import nkeys
+import nkeys  # type: ignore[import-untyped]  # ships neither type hints nor stubs
 
 from backend.bus import subjects
 

@@ -49,7 +49,8 @@ async def lookup(kv: KeyValue, device_id: str) -> tuple[Presence | None, int]:
         entry = await kv.get(device_id)
     except KeyNotFoundError:
         return None, 0
-    assert entry.value is not None
+    # A stored key always has a value and its stream sequence; nats-py types both optional.
+    assert entry.value is not None and entry.revision is not None
     return Presence.decode(entry.value), entry.revision
 
 

@@ -449,7 +449,7 @@ class LocalStack(process.Service):
             teardown.callback(process.stop, exporter)
             metrics = f"http://{host}:{port}/metrics"
             process.wait_until(
-                lambda url=metrics: process.answers_ok(url), exporter, "nats-exporter", log_file
+                functools.partial(process.answers_ok, metrics), exporter, "nats-exporter", log_file
             )
         prometheus = PrometheusServer(
             self.run_dir / "prometheus",

@@ -15,14 +15,15 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import assert_never
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from backend.protocol import envelope, messages
 from backend.protocol import session as ps
+from backend.protocol.http import DEVICE_PATH
 from backend.protocol.terminal import DeviceShells
-from backend.shard.config import DEVICE_PATH
 
 log = logging.getLogger("fleet.testdevice")
 
@@ -137,17 +138,27 @@ class TestDevice:
 
     async def _handle_events(self) -> None:
         for event in self.session.events_received():
-            if isinstance(event, ps.AlertAcked):
-                self.acked.add(event.id)
-                self._ack_received.set()
-            elif isinstance(event, ps.HandshakeCompleted):
-                self.handshake.set()
-            elif isinstance(event, ps.CommandRequested):
-                self._run_command(event)
-            elif isinstance(event, ps.MessageReceived) and event.msg.proto == envelope.PROTO_SHELL:
-                self._shell_message(event.msg)
-            elif isinstance(event, ps.UpdateOffered) and self.on_update is not None:
-                self._start_update(event)
+            match event:
+                case ps.AlertAcked():
+                    self.acked.add(event.id)
+                    self._ack_received.set()
+                case ps.HandshakeCompleted():
+                    self.handshake.set()
+                case ps.CommandRequested():
+                    self._run_command(event)
+                case ps.MessageReceived() if event.msg.proto == envelope.PROTO_SHELL:
+                    self._shell_message(event.msg)
+                case ps.UpdateOffered() if self.on_update is not None:
+                    self._start_update(event)
+                case (
+                    ps.ProtocolViolation() | ps.ErrorReceived() | ps.PeerClosing()
+                    | ps.AlertReceived() | ps.StatusReceived() | ps.CommandCompleted()
+                    | ps.UpdateProgressReceived() | ps.Relayed() | ps.MessageReceived()
+                    | ps.UpdateOffered() | ps.StrayMessage()
+                ):  # fmt: skip
+                    pass  # only queued, for whoever reads ``events``
+                case _:
+                    assert_never(event)
             self.events.put_nowait(event)
         await self._flush()
 

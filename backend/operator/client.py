@@ -137,7 +137,7 @@ def _refusal(exc: urllib.error.HTTPError) -> OperatorError:
     return _answer_refusal(exc.code, exc.read())
 
 
-def _answer_refusal(status: int, answer: bytes) -> OperatorError:
+def _answer_refusal(status: int, answer: bytes | bytearray) -> OperatorError:
     """The API's ``{"error", "message", "field"}`` answer as an OperatorError."""
     try:
         body = json.loads(answer)

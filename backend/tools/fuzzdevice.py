@@ -23,6 +23,7 @@ import statistics
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import assert_never
 
 from backend.bus.auth import issue_device_token
 from backend.devstack import process
@@ -34,7 +35,7 @@ from backend.protocol import messages as m
 from backend.protocol import websocket as ws
 from backend.protocol.envelope import ProtoMsg
 from backend.protocol.errors import FleetError
-from backend.shard.config import DEVICE_PATH
+from backend.protocol.http import DEVICE_PATH
 from backend.tools.fuzzcases import (
     NONE,
     SHARD_DEFAULTS,
@@ -354,17 +355,21 @@ class _Link:
 
     def _handle(self, kinds: list[set[str]]) -> None:
         for event in self.codec.events_received():
-            if isinstance(event, ws.Message):
-                self._message(event.data, kinds)
-            elif isinstance(event, ws.Pong):
-                kinds[-1].add(WS_PONG)
-            elif isinstance(event, ws.Closed):
-                kinds[-1].add(close(event.code))
-                self.ended = self.close_received = True
-            elif isinstance(event, ws.Failed):
-                kinds[-1].add(f"bad-frame-from-shard:{event.error.reason}")
-                self.ended = True
-            # ws.Ping: the shard's keep-alive, no answer to anything we sent
+            match event:
+                case ws.Message():
+                    self._message(event.data, kinds)
+                case ws.Pong():
+                    kinds[-1].add(WS_PONG)
+                case ws.Closed():
+                    kinds[-1].add(close(event.code))
+                    self.ended = self.close_received = True
+                case ws.Failed():
+                    kinds[-1].add(f"bad-frame-from-shard:{event.error.reason}")
+                    self.ended = True
+                case ws.Ping():
+                    pass  # the shard's keep-alive, no answer to anything we sent
+                case _:
+                    assert_never(event)
 
     def _message(self, data: bytes, kinds: list[set[str]]) -> None:
         self.report.largest_reply = max(self.report.largest_reply, len(data))
