@@ -172,7 +172,7 @@ def start_server(argv: list[str], run_dir: Path, name: str, env: dict[str, str] 
 
 
 def run(count: int) -> None:
-    secret = secrets.token_urlsafe(24)
+    secret = secrets.token_hex(24)  # never starts with "-": it is an argument of --client
     with tempfile.TemporaryDirectory() as tmp, NatsServer(Path(tmp)) as nats_server:
         run_dir = Path(tmp)
         shard_argv = [
