@@ -19,7 +19,7 @@ from backend.protocol import closecodes, envelope, messages
 from backend.protocol import session as ps
 from backend.protocol.errors import DeviceOffline, DeviceTimeout
 from backend.protocol.http import DEVICE_PATH
-from backend.shard import Shard
+from backend.shard import Shard, ShardConfig
 from tests.support import ShardFactory, device_token
 
 
@@ -562,3 +562,12 @@ async def test_bad_tokens_do_not_spend_the_accept_budget(start_shard: ShardFacto
             assert answer.startswith(b"HTTP/1.1 401")
         device = await connected("gw-1", shard)
         await device.close()
+
+
+async def test_a_shard_is_an_async_context_manager(nats_server: NatsServer) -> None:
+    config = ShardConfig(port=0, nats_urls=(nats_server.url,), jwt_secret="s", drain_timeout=1.0)
+    async with Shard(config) as shard:
+        assert shard.ready
+        assert shard.port != 0
+    assert shard.draining
+    assert not shard.ready

@@ -16,7 +16,8 @@ import time
 import uuid
 from collections.abc import Coroutine
 from functools import partial
-from typing import Any, assert_never
+from types import TracebackType
+from typing import Any, Self, assert_never
 
 import nats
 from nats.aio.client import Client as NATS
@@ -91,6 +92,18 @@ class Shard:
         self._no_devices.set()
 
     # --- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.drain()
 
     async def start(self) -> None:
         await self._connect_nats()
@@ -571,11 +584,9 @@ async def _wait_until(awaitable: Coroutine[Any, Any, Any], deadline: float) -> N
 
 async def serve(config: ShardConfig) -> None:
     """Run a shard until SIGTERM or SIGINT, then drain it."""
-    shard = Shard(config)
-    await shard.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await shard.drain()
+    async with Shard(config):
+        await stop.wait()
