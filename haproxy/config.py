@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backend.devstack.process import find_binary
+from backend.devstack.process import ConfigCheckFailed, find_binary
 from backend.protocol.http import DEVICE_PATH
 
 # Descriptors kept back from the connection budget: listeners, the runtime API socket, health
@@ -362,10 +362,6 @@ def write(config: HaproxyConfig, path: Path) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(render(config))
     os.replace(temporary, path)
-
-
-class ConfigCheckFailed(RuntimeError):
-    """HAProxy refused the configuration; the message holds its output."""
 
 
 def find_haproxy(name: str = "haproxy") -> str:

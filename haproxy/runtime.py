@@ -9,11 +9,13 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+from backend.protocol.errors import FleetError
+
 BACKEND = "shards"
 STATES = ("ready", "drain", "maint")
 
 
-class RuntimeApiError(RuntimeError):
+class RuntimeApiError(FleetError):
     """HAProxy refused a command or could not be reached; the message says which socket."""
 
 

@@ -34,7 +34,7 @@ from backend.protocol import envelope as env
 from backend.protocol import messages as m
 from backend.protocol import session as ps
 from backend.protocol import websocket as ws
-from backend.protocol.errors import HandshakeError, UpgradeRejected
+from backend.protocol.errors import FleetError, HandshakeError, UpgradeRejected
 from backend.protocol.terminal import DeviceShells
 from simulator.backoff import Backoff
 from simulator.behaviour import INSTALL_FAILURES, pick_problem, run_command
@@ -63,7 +63,7 @@ def _run_timers(timers: list[_Timer] | None, now: float) -> float:
 _EXPECTED_CLOSES = frozenset({1000, 1001, closecodes.SERVICE_RESTART})
 
 
-class _Dropped(Exception):
+class _Dropped(FleetError):
     """The connection ended; ``cause`` names why, for the drops-by-cause accounting."""
 
     def __init__(
@@ -76,7 +76,7 @@ class _Dropped(Exception):
         self.retry_after = retry_after
 
 
-class _ConnectFailed(Exception):
+class _ConnectFailed(FleetError):
     def __init__(self, stage: str, error: BaseException) -> None:
         super().__init__(f"{stage}: {error}")
         self.stage = stage

@@ -27,8 +27,8 @@ import yaml
 
 from backend import cli
 from backend.bus import natsauth
-from backend.devstack.natsserver import ConfigCheckFailed, check_config
-from backend.devstack.process import free_ports
+from backend.devstack.natsserver import check_config
+from backend.devstack.process import ConfigCheckFailed, free_ports
 from backend.shard.config import FD_RESERVE as SHARD_FD_RESERVE
 from haproxy import staging
 from haproxy.config import FD_RESERVE as HAPROXY_FD_RESERVE

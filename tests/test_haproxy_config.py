@@ -23,7 +23,6 @@ from backend.devstack.stack import LocalStack, StackConfig, fetch_metrics, serve
 from backend.protocol import envelope, messages
 from backend.protocol.http import DEVICE_PATH
 from haproxy.config import (
-    ConfigCheckFailed,
     HaproxyConfig,
     StatsAuth,
     check,
@@ -160,7 +159,7 @@ def test_a_loopback_stats_port_asks_for_no_credentials(tmp_path: Path) -> None:
 def test_check_fails_with_haproxy_s_own_words(tmp_path: Path) -> None:
     path = tmp_path / "haproxy.cfg"
     path.write_text(render(make_config(tmp_path)) + "    frobnicate on\n")
-    with pytest.raises(ConfigCheckFailed, match="frobnicate") as failed:
+    with pytest.raises(process.ConfigCheckFailed, match="frobnicate") as failed:
         check(path)
     assert str(path) in str(failed.value)
 

@@ -17,7 +17,6 @@ from nats.js.errors import APIError
 from backend.bus import subjects
 from backend.devstack.natsserver import (
     ClusterNode,
-    ConfigCheckFailed,
     NatsCluster,
     NodeConfig,
     check_config,
@@ -26,6 +25,7 @@ from backend.devstack.natsserver import (
     render_config,
     write_config,
 )
+from backend.devstack.process import ConfigCheckFailed
 
 DEPLOYED = NodeConfig(
     server_name="nats-0",

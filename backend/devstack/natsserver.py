@@ -178,10 +178,6 @@ def write_text(text: str, path: Path) -> Path:
     return path
 
 
-class ConfigCheckFailed(RuntimeError):
-    """nats-server refused the configuration; the message holds its output."""
-
-
 def check_config(path: Path, env: Mapping[str, str] | None = None) -> None:
     """``nats-server -t``: parse and validate the file without starting; ``env`` holds the
     variables the file refers to (``$POD_NAME``), beside this process's."""
@@ -192,7 +188,9 @@ def check_config(path: Path, env: Mapping[str, str] | None = None) -> None:
     )
     if result.returncode != 0:
         output = (result.stdout + result.stderr).strip()
-        raise ConfigCheckFailed(f"nats-server rejects {path} (exit {result.returncode}):\n{output}")
+        raise process.ConfigCheckFailed(
+            f"nats-server rejects {path} (exit {result.returncode}):\n{output}"
+        )
 
 
 def local_cluster(

@@ -22,6 +22,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from backend.protocol.errors import FleetError
+
 PR_SET_PDEATHSIG = 1
 
 
@@ -143,6 +145,11 @@ def find_binary(name: str, install_hint: str) -> str:
     if found is None:
         raise FileNotFoundError(f"{name} not found; {install_hint}")
     return found
+
+
+class ConfigCheckFailed(FleetError, RuntimeError):
+    """A server's own check (``haproxy -c``, ``nats-server -t``) refused a configuration; the
+    message holds its output. Also a RuntimeError: ``fleet up`` reports those as failed starts."""
 
 
 class Service:

@@ -18,11 +18,12 @@ from typing import Any
 
 from backend.devstack import process
 from backend.devstack.process import free_ports
+from backend.protocol.errors import FleetError
 
 INSTALL_HINT = "install it: apt-get install prometheus"
 
 
-class QueryError(RuntimeError):
+class QueryError(FleetError):
     """Prometheus refused a query; the message is Prometheus' own."""
 
 

@@ -29,6 +29,7 @@ from backend.devstack.stack import (
     fetch_metrics,
     metric_sum,
 )
+from backend.protocol.errors import FleetError
 from backend.protocol.http import DEVICE_PATH
 from haproxy import runtime
 
@@ -37,7 +38,7 @@ POINTER_FILE = "current"
 NO_STACK = "no local stack running: start one with fleet up"
 
 
-class StackError(Exception):
+class StackError(FleetError):
     """A user-facing failure: the message says what to do."""
 
 

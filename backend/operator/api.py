@@ -19,7 +19,6 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Any
 
 import nats
@@ -42,11 +41,25 @@ from backend.bus.auth import BEARER, DEVICE_ID
 from backend.bus.routing import DeviceRouter
 from backend.operator import fleetstate, rollouts
 from backend.operator.config import FleetConfig
+from backend.operator.errors import (
+    ApiError,
+    BodyTimedOut,
+    CommandTimedOut,
+    Conflict,
+    HttpRefused,
+    InvalidRollout,
+    OfflineDevice,
+    ResourceNotFound,
+    RolloutConflict,
+    RoutingFailed,
+    Unauthenticated,
+    UnknownRollout,
+)
 from backend.operator.fleetstate import FleetState, wait_for_stop_signal
 from backend.operator.rollouts import Rollouts
 from backend.operator.schema import openapi_document
 from backend.operator.shell import MAX_TERMINAL, ShellRelay
-from backend.protocol.errors import DeviceOffline, DeviceTimeout, FleetError, RoutingError
+from backend.protocol.errors import DeviceOffline, DeviceTimeout, RoutingError
 
 log = logging.getLogger("fleet.api")
 
@@ -63,62 +76,6 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/openapi.json"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPERATOR = web.RequestKey("operator", str)
-
-
-# --- errors: each one is an HTTP answer ----------------------------------------------------------
-
-
-class ApiError(FleetError):
-    status = 400
-    reason = "bad_request"
-
-    def __init__(self, message: str, *, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-class Unauthenticated(ApiError):
-    status = 401
-    reason = "unauthorized"
-
-
-class NotFound(ApiError):
-    status = 404
-    reason = "not_found"
-
-
-class OfflineDevice(ApiError):
-    status = 409
-    reason = "offline"
-
-
-class CommandTimedOut(ApiError):
-    status = 504
-    reason = "timeout"
-
-
-class RoutingFailed(ApiError):
-    status = 502
-    reason = "routing"
-
-
-class Conflict(ApiError):
-    status = 409
-    reason = "conflict"
-
-
-class BodyTimedOut(ApiError):
-    status = 408
-    reason = "request_timeout"
-
-
-class HttpRefused(ApiError):
-    """aiohttp's own refusals (no such route, wrong method, body too large)."""
-
-    def __init__(self, exc: web.HTTPException) -> None:
-        super().__init__(exc.text or exc.reason)
-        self.status = exc.status
-        self.reason = HTTPStatus(exc.status).phrase.lower().replace(" ", "_")
 
 
 def bad_field(field: str, message: str) -> ApiError:
@@ -457,7 +414,7 @@ class OperatorApi:
         device_id = device_id_of(request)
         state, _revision = await fleetstate.load(self._devices, device_id)
         if state is None:
-            raise NotFound(f"no device {device_id} is known to the fleet")
+            raise ResourceNotFound(f"no device {device_id} is known to the fleet")
         return web.json_response(state.detail())
 
     async def run_command(self, request: web.Request) -> web.Response:
@@ -492,7 +449,7 @@ class OperatorApi:
         assert self._presence is not None
         known, _revision = await presence.lookup(self._presence, device_id)
         if known is None:
-            return NotFound(f"no device {device_id} has ever connected")
+            return ResourceNotFound(f"no device {device_id} has ever connected")
         return OfflineDevice(f"device {device_id} is not connected; {needs} it online")
 
     # --- shell ---------------------------------------------------------------------------------
@@ -569,11 +526,11 @@ def _rollout_errors() -> Iterator[None]:
     """The rollout service's refusals as HTTP answers."""
     try:
         yield
-    except rollouts.InvalidRollout as exc:
+    except InvalidRollout as exc:
         raise bad_field(exc.field, str(exc)) from None
-    except rollouts.UnknownRollout as exc:
-        raise NotFound(str(exc)) from None
-    except rollouts.RolloutConflict as exc:
+    except UnknownRollout as exc:
+        raise ResourceNotFound(str(exc)) from None
+    except RolloutConflict as exc:
         raise Conflict(str(exc)) from None
 
 

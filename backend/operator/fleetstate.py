@@ -44,6 +44,7 @@ from prometheus_client.registry import Collector
 from backend.bus import natsauth, presence, subjects
 from backend.bus.auth import DEVICE_ID
 from backend.operator.config import FleetConfig
+from backend.operator.errors import InvalidEvent, StateConflict
 from backend.protocol.errors import FleetError
 from backend.protocol.messages import Alert, Status
 
@@ -56,20 +57,6 @@ MAX_CLEARED = 32
 
 Change = Callable[["DeviceState"], bool]
 PullSubscription = JetStreamContext.PullSubscription
-
-
-class StateError(FleetError):
-    reason = "state"
-
-
-class StateConflict(StateError):
-    """The device's entry kept changing under every compare-and-set attempt."""
-
-    reason = "conflict"
-
-
-class InvalidEvent(StateError):
-    reason = "invalid"
 
 
 # --- the state of one device (pure) ----------------------------------------------------------

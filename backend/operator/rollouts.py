@@ -49,6 +49,7 @@ from backend.bus.auth import DEVICE_ID
 from backend.bus.routing import DeviceRouter
 from backend.operator import fleetstate
 from backend.operator.config import FleetConfig
+from backend.operator.errors import InvalidRollout, RolloutConflict, RolloutError, UnknownRollout
 from backend.protocol.errors import FleetError, RoutingError
 from backend.protocol.messages import UpdateOffer, UpdateProgress
 
@@ -71,30 +72,6 @@ SELECTOR_KEYS = frozenset({"state", "firmware", "prefix", "online", "devices"})
 FETCH_BATCH = 256
 FOLLOW_UP_WAIT = 0.05
 """Seconds a fetch waits for more events once it has one (they are usually there already)."""
-
-
-class RolloutError(FleetError):
-    reason = "rollout"
-
-
-class InvalidRollout(RolloutError):
-    """A bad rollout request; ``field`` names the input at fault."""
-
-    reason = "bad_request"
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-class UnknownRollout(RolloutError):
-    reason = "not_found"
-
-
-class RolloutConflict(RolloutError):
-    """The action does not apply to the rollout's state (resuming a finished one...)."""
-
-    reason = "conflict"
 
 
 # --- the request ---------------------------------------------------------------------------

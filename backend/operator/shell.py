@@ -36,6 +36,7 @@ from nats.errors import Error as NatsError
 
 from backend.bus import subjects
 from backend.bus.routing import DeviceRouter
+from backend.operator.errors import ShellRefused
 from backend.protocol import envelope as env
 from backend.protocol.envelope import ProtoMsg
 from backend.protocol.errors import DeviceTimeout, FleetError, RoutingError
@@ -51,12 +52,6 @@ DEVICE_GONE = 4100
 IDLE = 4101
 """No bytes either way for the idle timeout."""
 MAX_REASON = 120  # a close reason fits in 123 bytes (RFC 6455 §5.5)
-
-
-class ShellRefused(RoutingError):
-    """The device answered "new" with status 2 (e.g. too many shells)."""
-
-    reason = "shell_refused"
 
 
 def terminal_size(cols: Any, rows: Any) -> tuple[int, int]:

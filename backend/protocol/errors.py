@@ -1,7 +1,62 @@
 """One exception root for fleetharness, with a subtree per layer.
 
-Peer input never raises into the I/O layer: the Sans-I/O parsers catch these and turn them
-into an answer on the wire. Each class says what that answer is:
+Every exception class of the project derives from ``FleetError``. The whole tree, each class
+in this module unless a module is named (a subtree's classes live where its root does);
+``tests/test_errors.py`` checks this drawing against the code:
+
+* FleetError
+    * HandshakeError
+        * InvalidUpgrade
+            * UnsupportedVersion
+        * UpgradeRejected
+        * RequestTooLarge
+        * RequestTimeout
+        * NotFound
+        * MethodNotAllowed
+        * Unauthorized
+        * Overloaded
+            * Draining
+    * ProtocolError
+        * FrameError
+        * MessageTooBig
+        * InvalidPayload
+        * UnsupportedData
+        * MalformedMessage
+        * UnknownProtocol
+        * UnknownSession
+        * TooBigForBus
+        * UnexpectedMessage
+    * OutboxFull (backend.protocol.session)
+    * RoutingError
+        * DeviceOffline
+        * DeviceTimeout
+        * ShellRefused (backend.operator.errors)
+    * ApiError (backend.operator.errors)
+        * Unauthenticated
+        * ResourceNotFound
+        * OfflineDevice
+        * CommandTimedOut
+        * RoutingFailed
+        * Conflict
+        * BodyTimedOut
+        * HttpRefused
+    * RolloutError (backend.operator.errors)
+        * InvalidRollout
+        * UnknownRollout
+        * RolloutConflict
+    * StateError (backend.operator.errors)
+        * StateConflict
+        * InvalidEvent
+    * OperatorError (backend.operator.client)
+    * StackError (backend.devstack.stackctl)
+    * QueryError (backend.devstack.prometheus)
+    * ConfigCheckFailed (backend.devstack.process), also a RuntimeError
+    * RuntimeApiError (haproxy.runtime)
+    * _ConnectFailed (simulator.gateway)
+    * _Dropped (simulator.gateway)
+
+Peer input never raises into the I/O layer: the Sans-I/O parsers catch the protocol's errors
+and turn them into an answer on the wire. Each class says what that answer is:
 
 - ``HandshakeError`` (before the upgrade): an HTTP ``status``.
 - ``ProtocolError`` (after the upgrade): either a WebSocket ``close_code`` (the connection
