@@ -29,6 +29,7 @@ from backend.protocol.http import (
     accept_response,
     check_response,
     check_upgrade,
+    chosen_subprotocol,
     client_request,
     error_response,
     http_response,
@@ -415,4 +416,4 @@ def test_status_line_without_reason_phrase() -> None:
     ],
 )
 def test_chosen_subprotocol(offered: str | None, chosen: str | None) -> None:
-    assert http.chosen_subprotocol(request_with(**{"Sec-WebSocket-Protocol": offered})) == chosen
+    assert chosen_subprotocol(request_with(**{"Sec-WebSocket-Protocol": offered})) == chosen
