@@ -416,4 +416,5 @@ def test_status_line_without_reason_phrase() -> None:
     ],
 )
 def test_chosen_subprotocol(offered: str | None, chosen: str | None) -> None:
-    assert chosen_subprotocol(request_with(**{"Sec-WebSocket-Protocol": offered})) == chosen
+    request = request_with() if offered is None else request_with(sec_websocket_protocol=offered)
+    assert chosen_subprotocol(request) == chosen
