@@ -19,11 +19,7 @@ from backend import logs
 from backend.bus import exporter, natsauth
 from backend.bus.auth import issue_device_token
 from backend.bus.subjects import MAX_REPLICAS
-from backend.devstack import process, stackctl
-from backend.devstack.stack import StackConfig, count_or_auto
-from backend.operator import api as operator_api
-from backend.operator import fleetstate
-from backend.operator.client import (
+from backend.client.operator import (
     OperatorClient,
     OperatorError,
     format_command,
@@ -35,6 +31,10 @@ from backend.operator.client import (
     relay_terminal,
     terminal_size,
 )
+from backend.devstack import process, stackctl
+from backend.devstack.stack import StackConfig, count_or_auto
+from backend.operator import api as operator_api
+from backend.operator import fleetstate
 from backend.operator.config import FleetConfig, load_operator_tokens
 from backend.shard import ShardConfig, serve
 from backend.shard.config import default_max_connections, default_shard_id

@@ -14,7 +14,7 @@ from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 
-from backend.operator.client import OperatorClient, OperatorError
+from backend.client.operator import OperatorClient, OperatorError
 from simulator.stats import RequestHook, report_request
 
 REQUEST_TYPE = "OPERATOR"

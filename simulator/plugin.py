@@ -29,8 +29,13 @@ from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
 from backend.bus import natsauth
-from backend.devstack.stack import LocalStack, StackConfig, count_or_auto, fetch_metrics, option_key
-from backend.shard.config import ShardConfig
+from backend.devstack.stack import (
+    LocalStack,
+    StackConfig,
+    count_or_auto,
+    fetch_metrics,
+    shard_settings,
+)
 from simulator import audit, report, verdicts
 from simulator.checks import RunRecord, fleet_checks
 from simulator.fleet import Fleet
@@ -501,9 +506,7 @@ def _shard_settings(state: RunState) -> dict[str, float]:
     """The embedded shards' admission settings; none with --host."""
     if state.stack is None:
         return {}
-    defaults = ShardConfig()
-    given = {option_key(key): value for key, value in state.shard_options.items()}
-    return {key: float(given.get(key, getattr(defaults, key))) for key in SHARD_SETTINGS}
+    return shard_settings(state.shard_options, SHARD_SETTINGS)
 
 
 def add_verdicts(summary: dict[str, Any], checks: list[Check]) -> None:

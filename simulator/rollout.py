@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from backend.operator.client import OperatorClient
+from backend.client.operator import OperatorClient
 from simulator.behaviour import INSTALL_FAILURES
 
 IN_FLIGHT = ("offered", "downloading", "installing")

@@ -22,7 +22,7 @@ from typing import Any
 from locust import LoadTestShape, argument_parser, events
 from locust.env import Environment
 
-from backend.operator.client import OperatorClient, OperatorError
+from backend.client.operator import OperatorClient, OperatorError
 from simulator import plugin
 from simulator.checks import ROLLOUT_CREATED, ROLLOUT_FINISHED, SHARD_KILLED
 from simulator.operator import OperatorActivity

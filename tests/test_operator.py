@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from backend.client.operator import OperatorClient, OperatorError
 from backend.devstack.stack import LocalStack, StackConfig
-from backend.operator.client import OperatorClient, OperatorError
 from simulator.network import PROFILES
 from simulator.operator import REQUEST_TYPE, OperatorActivity
 from tests.support import running, wait_until

@@ -19,14 +19,14 @@ from typing import Any
 
 import pytest
 
-from backend.operator.api import OperatorApi
-from backend.operator.client import (
+from backend.client.operator import (
     OperatorClient,
     OperatorError,
     format_command,
     format_device,
     format_devices,
 )
+from backend.operator.api import OperatorApi
 from backend.protocol import messages
 from tests.fleet_support import OPERATOR_TOKEN, ApiFactory, base, connected, until
 from tests.support import ShardFactory

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backend.operator.client import OperatorClient
+from backend.client.operator import OperatorClient
 from backend.operator.config import FleetConfig
 from backend.operator.rollouts import rollout_spec
 from simulator.rollout import RolloutPlan, RolloutWatch

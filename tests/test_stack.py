@@ -14,9 +14,9 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from backend.bus import natsauth
+from backend.client.operator import OperatorClient, OperatorError
 from backend.devstack import process
 from backend.devstack.stack import LocalStack, StackConfig, count_or_auto
-from backend.operator.client import OperatorClient, OperatorError
 from backend.protocol.http import DEVICE_PATH
 from backend.shard.config import default_max_connections
 from haproxy.config import max_maxconn

@@ -19,6 +19,7 @@ import string
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from backend.bus.auth import issue_device_token
 from backend.devstack import process
 from backend.devstack.natsserver import NatsCluster, NatsServer
 from backend.devstack.prometheus import PrometheusServer
-from backend.shard.config import default_max_connections
+from backend.shard.config import ShardConfig, default_max_connections
 from haproxy import runtime
 from haproxy.config import HaproxyConfig, check, find_haproxy, max_maxconn, write
 from haproxy.tls import make_local_pki
@@ -168,6 +169,14 @@ def shards_for(connections: int) -> int:
 def haproxies_for(connections: int) -> int:
     """HAProxy processes to hold ``connections``, each within its open-file limit."""
     return max(1, math.ceil(connections / max_maxconn()))
+
+
+def shard_settings(shard_options: Mapping[str, str], keys: Iterable[str]) -> dict[str, float]:
+    """The embedded shards' values of ``keys``: as given in ``shard_options``, else the
+    shard's defaults."""
+    defaults = ShardConfig()
+    given = {option_key(key): value for key, value in shard_options.items()}
+    return {key: float(given.get(key, getattr(defaults, key))) for key in keys}
 
 
 def count_or_auto(text: str) -> int | None:

@@ -47,7 +47,7 @@ in this module unless a module is named (a subtree's classes live where its root
     * StateError (backend.operator.errors)
         * StateConflict
         * InvalidEvent
-    * OperatorError (backend.operator.client)
+    * OperatorError (backend.client.operator)
     * StackError (backend.devstack.stackctl)
     * QueryError (backend.devstack.prometheus)
     * ConfigCheckFailed (backend.devstack.process), also a RuntimeError
