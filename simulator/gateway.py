@@ -127,7 +127,7 @@ class VirtualGateway:
         self.backoff = Backoff(behaviour.reconnect_base, behaviour.reconnect_cap)
         self.firmware = behaviour.firmware
         self.sock: Any = None
-        self.channel: ch.DeviceChannel | None = None  # the connection's protocol state
+        self.channel: ch.ClientChannel | None = None  # the connection's protocol state
         self.connected_at: float | None = None  # set once the ProtoMsg handshake completes
         self.down_since: float | None = None  # set while reconnecting after a drop
         self.upgraded_at = self.last_heard = 0.0
@@ -262,7 +262,7 @@ class VirtualGateway:
     def _upgrade(self, sock: Any, target: Target) -> None:
         """Raises the ``HandshakeError`` of a refused upgrade; the frames that came with the
         101 wait in the channel."""
-        channel = self.channel = ch.DeviceChannel(ch.Role.CLIENT, session=self.session)
+        channel = self.channel = ch.ClientChannel(self.session)
         token = self.fleet.credentials(self.device_id)
         request = channel.connect(target.netloc, target.path, token)
         rng = self.fleet.rng

@@ -6,9 +6,10 @@ bytes mean is decided here, in the layers it stacks::
 
     bytes -> http (opening handshake) -> websocket (RFC 6455 frames) -> session (ProtoMsg)
 
-The handshake arrives as an event. A server channel yields ``UpgradeRequested``; the driver
-answers with ``accept`` or ``refuse`` (which endpoint, which token and whether there is room
-are its policy, not protocol). A client channel yields ``Upgraded`` or ``HandshakeFailed``.
+The handshake arrives as an event. A ``ServerChannel`` yields ``UpgradeRequested``; the
+driver answers with ``accept``, ``refuse`` or ``respond`` (which endpoint, which token and
+whether there is room are its policy, not protocol). A ``ClientChannel`` yields ``Upgraded``
+or ``HandshakeFailed``.
 
 ``events_received`` is a generator: each WebSocket message is handed to the session only when
 the driver asks for the next event. A driver that stops reading a device between two messages
@@ -18,9 +19,10 @@ no message is interpreted before the driver is ready for its consequences.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import ClassVar, TypeAlias
 
 from backend.protocol import envelope, http
 from backend.protocol import session as ps
@@ -30,12 +32,14 @@ from backend.protocol.websocket import Role, State
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "ClientChannel",
     "DeviceChannel",
     "Event",
     "HandshakeFailed",
     "Limits",
     "MessageHandled",
     "Role",
+    "ServerChannel",
     "State",
     "UpgradeRequested",
     "Upgraded",
@@ -92,28 +96,18 @@ Event: TypeAlias = (
 _UPGRADED = Upgraded()
 
 
-class DeviceChannel:
-    """The protocol state of one connection, in the server or the client role.
+class DeviceChannel(abc.ABC):
+    """The protocol state of one connection; ``ServerChannel`` and ``ClientChannel`` add
+    their side of the opening handshake."""
 
-    The server creates the session when it accepts the upgrade, for the device its token
-    names; the client brings its own session, which outlives connections (its outbox of
-    unacked alerts is resent on the next one).
-    """
+    __slots__ = ("_close_sent", "_head", "_pending", "_ws", "limits", "session")
+    role: ClassVar[Role]
 
-    __slots__ = (
-        "_close_sent", "_head", "_key", "_pending", "_request", "_ws", "limits", "role", "session"
-    )  # fmt: skip
-
-    def __init__(
-        self, role: Role, limits: Limits = DEFAULT_LIMITS, session: ps.DeviceSession | None = None
-    ) -> None:
-        self.role = role
+    def __init__(self, limits: Limits, session: ps.DeviceSession | None) -> None:
         self.limits = limits
         self.session = session
         self._head: bytes | None = b""  # the head read so far; None once the handshake ended
         self._pending: UpgradeRequested | Upgraded | HandshakeFailed | None = None
-        self._key = ""  # client: the Sec-WebSocket-Key sent, which the answer must match
-        self._request: http.Request | None = None  # server: the request awaiting an answer
         self._ws: ws.WebSocketConnection | None = None
         self._close_sent = False  # by the driver: what the peer sends after it goes unanswered
 
@@ -130,12 +124,12 @@ class DeviceChannel:
         """Take bytes read from the transport; ignored once CLOSED."""
         if self._ws is not None:
             self._ws.receive_data(data)
-        elif self._head is None:
-            return
-        elif self._request is not None:
-            self._head += data  # behind a request not answered yet: frames, once accepted
-        else:
+        elif self._head is not None:
             self._receive_head(self._head + data)
+
+    @abc.abstractmethod
+    def _receive_head(self, head: bytes) -> None:
+        """Parse the peer's head, all of it read so far."""
 
     def events_received(self) -> Iterator[Event]:
         """What the received bytes mean, one event at a time (see the module docstring)."""
@@ -170,74 +164,6 @@ class DeviceChannel:
             codec.send_binary(message)
         return codec.data_to_send()
 
-    # --- the opening handshake ---------------------------------------------------------------
-
-    def _receive_head(self, head: bytes) -> None:
-        try:
-            if self.role is Role.SERVER:
-                self._receive_request(head)
-            else:
-                self._receive_response(head)
-        except HandshakeError as exc:
-            self._head, self._pending = None, HandshakeFailed(exc)
-
-    def _receive_request(self, head: bytes) -> None:
-        parsed = http.parse_request(head, self.limits.max_head_size)
-        if parsed is None:
-            self._head = head
-        else:
-            self._request, consumed = parsed
-            self._head, self._pending = head[consumed:], UpgradeRequested(self._request)
-
-    def _receive_response(self, head: bytes) -> None:
-        parsed = http.parse_response(head, self._key, self.limits.max_head_size)
-        if parsed is None:
-            self._head = head
-        else:
-            self._open()
-            self._pending = _UPGRADED
-            self._receive_frames(head[parsed[2] :])
-
-    def accept(self, device_id: str) -> bytes:
-        """Server: accept the request (checked with ``http.check_upgrade``) for
-        ``device_id``; returns the 101 to write. The server opens the ProtoMsg handshake:
-        Mender devices never speak first."""
-        request, self._request = self._request, None
-        assert request is not None, "no upgrade request to accept"
-        key = request.headers["sec-websocket-key"]
-        response = http.accept_response(key, http.chosen_subprotocol(request))
-        self.session = ps.DeviceSession(ps.Role.SERVER, device_id=device_id)
-        self.session.start()
-        frames = self._head
-        self._open()
-        self._receive_frames(frames or b"")  # sent right behind the request
-        return response
-
-    def refuse(self, error: HandshakeError) -> bytes:
-        """Server: the HTTP error response to write; the connection is over."""
-        self._head = self._pending = self._request = None
-        return http.error_response(error)
-
-    def respond(self, response: bytes) -> bytes:
-        """Server: answer a plain HTTP request (``/healthz``...); the connection is over."""
-        self._head = self._pending = self._request = None
-        return response
-
-    def connect(self, host: str, path: str, token: str) -> bytes:
-        """Client: the upgrade request to write, with the device's token."""
-        offer = [("Authorization", f"Bearer {token}"), ("Sec-WebSocket-Protocol", http.SUBPROTOCOL)]
-        request, self._key = http.client_request(host, path, offer)
-        return request
-
-    def _open(self) -> None:
-        self._head = None
-        self._ws = ws.WebSocketConnection(self.role, self.limits.max_message_size)
-
-    def _receive_frames(self, data: bytes) -> None:
-        if data:
-            assert self._ws is not None
-            self._ws.receive_data(data)
-
     # --- sending -----------------------------------------------------------------------------
 
     def send_ping(self, payload: bytes = b"") -> None:
@@ -249,3 +175,91 @@ class DeviceChannel:
         if self._ws is not None:
             self._close_sent = True
             self._ws.send_close(code, reason)
+
+    def _open(self, frames: bytes) -> None:
+        self._head = None
+        self._ws = ws.WebSocketConnection(self.role, self.limits.max_message_size)
+        if frames:
+            self._ws.receive_data(frames)
+
+
+class ServerChannel(DeviceChannel):
+    """A shard's side. It creates the session when it accepts the upgrade, for the device
+    the driver found in the token."""
+
+    __slots__ = ("_request",)
+    role = Role.SERVER
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        super().__init__(limits, None)
+        self._request: http.Request | None = None  # the request awaiting an answer
+
+    def receive_data(self, data: bytes) -> None:
+        if self._request is not None and self._head is not None:
+            self._head += data  # behind a request not answered yet: frames, once accepted
+        else:
+            super().receive_data(data)
+
+    def _receive_head(self, head: bytes) -> None:
+        try:
+            parsed = http.parse_request(head, self.limits.max_head_size)
+        except HandshakeError as exc:
+            self._head, self._pending = None, HandshakeFailed(exc)
+            return
+        if parsed is None:
+            self._head = head
+        else:
+            self._request, consumed = parsed
+            self._head, self._pending = head[consumed:], UpgradeRequested(self._request)
+
+    def accept(self, device_id: str) -> bytes:
+        """Accept the request (checked with ``http.check_upgrade``) for ``device_id``;
+        returns the 101 to write. The server opens the ProtoMsg handshake: Mender devices
+        never speak first."""
+        request, self._request = self._request, None
+        assert request is not None, "no upgrade request to accept"
+        key = request.headers["sec-websocket-key"]
+        response = http.accept_response(key, http.chosen_subprotocol(request))
+        self.session = ps.DeviceSession(ps.Role.SERVER, device_id=device_id)
+        self.session.start()
+        self._open(self._head or b"")  # the frames sent right behind the request
+        return response
+
+    def refuse(self, error: HandshakeError) -> bytes:
+        """The HTTP error response to write; the connection is over."""
+        return self.respond(http.error_response(error))
+
+    def respond(self, response: bytes) -> bytes:
+        """Answer a plain HTTP request (``/healthz``...); the connection is over."""
+        self._head = self._pending = self._request = None
+        return response
+
+
+class ClientChannel(DeviceChannel):
+    """A device's side. Its session is its own and outlives connections: the outbox of
+    unacked alerts is resent on the next one."""
+
+    __slots__ = ("_key",)
+    role = Role.CLIENT
+
+    def __init__(self, session: ps.DeviceSession, limits: Limits = DEFAULT_LIMITS) -> None:
+        super().__init__(limits, session)
+        self._key = ""  # the Sec-WebSocket-Key sent, which the answer must match
+
+    def connect(self, host: str, path: str, token: str) -> bytes:
+        """The upgrade request to write, with the device's token."""
+        offer = [("Authorization", f"Bearer {token}"), ("Sec-WebSocket-Protocol", http.SUBPROTOCOL)]
+        request, self._key = http.client_request(host, path, offer)
+        return request
+
+    def _receive_head(self, head: bytes) -> None:
+        try:
+            parsed = http.parse_response(head, self._key, self.limits.max_head_size)
+        except HandshakeError as exc:
+            self._head, self._pending = None, HandshakeFailed(exc)
+            return
+        if parsed is None:
+            self._head = head
+        else:
+            self._pending = _UPGRADED
+            self._open(head[parsed[2] :])

@@ -80,7 +80,6 @@ class ShardContext(Protocol):
 class DeviceConnection(asyncio.Protocol):
     __slots__ = (
         "channel",
-        "device_id",
         "disconnect_reason",
         "errors",
         "errors_since",
@@ -97,8 +96,7 @@ class DeviceConnection(asyncio.Protocol):
     def __init__(self, shard: ShardContext) -> None:
         self.shard = shard
         self.transport: asyncio.Transport | None = None
-        self.channel = ch.DeviceChannel(ch.Role.SERVER, shard.channel_limits)
-        self.device_id = ""
+        self.channel = ch.ServerChannel(shard.channel_limits)
         self.registration: Registration | None = None
         self.kicked_version = 0
         self.input_paused = 0  # INPUT_* bits
@@ -108,6 +106,12 @@ class DeviceConnection(asyncio.Protocol):
         self.last_received = 0.0
         self.ping_sent: float | None = None
         self.disconnect_reason = "peer_closed"
+
+    @property
+    def device_id(self) -> str:
+        """The device its token named, from the upgrade on."""
+        session = self.channel.session
+        return session.device_id if session is not None else ""
 
     @property
     def session(self) -> ps.DeviceSession | None:
@@ -248,7 +252,6 @@ class DeviceConnection(asyncio.Protocol):
         self._linger()
 
     def upgrade(self, device_id: str) -> None:
-        self.device_id = device_id
         self._write(self.channel.accept(device_id))
         self.flush()
         self.shard.wheel.schedule(self, self.last_received + self.shard.config.ping_interval)
