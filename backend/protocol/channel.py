@@ -127,9 +127,19 @@ class DeviceChannel(abc.ABC):
         elif self._head is not None:
             self._receive_head(self._head + data)
 
-    @abc.abstractmethod
     def _receive_head(self, head: bytes) -> None:
-        """Parse the peer's head, all of it read so far."""
+        try:
+            complete = self._parse_head(head)
+        except HandshakeError as exc:
+            self._head, self._pending = None, HandshakeFailed(exc)
+        else:
+            if not complete:
+                self._head = head
+
+    @abc.abstractmethod
+    def _parse_head(self, head: bytes) -> bool:
+        """Act on the peer's head (all of it read so far) if it is complete; raises
+        ``HandshakeError`` if it is not one to accept."""
 
     def events_received(self) -> Iterator[Event]:
         """What the received bytes mean, one event at a time (see the module docstring)."""
@@ -200,17 +210,13 @@ class ServerChannel(DeviceChannel):
         else:
             super().receive_data(data)
 
-    def _receive_head(self, head: bytes) -> None:
-        try:
-            parsed = http.parse_request(head, self.limits.max_head_size)
-        except HandshakeError as exc:
-            self._head, self._pending = None, HandshakeFailed(exc)
-            return
+    def _parse_head(self, head: bytes) -> bool:
+        parsed = http.parse_request(head, self.limits.max_head_size)
         if parsed is None:
-            self._head = head
-        else:
-            self._request, consumed = parsed
-            self._head, self._pending = head[consumed:], UpgradeRequested(self._request)
+            return False
+        self._request, consumed = parsed
+        self._head, self._pending = head[consumed:], UpgradeRequested(self._request)
+        return True
 
     def accept(self, device_id: str) -> bytes:
         """Accept the request (checked with ``http.check_upgrade``) for ``device_id``;
@@ -252,14 +258,10 @@ class ClientChannel(DeviceChannel):
         request, self._key = http.client_request(host, path, offer)
         return request
 
-    def _receive_head(self, head: bytes) -> None:
-        try:
-            parsed = http.parse_response(head, self._key, self.limits.max_head_size)
-        except HandshakeError as exc:
-            self._head, self._pending = None, HandshakeFailed(exc)
-            return
+    def _parse_head(self, head: bytes) -> bool:
+        parsed = http.parse_response(head, self._key, self.limits.max_head_size)
         if parsed is None:
-            self._head = head
-        else:
-            self._pending = _UPGRADED
-            self._open(head[parsed[2] :])
+            return False
+        self._pending = _UPGRADED
+        self._open(head[parsed[2] :])
+        return True
