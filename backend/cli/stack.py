@@ -1,0 +1,159 @@
+"""The local stack: ``fleet demo``, ``fleet up``, ``status``, ``drain`` and ``down``."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from backend.cli.root import json_option
+from backend.devstack import process, stackctl
+from backend.devstack.stack import StackConfig, count_or_auto
+
+SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
+RUNS = Path("runs")
+run_dir_option = click.option(
+    "--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="The stack's run directory [default: the one runs/current points at].",
+)  # fmt: skip
+
+
+@click.command()
+@click.option("--gateways", default=1000, help="Virtual gateways (Locust users).")
+@click.option("--spawn-rate", default=200.0, help="Gateways started per second.")
+@click.option("--duration", default="45s", help="Run time (Locust syntax: 45s, 5m...).")
+@click.option("--alerts-per-hour", default=60.0, help="Alerts per gateway per hour.")
+@click.option(
+    "--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Logs, NATS storage and summary.json [default: runs/demo-<time>].",
+)  # fmt: skip
+def demo(
+    gateways: int, spawn_rate: float, duration: str, alerts_per_hour: float, run_dir: Path | None
+) -> None:
+    """A short headless Locust run of every scenario on an embedded stack (NATS + 2 shards).
+
+    Prints the connection gauge, reconnects and alert accounting; exits non-zero when the
+    run's verdict fails. Ctrl-C stops it early, with the summary."""
+    run_dir = run_dir or RUNS / time.strftime("demo-%Y%m%d-%H%M%S")
+    argv = [
+        sys.executable, "-m", "locust", "-f", str(SCENARIOS), "--headless",
+        "-u", str(gateways), "-r", str(spawn_rate), "-t", duration,
+        "--alerts-per-hour", str(alerts_per_hour), "--run-dir", str(run_dir), "--only-summary",
+    ]  # fmt: skip
+    # Python leaves SIGINT ignored when it started ignored (a background job): Ctrl-C, or
+    # SIGINT from a supervisor, must still stop the run.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Its own session: a Ctrl-C reaches Locust once, from here, so it stops cleanly.
+    locust = subprocess.Popen(argv, start_new_session=True, preexec_fn=process.die_with_parent)
+    try:
+        code = locust.wait()
+    except KeyboardInterrupt:
+        locust.send_signal(signal.SIGINT)
+        code = locust.wait()
+    sys.exit(code)
+
+
+class CountOrAuto(click.ParamType[int | None]):
+    """A process count, or "auto" (None): derived from --connections."""
+
+    name = "count|auto"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int | None:
+        if value is None or isinstance(value, int):
+            return value
+        try:
+            return count_or_auto(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@click.command()
+@click.option(
+    "--connections", default=0,
+    help="Device connections to hold at once: sizes auto counts, refuses too few.",
+)  # fmt: skip
+@click.option(
+    "--shards", type=CountOrAuto(), default="auto",
+    help="Shard processes; auto: enough for --connections, at least 2.",
+)  # fmt: skip
+@click.option(
+    "--haproxies", type=CountOrAuto(), default="auto",
+    help="HAProxy processes on the public port (0: none); auto: enough for --connections.",
+)  # fmt: skip
+@click.option(
+    "--nats-nodes", default=1,
+    help="NATS servers: 1, or 3 for a cluster (streams and KV buckets then keep 3 copies).",
+)  # fmt: skip
+@click.option("--tls", is_flag=True, help="TLS on the public port, with a local CA.")
+@click.option("--port", default=0, help="The public port (0: a free one).")
+@click.option("--observe", is_flag=True, help="Also run Prometheus scraping every part.")
+@click.option("--prometheus-port", default=9090, help="Prometheus' port with --observe.")
+@click.option(
+    "--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Logs, NATS storage and stack.json [default: runs/stack-<time>].",
+)  # fmt: skip
+def up(
+    connections: int,
+    shards: int | None,
+    haproxies: int | None,
+    run_dir: Path | None,
+    port: int,
+    **options: Any,
+) -> None:
+    """Run a local stack (NATS, shards, HAProxy) in the foreground until Ctrl-C or fleet down."""
+    run_dir = run_dir or RUNS / time.strftime("stack-%Y%m%d-%H%M%S")
+    try:
+        config = StackConfig.sized(
+            run_dir, connections, shards, haproxies, public_port=port, **options
+        )
+        stackctl.serve(config, click.echo)
+    except (ValueError, OSError, RuntimeError, stackctl.StackError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.command()
+@run_dir_option
+@json_option
+def status(run_dir: Path | None, as_json: bool) -> None:
+    """Health and connections of the local stack's shards and HAProxies."""
+    try:
+        report = stackctl.status(stackctl.load_state(stackctl.find_run_dir(run_dir, RUNS)))
+    except stackctl.StackError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(report, indent=2) if as_json else stackctl.format_status(report))
+
+
+@click.command()
+@click.argument("shard_name", metavar="SHARD")
+@run_dir_option
+@click.option("--timeout", default=60.0, help="Seconds to wait for the shard to exit.")
+def drain(shard_name: str, run_dir: Path | None, timeout: float) -> None:
+    """Take SHARD (e.g. shard-a) out of the local stack without refusing a device.
+
+    Every HAProxy stops sending it new connections (runtime API), then the shard closes its
+    devices with 1012 and exits; they reconnect through HAProxy to the other shards."""
+    try:
+        state = stackctl.load_state(stackctl.find_run_dir(run_dir, RUNS))
+        count = stackctl.drain(state, shard_name, timeout)
+    except stackctl.StackError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{shard_name} drained: out of {count} HAProxy processes, exited")
+
+
+@click.command()
+@run_dir_option
+def down(run_dir: Path | None) -> None:
+    """Stop the local stack started by fleet up, in order; waits until it exited."""
+    try:
+        pid = stackctl.stop(stackctl.find_run_dir(run_dir, RUNS))
+    except stackctl.StackError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"local stack stopped (pid {pid})")
