@@ -13,6 +13,7 @@ import pytest
 from backend.devstack.testdevice import TestDevice
 from backend.operator import api as api_module
 from backend.operator.api import MAX_JSON_DEPTH, OperatorApi
+from backend.operator.config import FleetConfig
 from backend.protocol import messages
 from backend.protocol import session as ps
 from backend.shard import Shard
@@ -77,6 +78,15 @@ async def test_health_metrics_and_openapi_are_public(
             page = await resp.text()
         assert 'fleet_api_requests_total{method="GET",route="/healthz",status="200"} 1.0' in page
         assert "fleet_state_events_total" in page or "fleet_state_devices" in page
+
+
+async def test_the_api_serves_inside_async_with_and_is_stopped_after(
+    fleet_config: FleetConfig, http: aiohttp.ClientSession
+) -> None:
+    async with OperatorApi(fleet_config) as api, http.get(f"{base(api)}/healthz") as resp:
+        assert resp.status == 200
+    assert api.nc is not None
+    assert api.nc.is_closed
 
 
 # --- devices ---------------------------------------------------------------------------------

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from backend.bus.auth import TokenVerifier
 from backend.cli import main
+from backend.cli.root import ConfigOption, build_config
 from backend.devstack import process
 from backend.devstack.natsserver import NatsServer
 from backend.devstack.process import free_ports
+from backend.shard import ShardConfig
+from backend.shard.config import default_max_connections
 
 SECRET = "a-cli-test-secret-of-at-least-32-bytes"
 OPERATOR_TOKEN = "an-operator-token-for-the-cli-tests"
@@ -54,6 +59,82 @@ def test_shard_without_a_key_says_what_to_set() -> None:
     result = CliRunner().invoke(main, ["shard"], env={"FLEET_SHARD_JWT_SECRET": ""})
     assert result.exit_code == 2
     assert "--jwt-secret" in result.output
+
+
+# --- options derived from config fields ------------------------------------------------------
+
+# Options named after a field of their command's config that default otherwise, on purpose.
+OWN_DEFAULTS = {
+    ("up", "shards"): "auto: sized for --connections",
+    ("up", "haproxies"): "auto: sized for --connections",
+    ("up", "prometheus_port"): "Prometheus' usual port for a person; the config's 0 is for tests",
+}
+
+
+def commands(group: click.Group = main, prefix: str = "") -> Iterator[tuple[str, click.Command]]:
+    """Every command under ``group`` by its path (``rollout create``)."""
+    for name, command in sorted(group.commands.items()):
+        path = f"{prefix}{name}"
+        yield path, command
+        if isinstance(command, click.Group):
+            yield from commands(command, f"{path} ")
+
+
+CONFIG_OPTIONS = [
+    (path, param)
+    for path, command in commands()
+    for param in command.params
+    if isinstance(param, ConfigOption)
+]
+
+
+def field_of(option: ConfigOption) -> dataclasses.Field[object]:
+    (found,) = (f for f in dataclasses.fields(option.config) if f.name == option.field)
+    return found
+
+
+def test_the_service_commands_derive_their_options() -> None:
+    derived = {path for path, _option in CONFIG_OPTIONS}
+    assert derived == {"api", "capacity", "shard", "state", "up"}
+
+
+@pytest.mark.parametrize(
+    ("path", "option"), CONFIG_OPTIONS, ids=[f"{p}-{o.name}" for p, o in CONFIG_OPTIONS]
+)
+def test_a_derived_option_defaults_to_its_config_field(path: str, option: ConfigOption) -> None:
+    field = field_of(option)
+    if field.default is not dataclasses.MISSING:
+        assert option.default == field.default
+    elif field.default_factory is not dataclasses.MISSING:
+        assert option.default is None  # left out of the config: its factory makes the value
+    else:
+        assert option.required
+
+
+def test_no_option_copies_a_config_default_by_hand() -> None:
+    copied = set()
+    for path, command in commands():
+        configs = {param.config for param in command.params if isinstance(param, ConfigOption)}
+        defaulted = {
+            field.name
+            for config in configs
+            for field in dataclasses.fields(config)
+            if field.default is not dataclasses.MISSING
+            or field.default_factory is not dataclasses.MISSING
+        }
+        copied |= {
+            (path, param.name)
+            for param in command.params
+            if not isinstance(param, ConfigOption) and param.name in defaulted
+        }
+    assert copied == set(OWN_DEFAULTS)
+
+
+def test_an_empty_option_leaves_a_factory_field_to_its_factory() -> None:
+    config = build_config(ShardConfig, {"shard_id": "", "max_connections": 0, "port": 0})
+    assert config.shard_id.startswith("shard-")
+    assert config.max_connections == default_max_connections()
+    assert config.port == 0  # no factory: 0 is a value
 
 
 # --- operator commands against a real API process ---------------------------------------------

@@ -10,6 +10,7 @@ from nats.js.kv import KeyValue
 from backend.bus import presence, subjects
 from backend.devstack.testdevice import TestDevice
 from backend.operator import fleetstate
+from backend.operator.config import FleetConfig
 from backend.operator.fleetstate import DeviceState, FleetState, StateMetrics
 from backend.protocol import messages
 from tests.fleet_support import FleetStateFactory, connected, state_when, until_true
@@ -125,6 +126,15 @@ async def test_a_restarted_service_catches_up_on_what_it_missed(
 def caught_up(state: fleetstate.DeviceState, open_alerts: list[str]) -> bool:
     """The closed connection, the last status and the alerts all applied."""
     return not state.online and state.firmware == "2.0.0" and list(state.alerts) == open_alerts
+
+
+async def test_the_service_consumes_inside_async_with_and_is_stopped_after(
+    fleet_config: FleetConfig,
+) -> None:
+    async with FleetState(fleet_config) as service:
+        assert service.nc is not None
+        assert service.nc.is_connected
+    assert service.nc.is_closed
 
 
 async def test_two_instances_share_the_work_and_lose_nothing(

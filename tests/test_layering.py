@@ -24,17 +24,18 @@ TOP_LEVEL = ("backend", "simulator", "haproxy")
 ALLOWED: dict[str, tuple[str, ...]] = {
     "backend.protocol": (),
     "backend.logs": (),
+    "backend.lifecycle": (),
     "backend.bus": ("backend.protocol", "backend.devstack.process"),  # exporter: http_get
-    "backend.shard": ("backend.protocol", "backend.bus", "backend.logs"),
+    "backend.shard": ("backend.protocol", "backend.bus", "backend.logs", "backend.lifecycle"),
     "backend.client": ("backend.protocol",),
-    "backend.operator": ("backend.protocol", "backend.bus", "backend.logs"),
+    "backend.operator": ("backend.protocol", "backend.bus", "backend.logs", "backend.lifecycle"),
     "backend.devstack": (
-        "backend.protocol", "backend.bus", "backend.logs", "backend.shard", "backend.operator",
-        "backend.client", "haproxy",
+        "backend.protocol", "backend.bus", "backend.logs", "backend.lifecycle", "backend.shard",
+        "backend.operator", "backend.client", "haproxy",
     ),
     "backend.tools": (
-        "backend.protocol", "backend.bus", "backend.logs", "backend.shard", "backend.devstack",
-        "haproxy",
+        "backend.protocol", "backend.bus", "backend.logs", "backend.lifecycle", "backend.shard",
+        "backend.devstack", "haproxy",
     ),
     "backend.cli": ("backend",),
     "backend": (),  # the package's own __init__

@@ -12,11 +12,22 @@ from typing import Any
 import aiohttp
 import pytest
 from nats.aio.client import Client as NATS
+from prometheus_client import CollectorRegistry
 
 from backend.bus import subjects
+from backend.bus.routing import DeviceRouter
 from backend.devstack.testdevice import TestDevice, UpdateHandler
 from backend.operator.api import OperatorApi
-from backend.operator.rollouts import FAILURE, OFFERED, PENDING, SUCCESS, Rollout, Target
+from backend.operator.config import FleetConfig
+from backend.operator.rollouts import (
+    FAILURE,
+    OFFERED,
+    PENDING,
+    SUCCESS,
+    Rollout,
+    Rollouts,
+    Target,
+)
 from backend.protocol import messages
 from backend.protocol import session as ps
 from backend.shard import Shard
@@ -312,6 +323,18 @@ async def test_the_driver_ticks_without_leaving_consumers_behind(
         installs.gate.set()
         for device in devices:
             await device.close()
+
+
+async def test_the_driver_runs_inside_async_with_and_is_stopped_after(
+    fleet_config: FleetConfig, nc: NATS
+) -> None:
+    js = nc.jetstream()
+    router = DeviceRouter(nc, await subjects.ensure_streams(js))
+    devices = await subjects.ensure_devices_bucket(js)
+    async with Rollouts(fleet_config, nc, router, devices, CollectorRegistry()) as driver:
+        assert await driver.all() == []
+    assert driver._tasks
+    assert all(task.done() for task in driver._tasks)
 
 
 async def test_a_restarted_api_carries_the_rollout_on(

@@ -1,5 +1,5 @@
-"""The ``fleet`` command: the root group (``root``) with one module per command group under
-it. Every option can also be set as ``FLEET_<COMMAND>_<OPTION>``."""
+"""The ``fleet`` command: the root group (``root``) and, under it, the commands of one module
+per command group. Every option can also be set as ``FLEET_<COMMAND>_<OPTION>``."""
 
 from __future__ import annotations
 

@@ -3,4 +3,5 @@ and the tests start it."""
 
 from backend.cli import main
 
-main()
+if __name__ == "__main__":  # not when a tool walks the package and imports every module
+    main()

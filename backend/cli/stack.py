@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from typing import Any
 
 import click
 
-from backend.cli.root import json_option
+from backend.cli.root import config_option, json_option
 from backend.devstack import process, stackctl
 from backend.devstack.stack import StackConfig, count_or_auto
 
@@ -75,11 +76,14 @@ class CountOrAuto(click.ParamType[int | None]):
             self.fail(str(exc), param, ctx)
 
 
+stack_option = functools.partial(config_option, StackConfig)
+
+
 @click.command()
-@click.option(
-    "--connections", default=0,
-    help="Device connections to hold at once: sizes auto counts, refuses too few.",
-)  # fmt: skip
+@stack_option(
+    "connections", "Device connections to hold at once: sizes auto counts, refuses too few."
+)
+# The process counts default to "auto", not to StackConfig's: sized for --connections.
 @click.option(
     "--shards", type=CountOrAuto(), default="auto",
     help="Shard processes; auto: enough for --connections, at least 2.",
@@ -88,13 +92,15 @@ class CountOrAuto(click.ParamType[int | None]):
     "--haproxies", type=CountOrAuto(), default="auto",
     help="HAProxy processes on the public port (0: none); auto: enough for --connections.",
 )  # fmt: skip
-@click.option(
-    "--nats-nodes", default=1,
-    help="NATS servers: 1, or 3 for a cluster (streams and KV buckets then keep 3 copies).",
-)  # fmt: skip
-@click.option("--tls", is_flag=True, help="TLS on the public port, with a local CA.")
-@click.option("--port", default=0, help="The public port (0: a free one).")
-@click.option("--observe", is_flag=True, help="Also run Prometheus scraping every part.")
+@stack_option(
+    "nats_nodes",
+    "NATS servers: 1, or 3 for a cluster (streams and KV buckets then keep 3 copies).",
+)
+@stack_option("tls", "TLS on the public port, with a local CA.")
+@stack_option("public_port", "The public port (0: a free one).", "--port")
+@stack_option("observe", "Also run Prometheus scraping every part.")
+# Prometheus' usual port, where a person looks for it; StackConfig's 0 (a free port) is for
+# stacks that tests and scenarios embed.
 @click.option("--prometheus-port", default=9090, help="Prometheus' port with --observe.")
 @click.option(
     "--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,

@@ -3,6 +3,7 @@ CI gate)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import click
 
 from backend.bus.auth import issue_device_token
-from backend.cli.root import json_option
+from backend.cli.root import build_config, config_option, existing_file, json_option
 from backend.tools import capacity as capacity_model
 from backend.tools.check import check_run
 
@@ -28,33 +29,32 @@ def token(device_id: str, jwt_secret: str, ttl: float) -> None:
         raise click.BadParameter(str(exc), param_hint="DEVICE_ID") from None
 
 
+assumption_option = functools.partial(config_option, capacity_model.Assumptions)
+
+
 @click.command()
-@click.option("--devices", type=click.IntRange(min=1), required=True, help="Fleet size.")
+@assumption_option("devices", "Fleet size.", type=click.IntRange(min=1), required=True)
 @click.option(
     "--from", "source", type=click.Path(exists=True, path_type=Path), default=None,
     help="A bench/hold.py run directory or its hold.json [default: the committed proof run].",
 )  # fmt: skip
-@click.option("--utilisation", default=0.6, help="Share of each process's limits to plan for.")
-@click.option("--host-cores", default=16, help="Cores per host.")
-@click.option("--host-memory-gib", default=64, help="Memory per host (GiB).")
-@click.option("--nats-cores-per-node", default=4, help="Cores per NATS node.")
-@click.option(
-    "--open-files", default=0, help="Open files per process on the hosts [default: this one's]."
-)
+@assumption_option("utilisation", "Share of each process's limits to plan for.")
+@assumption_option("host_cores", "Cores per host.")
+@assumption_option("host_memory_gib", "Memory per host (GiB).")
+@assumption_option("nats_cores_per_node", "Cores per NATS node.")
+@assumption_option("open_files", "Open files per process on the hosts [default: this one's].")
 @click.option(
     "--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help="Write hosts vs fleet size (10k to 10x --devices) as SVG here.",
 )  # fmt: skip
 @json_option
-def capacity(
-    devices: int, source: Path | None, plot: Path | None, as_json: bool, **sizes: Any
-) -> None:
+def capacity(source: Path | None, plot: Path | None, as_json: bool, **assumed: Any) -> None:
     """Size shards, HAProxy, NATS and load generators for DEVICES from measured costs."""
     if source is not None and source.is_dir():
         source = source / "hold.json"
     try:
         costs, run = capacity_model.load_costs(source or capacity_model.MEASURED)
-        assumptions = capacity_model.Assumptions(devices, **sizes)
+        assumptions = build_config(capacity_model.Assumptions, assumed)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     plans = capacity_model.plan(costs, assumptions)
@@ -70,7 +70,7 @@ def capacity(
 
 @click.command("check")
 @click.option(
-    "--baseline", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+    "--baseline", type=existing_file, required=True,
     help="JSON file of metric bounds, e.g. scenarios/baselines/ci.json.",
 )  # fmt: skip
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))

@@ -20,6 +20,7 @@ from typing import assert_never
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from backend.lifecycle import Service
 from backend.protocol import envelope, messages
 from backend.protocol import session as ps
 from backend.protocol.http import DEVICE_PATH
@@ -43,7 +44,7 @@ def echo_command(command: str) -> tuple[int, bytes]:
     return 127, f"sh: {name}: not found\n".encode()
 
 
-class TestDevice:
+class TestDevice(Service):
     __test__ = False  # not a pytest test class
 
     def __init__(
@@ -87,6 +88,12 @@ class TestDevice:
         self.session.resend_unacked()
         await self._flush()
         self._reader = asyncio.create_task(self._read())
+
+    async def start(self) -> None:
+        await self.connect()
+
+    async def stop(self) -> None:
+        await self.close()
 
     async def close(self) -> None:
         if self._ws is not None:

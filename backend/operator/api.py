@@ -39,6 +39,7 @@ from prometheus_client import (
 from backend.bus import natsauth, presence, subjects
 from backend.bus.auth import BEARER, DEVICE_ID
 from backend.bus.routing import DeviceRouter
+from backend.lifecycle import Service
 from backend.operator import fleetstate, rollouts
 from backend.operator.config import FleetConfig
 from backend.operator.errors import (
@@ -250,7 +251,7 @@ class ApiMetrics:
 # --- the service ---------------------------------------------------------------------------------
 
 
-class OperatorApi:
+class OperatorApi(Service):
     """``start()`` connects NATS (and a fleet state instance if configured) and listens."""
 
     def __init__(self, config: FleetConfig) -> None:

@@ -43,6 +43,7 @@ from prometheus_client.registry import Collector
 
 from backend.bus import natsauth, presence, subjects
 from backend.bus.auth import DEVICE_ID
+from backend.lifecycle import Service
 from backend.operator.config import FleetConfig
 from backend.operator.errors import InvalidEvent, StateConflict
 from backend.protocol.errors import FleetError
@@ -267,7 +268,7 @@ class StateMetrics:
 # --- the service ----------------------------------------------------------------------------------
 
 
-class FleetState:
+class FleetState(Service):
     """``start()`` binds the consumers and runs them; ``stop()`` finishes the batches in hand."""
 
     def __init__(self, config: FleetConfig) -> None:

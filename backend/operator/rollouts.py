@@ -47,6 +47,7 @@ from prometheus_client import CollectorRegistry, Counter
 from backend.bus import presence, subjects
 from backend.bus.auth import DEVICE_ID
 from backend.bus.routing import DeviceRouter
+from backend.lifecycle import Service
 from backend.operator import fleetstate
 from backend.operator.config import FleetConfig
 from backend.operator.errors import InvalidRollout, RolloutConflict, RolloutError, UnknownRollout
@@ -320,7 +321,7 @@ class RolloutMetrics:
 # --- the service -------------------------------------------------------------------------------
 
 
-class Rollouts:
+class Rollouts(Service):
     """``start()`` binds the progress consumer and runs the driver; ``stop()`` ends both."""
 
     def __init__(

@@ -16,8 +16,7 @@ import time
 import uuid
 from collections.abc import Coroutine
 from functools import partial
-from types import TracebackType
-from typing import Any, Self, assert_never
+from typing import Any, assert_never
 
 import nats
 from nats.aio.client import Client as NATS
@@ -29,6 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from backend.bus import presence, routing, subjects
 from backend.bus.auth import TokenVerifier
 from backend.bus.natsauth import SHARD, connect_options
+from backend.lifecycle import Service
 from backend.logs import Throttled
 from backend.protocol import channel as ch
 from backend.protocol import closecodes, envelope, http, messages
@@ -62,7 +62,7 @@ HEADER_OVERHEAD = 16
 ALERT_ACK_TIMEOUT = 10.0
 
 
-class Shard:
+class Shard(Service):
     def __init__(self, config: ShardConfig) -> None:
         self.config = config
         self.id = config.shard_id
@@ -92,18 +92,6 @@ class Shard:
         self._no_devices.set()
 
     # --- lifecycle ---------------------------------------------------------------------------
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.drain()
 
     async def start(self) -> None:
         await self._connect_nats()
@@ -141,6 +129,9 @@ class Shard:
         if self.config.ready_file is not None:
             info = {"shard": self.id, "host": self.config.host, "port": self.port}
             self.config.ready_file.write_text(json.dumps(info))
+
+    async def stop(self) -> None:
+        await self.drain()
 
     async def drain(self) -> None:
         """Graceful shutdown: stop accepting, ask devices to come back later, then stop."""
