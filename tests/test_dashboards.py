@@ -1,6 +1,6 @@
 """The Grafana dashboards and provisioning files, structurally: what Grafana needs to load
 them as provisioned. That every query is valid PromQL and finds series on a running stack is
-tests/test_prometheus.py's part."""
+tests/devstack/test_prometheus.py's part."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import csv
 import json
 from pathlib import Path
 
-from tests.test_plugin import run_locust, summary_of
+from tests.simulator.test_plugin import run_locust, summary_of
 
 RECORD_FILES = (
     "summary.json", "verdicts.json", "timeline.json", "report.html", "locust.html",

@@ -2,7 +2,7 @@
 
 Every exception class of the project derives from ``FleetError``. The whole tree, each class
 in this module unless a module is named (a subtree's classes live where its root does);
-``tests/test_errors.py`` checks this drawing against the code:
+``tests/protocol/test_errors.py`` checks this drawing against the code:
 
 * FleetError
     * HandshakeError

@@ -10,7 +10,7 @@ Answers are strings: ``none``, ``pong`` (control pong), ``accept``, ``ws-pong``,
 ``error:<ProtoMsg error code>``, ``close:<WebSocket close code>``, several joined with ``+``
 (``summary``); HTTP cases expect statuses.
 
-No I/O here: the driver, ``bench/fuzz.py`` and ``tests/test_fuzz.py`` share it.
+No I/O here: the driver, ``bench/fuzz.py`` and ``tests/tools/test_fuzz.py`` share it.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ one. Meanwhile ``mute`` connections send big control pings without ever reading 
 pongs (the shard must push back or let go, not buffer), a ``TestDevice`` raises alerts that
 must keep being acked, and a monitor samples the shard's RSS and ``/healthz``.
 
-Used by ``bench/fuzz.py`` (a million cases) and ``tests/test_fuzz.py`` (the short run).
+Used by ``bench/fuzz.py`` (a million cases) and ``tests/tools/test_fuzz.py`` (the short run).
 """
 
 from __future__ import annotations

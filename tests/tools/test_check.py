@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from backend.cli import main
 from backend.tools.check import Row, compare, figure
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 SUMMARY: dict[str, Any] = {
     "gateways": {"connected": 0, "peak_connected": 2000, "connects": 3010},

@@ -4,8 +4,8 @@ costs no alert, the shards and their devices ride it out, and the node rejoins.
 The node killed is the hardest one to lose: it holds a shard's NATS connection (the shard must
 reconnect to a survivor) and leads the alert stream (the survivors must elect a new leader;
 until then publishes fail, the shard leaves those alerts unacked and the gateways resend
-them). Gateways run on gevent as in tests/test_gateway.py; nats-py, which wants asyncio, runs
-in a thread beside them.
+them). Gateways run on gevent as in tests/simulator/test_gateway.py; nats-py, which wants
+asyncio, runs in a thread beside them.
 """
 
 from __future__ import annotations

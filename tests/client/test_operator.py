@@ -31,7 +31,7 @@ from backend.protocol import messages
 from tests.fleet_support import OPERATOR_TOKEN, ApiFactory, base, connected, until
 from tests.support import ShardFactory
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def client(api: OperatorApi, token: str = OPERATOR_TOKEN) -> OperatorClient:

@@ -13,7 +13,7 @@ import pytest
 
 from simulator.fleet import AUTO_SOURCES, parse_targets, source_addresses
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LOOPBACK = parse_targets("ws://127.0.0.1:8001,ws://localhost:8002")
 
 

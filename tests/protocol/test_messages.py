@@ -13,7 +13,7 @@ from backend.protocol import envelope as env
 from backend.protocol import messages as m
 from backend.protocol.errors import MalformedMessage
 
-VECTORS_FILE = Path(__file__).parent / "data" / "mender_protomsg_vectors.json"
+VECTORS_FILE = Path(__file__).parents[1] / "data" / "mender_protomsg_vectors.json"
 VECTORS = {v["name"]: bytes.fromhex(v["msgpack_hex"]) for v in json.loads(VECTORS_FILE.read_text())}
 
 BODIES: list[m.Body] = [

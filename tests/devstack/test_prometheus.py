@@ -32,7 +32,7 @@ from tests.natsauth_support import connect_as
 from tests.observe_support import DASHBOARDS, dashboards, panel_queries, promtool_check, spawned
 
 STAGING_EXAMPLE = DASHBOARDS / "prometheus-staging.yml"
-SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "mixed_fleet.py"
+SCENARIO = Path(__file__).resolve().parents[2] / "scenarios" / "mixed_fleet.py"
 GATEWAYS = 20
 # Every gateway's link drops every 5 s on average: drops, reconnects and resent alerts.
 CHOPPY_LINK = '[choppy]\nbase = "wired"\ndrops_per_hour = 720.0\n'

@@ -16,8 +16,8 @@ import pytest
 from backend.protocol import envelope as env
 from backend.shard import Shard
 from backend.shard.connection import ERROR_WINDOW, MAX_ERRORS, MAX_WRITE_BUFFER
+from tests.shard.test_server import connected, eventually, metric, still_serves
 from tests.support import ShardFactory, close_code, device_token, frames, raw_device
-from tests.test_shard_server import connected, eventually, metric, still_serves
 
 
 def shard_device(shard: Shard, device_id: str, receive_buffer: int | None = None) -> socket.socket:
@@ -111,7 +111,7 @@ async def test_an_oversize_message_gets_1009_every_time(
     start_shard: ShardFactory, sockets: list[socket.socket]
 ) -> None:
     """The device is still sending when the shard fails the connection (through HAProxy,
-    tests/test_stack_haproxy.py, a reset used to come instead)."""
+    tests/devstack/test_stack_haproxy.py, a reset used to come instead)."""
     async with start_shard(max_message_size=65536) as shard:
         codes = []
         for attempt in range(10):

@@ -16,7 +16,7 @@ from backend.protocol import messages as m
 from backend.protocol.envelope import ProtoMsg, decode, encode
 from backend.protocol.errors import MalformedMessage, MessageTooBig
 
-VECTORS_FILE = Path(__file__).parent / "data" / "mender_protomsg_vectors.json"
+VECTORS_FILE = Path(__file__).parents[1] / "data" / "mender_protomsg_vectors.json"
 VECTORS: dict[str, bytes] = {
     v["name"]: bytes.fromhex(v["msgpack_hex"]) for v in json.loads(VECTORS_FILE.read_text())
 }
@@ -341,7 +341,7 @@ def test_peek_header_reads_the_vectors(name: str) -> None:
 
 # --- the byte examples in docs/protocol.md ---------------------------------------------------
 
-DOC = Path(__file__).parents[1] / "docs" / "protocol.md"
+DOC = Path(__file__).parents[2] / "docs" / "protocol.md"
 BODY_CLASSES: dict[tuple[int, str], Any] = {
     (cls.PROTO, cls.TYP): cls
     for cls in (

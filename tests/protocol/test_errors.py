@@ -21,7 +21,7 @@ import pytest
 
 from backend.protocol import errors
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # The simulator first: Locust patches with gevent on import, best before the rest is loaded.
 PACKAGES = ("simulator", "backend", "haproxy")
 DRAWN_LINE = re.compile(r"(?P<indent> *)\* (?P<name>\w+)(?: \((?P<module>[\w.]+)\))?")

@@ -17,7 +17,7 @@ from typing import Any
 from backend.devstack.process import free_ports, spawn, stop, tail
 from backend.devstack.stack import metric_sum
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MIXED_FLEET = "scenarios/mixed_fleet.py"
 
 
