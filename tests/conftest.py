@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import nats
@@ -19,8 +18,22 @@ from backend.operator.api import OperatorApi
 from backend.operator.config import FleetConfig
 from backend.operator.fleetstate import FleetState
 from backend.shard import Shard, ShardConfig
-from tests.fleet_support import OPERATOR_TOKENS, ApiFactory, FleetStateFactory
+from tests.operator.support import OPERATOR_TOKENS, ApiFactory, FleetStateFactory
 from tests.support import JWT_SECRET, ShardFactory
+
+C = TypeVar("C")
+S = TypeVar("S")
+
+
+# Fixtures that start real servers; a test using one (or one built on it) is an integration
+# test. Tests that start servers themselves are marked in their modules.
+PROCESS_FIXTURES = frozenset({"nats_server", "nats_cluster"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
@@ -55,23 +68,23 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
     await client.close()
 
 
+def service_factory(service: Callable[[C], S], config: C) -> Callable[..., S]:
+    """The one way tests make a service: ``async with start(**overrides) as it:`` runs
+    ``service`` on ``config`` with ``overrides`` replaced, started and always stopped."""
+
+    def start(**overrides: Any) -> S:
+        return service(dataclasses.replace(config, **overrides))
+
+    return start
+
+
 @pytest.fixture
 def start_shard(nats_server: NatsServer) -> ShardFactory:
     """``async with start_shard(shard_id="a", ping_interval=1) as shard:`` on a free port."""
-
-    @contextlib.asynccontextmanager
-    async def start(**overrides: Any) -> AsyncIterator[Shard]:
-        config = ShardConfig(
-            port=0, nats_urls=(nats_server.url,), jwt_secret=JWT_SECRET, drain_timeout=5.0
-        )
-        shard = Shard(dataclasses.replace(config, **overrides))
-        await shard.start()
-        try:
-            yield shard
-        finally:
-            await shard.drain()
-
-    return start
+    config = ShardConfig(
+        port=0, nats_urls=(nats_server.url,), jwt_secret=JWT_SECRET, drain_timeout=5.0
+    )
+    return service_factory(Shard, config)
 
 
 @pytest.fixture
@@ -88,31 +101,11 @@ def fleet_config(nats_server: NatsServer) -> FleetConfig:
 
 @pytest.fixture
 def start_fleet_state(fleet_config: FleetConfig) -> FleetStateFactory:
-    """``async with start_fleet_state() as state:`` a fleet state instance, stopped after."""
-
-    @contextlib.asynccontextmanager
-    async def start(**overrides: Any) -> AsyncIterator[FleetState]:
-        service = FleetState(dataclasses.replace(fleet_config, **overrides))
-        await service.start()
-        try:
-            yield service
-        finally:
-            await service.stop()
-
-    return start
+    """``async with start_fleet_state() as state:`` a fleet state instance."""
+    return service_factory(FleetState, fleet_config)
 
 
 @pytest.fixture
 def start_api(fleet_config: FleetConfig) -> ApiFactory:
     """``async with start_api() as api:`` the operator API (with a fleet state) on a free port."""
-
-    @contextlib.asynccontextmanager
-    async def start(**overrides: Any) -> AsyncIterator[OperatorApi]:
-        api = OperatorApi(dataclasses.replace(fleet_config, **overrides))
-        await api.start()
-        try:
-            yield api
-        finally:
-            await api.stop()
-
-    return start
+    return service_factory(OperatorApi, fleet_config)

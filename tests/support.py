@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import gevent
 
@@ -25,6 +26,7 @@ from simulator.gateway import VirtualGateway
 
 JWT_SECRET = "test-secret-not-for-production-0123456789"
 
+T = TypeVar("T")
 ShardFactory = Callable[..., contextlib.AbstractAsyncContextManager[Shard]]
 
 
@@ -139,9 +141,29 @@ def running(fleet: Fleet, count: int) -> Iterator[list[VirtualGateway]]:
         gevent.killall(greenlets, timeout=10)
 
 
+# --- waiting for a condition: one deadline loop for gevent (or plain threads), one for asyncio
+
+
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Let the gateways run until ``condition`` holds; fail after ``timeout`` seconds."""
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds. gevent's sleep lets
+    gateways run meanwhile; outside greenlets it just sleeps."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"{what}: not reached within {timeout:.0f}s"
         gevent.sleep(0.1)
+
+
+async def until(probe: Callable[[], Awaitable[T | None]], timeout: float = 10.0) -> T:
+    """Poll ``probe`` until it returns something other than None (or fail at the deadline)."""
+    deadline = time.monotonic() + timeout
+    while (found := await probe()) is None:
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+    return found
+
+
+async def until_true(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    async def probe() -> bool | None:
+        return True if condition() else None
+
+    await until(probe, timeout)

@@ -204,6 +204,7 @@ def test_each_kustomization_deploys_every_manifest_beside_it(directory: Path) ->
         assert all((directory / name).is_file() for name in generator["files"])
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="no kubectl (kustomize is built in)")
 @pytest.mark.parametrize("directory", [K8S, LOADGEN], ids=["backend", "loadgen"])
 def test_kustomize_builds_valid_manifests_with_the_files_as_config_maps(directory: Path) -> None:
@@ -225,6 +226,7 @@ def test_kustomize_builds_valid_manifests_with_the_files_as_config_maps(director
     assert used <= set(config_maps)
 
 
+@pytest.mark.integration
 def test_the_compose_file_matches_the_compose_specification() -> None:
     validator = Path(sys.executable).with_name("check-jsonschema")
     argv = [str(validator), "--builtin-schema", "vendor.compose-spec", "compose.yaml"]
@@ -335,6 +337,7 @@ for argv in json.loads(sys.argv[1]):
 """
 
 
+@pytest.mark.integration
 def test_locust_arguments_are_options_of_locust_with_the_scenarios(tmp_path: Path) -> None:
     argvs = [argv[1:] for _where, argv, _env in processes() if argv[:1] == ["locust"]]
     assert len(argvs) == 4
@@ -545,6 +548,7 @@ def test_the_stats_port_asks_for_the_stats_user_but_not_on_the_probes_path() -> 
     assert env(found) == {auth.password_variable: secret}
 
 
+@pytest.mark.integration
 def test_the_staging_stats_port_lets_only_the_stats_user_in_but_anyone_probe(
     tmp_path: Path,
 ) -> None:
@@ -686,6 +690,7 @@ def test_each_component_has_its_own_roles_credentials_and_nats_knows_every_one()
         assert SERVICES[f"nats-{index}"]["env_file"] == ["./secrets/nats-nkeys.env"]
 
 
+@pytest.mark.integration
 def test_the_nats_nodes_route_to_every_pod_and_mount_what_the_config_names() -> None:
     nats = named("StatefulSet", "nats")
     found = container("nats", "nats")

@@ -7,7 +7,11 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.simulator.test_plugin import run_locust, summary_of
+
+pytestmark = pytest.mark.integration  # every test here runs real servers
 
 RECORD_FILES = (
     "summary.json", "verdicts.json", "timeline.json", "report.html", "locust.html",

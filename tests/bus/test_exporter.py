@@ -7,6 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+import pytest
 from nats.aio.client import Client as NATS
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -15,6 +16,8 @@ from backend.devstack.natsserver import NatsServer
 from backend.devstack.process import free_ports
 from backend.devstack.stack import fetch_metrics, metric_sum
 from tests.observe_support import spawned
+
+pytestmark = pytest.mark.integration  # every test here runs real servers
 
 
 def scrape(monitor_url: str) -> str:

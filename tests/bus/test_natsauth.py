@@ -18,6 +18,8 @@ from backend.devstack.natsserver import NatsServer, check_config
 from haproxy.tls import make_local_pki
 from tests.natsauth_support import Seeds, connect_as, refusals, secured_server
 
+pytestmark = pytest.mark.integration  # every test here runs real servers
+
 
 @pytest.fixture
 def credentials(tmp_path: Path) -> dict[str, Credentials]:

@@ -159,6 +159,7 @@ def api_url(tmp_path: Path) -> Iterator[str]:
             process.stop(api)
 
 
+@pytest.mark.integration
 def test_devices_and_cmd_reach_the_api(api_url: str) -> None:
     env = {"FLEET_API_URL": api_url, "FLEET_API_TOKEN": OPERATOR_TOKEN}
     listed = CliRunner().invoke(main, ["devices", "--json"], env=env)

@@ -9,7 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from backend.devstack import process
+
+pytestmark = pytest.mark.integration  # every test here runs real servers
 
 FLEET = [sys.executable, "-m", "backend.cli"]
 

@@ -28,8 +28,8 @@ from backend.client.operator import (
 )
 from backend.operator.api import OperatorApi
 from backend.protocol import messages
-from tests.fleet_support import OPERATOR_TOKEN, ApiFactory, base, connected, until
-from tests.support import ShardFactory
+from tests.operator.support import OPERATOR_TOKEN, ApiFactory, base, connected
+from tests.support import ShardFactory, until
 
 ROOT = Path(__file__).resolve().parents[2]
 

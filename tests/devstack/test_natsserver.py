@@ -27,6 +27,8 @@ from backend.devstack.natsserver import (
 )
 from backend.devstack.process import ConfigCheckFailed
 
+pytestmark = pytest.mark.integration  # every test here runs real servers
+
 DEPLOYED = NodeConfig(
     server_name="nats-0",
     store_dir=Path("/var/lib/nats"),

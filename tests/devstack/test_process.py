@@ -11,6 +11,8 @@ import pytest
 
 from backend.devstack import process
 
+pytestmark = pytest.mark.integration  # every test here runs real servers
+
 
 def test_rss_and_cpu_of_a_running_process() -> None:
     # This test process holds at least its interpreter in memory and has run some code.

@@ -31,6 +31,8 @@ from backend.protocol.http import DEVICE_PATH
 from tests.natsauth_support import connect_as
 from tests.observe_support import DASHBOARDS, dashboards, panel_queries, promtool_check, spawned
 
+pytestmark = pytest.mark.integration  # every test here runs real servers
+
 STAGING_EXAMPLE = DASHBOARDS / "prometheus-staging.yml"
 SCENARIO = Path(__file__).resolve().parents[2] / "scenarios" / "mixed_fleet.py"
 GATEWAYS = 20

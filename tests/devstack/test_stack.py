@@ -23,6 +23,8 @@ from haproxy.config import max_maxconn
 from tests.natsauth_support import only_the_api_commands_devices, violations
 from tests.support import wait_until
 
+pytestmark = pytest.mark.integration  # every test here runs real servers
+
 
 def connect_device(stack: LocalStack, url: str, device_id: str) -> ClientConnection:
     headers = {"Authorization": f"Bearer {stack.token(device_id)}"}

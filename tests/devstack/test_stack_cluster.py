@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pytest
 from nats.js.api import StreamInfo
 
 from backend.bus import subjects
@@ -31,6 +32,8 @@ from simulator.fleet import Fleet, parse_targets
 from simulator.network import PROFILES, NetworkMix
 from tests.natsauth_support import connect_as, only_the_api_commands_devices
 from tests.support import running, wait_until
+
+pytestmark = pytest.mark.integration  # every test here runs real servers
 
 GATEWAYS = 20
 BEHAVIOUR = Behaviour(

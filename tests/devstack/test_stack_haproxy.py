@@ -39,6 +39,8 @@ from tests.support import (
     wait_until,
 )
 
+pytestmark = pytest.mark.integration  # every test here runs real servers
+
 DEVICES = 60  # enough that the kernel's SO_REUSEPORT hash gives both HAProxies some
 
 

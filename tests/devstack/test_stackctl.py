@@ -6,15 +6,18 @@ import json
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from websockets.sync.client import connect
 
 from backend.bus.auth import issue_device_token
 from backend.devstack import process
 from backend.protocol.http import DEVICE_PATH
+from tests.support import wait_until
+
+pytestmark = pytest.mark.integration  # every test here runs real servers
 
 FLEET = [sys.executable, "-m", "backend.cli"]
 
@@ -31,11 +34,8 @@ def status(run_dir: Path) -> dict[str, Any]:
 
 
 def wait_for_stack(up: subprocess.Popen[str], run_dir: Path) -> None:
-    deadline = time.monotonic() + 60
-    while not (run_dir / "stack.json").exists():
-        assert up.poll() is None, up.communicate()
-        assert time.monotonic() < deadline, "the stack did not start"
-        time.sleep(0.2)
+    wait_until(lambda: (run_dir / "stack.json").exists() or up.poll() is not None, 60, "the stack")
+    assert up.poll() is None, up.communicate()
 
 
 def test_up_status_down(tmp_path: Path) -> None:

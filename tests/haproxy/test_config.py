@@ -34,6 +34,8 @@ from haproxy.config import (
 from haproxy.tls import make_local_pki
 from tests.support import make_config, running_haproxy, tls_client_context, wait_until
 
+pytestmark = pytest.mark.integration  # every test here runs real servers
+
 
 def sources(count: int) -> list[str]:
     return [f"127.0.0.{i}" for i in range(1, count + 1)]

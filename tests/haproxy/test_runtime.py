@@ -13,6 +13,8 @@ from haproxy import runtime
 from haproxy.config import HaproxyConfig
 from tests.support import make_config, running_haproxy
 
+pytestmark = pytest.mark.integration  # every test here runs real servers
+
 SOURCES = ["127.0.0.2", "127.0.0.3"]
 
 

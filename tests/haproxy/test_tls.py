@@ -14,6 +14,8 @@ import pytest
 
 from haproxy.tls import LocalPki, make_local_pki
 
+pytestmark = pytest.mark.integration  # every test here runs real servers
+
 
 @contextlib.contextmanager
 def tls_server(pem: Path) -> Iterator[int]:

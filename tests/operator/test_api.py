@@ -17,8 +17,8 @@ from backend.operator.config import FleetConfig
 from backend.protocol import messages
 from backend.protocol import session as ps
 from backend.shard import Shard
-from tests.fleet_support import AUTH, ApiFactory, base, call, connected, until
-from tests.support import ShardFactory
+from tests.operator.support import AUTH, ApiFactory, base, call, connected
+from tests.support import ShardFactory, until
 
 
 async def command(

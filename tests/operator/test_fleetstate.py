@@ -13,8 +13,8 @@ from backend.operator import fleetstate
 from backend.operator.config import FleetConfig
 from backend.operator.fleetstate import DeviceState, FleetState, StateMetrics
 from backend.protocol import messages
-from tests.fleet_support import FleetStateFactory, connected, state_when, until_true
-from tests.support import ShardFactory
+from tests.operator.support import FleetStateFactory, connected, state_when
+from tests.support import ShardFactory, until_true
 
 
 def raised(alert_id: str, code: str = "disk_full") -> messages.Alert:

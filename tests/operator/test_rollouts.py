@@ -31,8 +31,8 @@ from backend.operator.rollouts import (
 from backend.protocol import messages
 from backend.protocol import session as ps
 from backend.shard import Shard
-from tests.fleet_support import ApiFactory, base, call, connected, until, until_true
-from tests.support import ShardFactory
+from tests.operator.support import ApiFactory, base, call, connected
+from tests.support import ShardFactory, until, until_true
 
 CHECKSUM = "9f" * 32
 NO_SPACE = "not enough space on /data"

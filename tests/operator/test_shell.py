@@ -14,8 +14,8 @@ from backend.operator import shell
 from backend.operator.api import OperatorApi
 from backend.protocol import envelope as env
 from backend.protocol import session as ps
-from tests.fleet_support import AUTH, ApiFactory, connected, until, until_true
-from tests.support import ShardFactory
+from tests.operator.support import AUTH, ApiFactory, connected
+from tests.support import ShardFactory, until, until_true
 
 Socket = aiohttp.ClientWebSocketResponse
 UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",

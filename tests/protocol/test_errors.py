@@ -103,17 +103,20 @@ def drawn_tree(doc: str) -> dict[str, Drawn]:
     return tree
 
 
+@pytest.mark.integration
 def test_every_exception_derives_from_the_root(defined: list[Defined]) -> None:
     assert len(defined) > 40  # the collection did find the tree
     strays = [f"{found.module}.{found.name}" for found in defined if not found.fleet_error]
     assert strays == []
 
 
+@pytest.mark.integration
 def test_no_two_exceptions_share_a_name(defined: list[Defined]) -> None:
     counts = Counter(found.name for found in defined)
     assert [name for name, count in counts.items() if count > 1] == []
 
 
+@pytest.mark.integration
 def test_the_root_docstring_draws_the_whole_tree(defined: list[Defined]) -> None:
     assert errors.__doc__ is not None
     tree = drawn_tree(errors.__doc__)

@@ -16,8 +16,15 @@ import pytest
 from backend.protocol import envelope as env
 from backend.shard import Shard
 from backend.shard.connection import ERROR_WINDOW, MAX_ERRORS, MAX_WRITE_BUFFER
-from tests.shard.test_server import connected, eventually, metric, still_serves
-from tests.support import ShardFactory, close_code, device_token, frames, raw_device
+from tests.shard.test_server import connected, metric, still_serves
+from tests.support import (
+    ShardFactory,
+    close_code,
+    device_token,
+    frames,
+    raw_device,
+    until_true,
+)
 
 
 def shard_device(shard: Shard, device_id: str, receive_buffer: int | None = None) -> socket.socket:
@@ -79,7 +86,7 @@ async def test_a_device_that_keeps_sending_garbage_is_closed_with_1008(
         errors = metric(shard, "fleet_shard_protocol_errors_total", reason="malformed")
         assert errors == MAX_ERRORS + 1  # what came after the close frame went unanswered
         sock.close()
-        await eventually(
+        await until_true(
             lambda: metric(shard, "fleet_shard_disconnects_total", reason="too_many_errors") == 1
         )
 
@@ -90,7 +97,7 @@ async def test_a_few_errors_spread_out_are_forgiven(
     async with start_shard() as shard:
         sockets.append(sock := await asyncio.to_thread(shard_device, shard, "gw-clumsy"))
         await asyncio.to_thread(sock.sendall, frames(*[b"\xc1"] * MAX_ERRORS))
-        await eventually(
+        await until_true(
             lambda: (
                 metric(shard, "fleet_shard_protocol_errors_total", reason="malformed") == MAX_ERRORS
             )
@@ -98,7 +105,7 @@ async def test_a_few_errors_spread_out_are_forgiven(
         (conn,) = shard.devices.values()
         conn.errors_since -= ERROR_WINDOW + 1  # as if the errors were a window ago
         await asyncio.to_thread(sock.sendall, frames(b"\xc1"))
-        await eventually(
+        await until_true(
             lambda: (
                 metric(shard, "fleet_shard_protocol_errors_total", reason="malformed")
                 == MAX_ERRORS + 1

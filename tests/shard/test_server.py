@@ -20,7 +20,7 @@ from backend.protocol import session as ps
 from backend.protocol.errors import DeviceOffline, DeviceTimeout
 from backend.protocol.http import DEVICE_PATH
 from backend.shard import Shard, ShardConfig
-from tests.support import ShardFactory, device_token
+from tests.support import ShardFactory, device_token, until_true
 
 
 def url(shard: Shard) -> str:
@@ -41,7 +41,7 @@ async def connected(device_id: str, shard: Shard) -> TestDevice:
 
 async def registered(shard: Shard, device_id: str) -> None:
     """Wait until the shard has recorded the device's presence in the KV."""
-    await eventually(lambda: shard.devices[device_id].registration is not None)
+    await until_true(lambda: shard.devices[device_id].registration is not None)
 
 
 @pytest.fixture
@@ -57,13 +57,6 @@ async def stored_alerts(nc: NATS) -> list[tuple[str, bytes]]:
         msg = await js.get_msg(subjects.ALERTS_STREAM, seq)
         found.append((msg.subject, msg.data))
     return found
-
-
-async def eventually(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 def raw_exchange(port: int, request: bytes) -> bytes:
@@ -176,7 +169,7 @@ async def test_server_opens_handshake_and_presence_is_recorded(
         assert now is not None
         assert (now.connected, now.shard) == (True, "shard-a")
         await device.close()
-        await eventually(lambda: "gw-1" not in shard.devices)
+        await until_true(lambda: "gw-1" not in shard.devices)
         await asyncio.sleep(0.2)
         after = await state()
         assert after is not None
@@ -269,7 +262,7 @@ async def test_keepalive_reaps_a_silent_connection(start_shard: ShardFactory) ->
         healthy = await connected("gw-ok", shard)
         silent = await connected("gw-silent", shard)
         silent._ws.transport.pause_reading()  # type: ignore[union-attr]  # blackholed: no pongs
-        await eventually(lambda: "gw-silent" not in shard.devices, timeout=8)
+        await until_true(lambda: "gw-silent" not in shard.devices, timeout=8)
         assert metric(shard, "fleet_shard_disconnects_total", reason="keepalive_timeout") == 1
         assert "gw-ok" in shard.devices  # it answered every ping
         assert metric(shard, "fleet_shard_ping_rtt_seconds_count") >= 1
@@ -315,7 +308,7 @@ async def test_a_slow_command_does_not_hold_up_others(
         )
         await slow.connect()
         fast = await connected("gw-fast", shard)
-        await eventually(lambda: all(c.registration for c in shard.devices.values()))
+        await until_true(lambda: all(c.registration for c in shard.devices.values()))
         hanging = asyncio.create_task(router.run_command("gw-slow", "sleep", timeout=3))
         await asyncio.sleep(0.1)
         started = time.monotonic()
@@ -512,7 +505,7 @@ async def test_a_shard_whose_nats_client_closes_for_good_reconnects(
         broken = shard.nc
         assert broken is not None
         await broken.close()
-        await eventually(lambda: shard.nc is not broken and shard.ready, timeout=10)
+        await until_true(lambda: shard.nc is not broken and shard.ready, timeout=10)
         await still_serves(shard, device, "a-1")
         await device.close()
 
@@ -527,7 +520,7 @@ async def test_a_publish_nats_refuses_leaves_the_shard_serving(start_shard: Shar
         payload, headers = b"x" * (shard.max_payload - 10), {"X-Pad": "p" * 100}
         await shard.nc.publish("fleet.test", payload, headers=headers)
         await asyncio.sleep(0.5)
-        await eventually(lambda: shard.ready, timeout=10)
+        await until_true(lambda: shard.ready, timeout=10)
         await still_serves(shard, device, "a-1")
         await device.close()
 

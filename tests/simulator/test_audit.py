@@ -16,6 +16,8 @@ from backend.protocol.messages import Alert
 from simulator.audit import audit_stream, count_alerts
 from tests.natsauth_support import connect_as, secured_server
 
+pytestmark = pytest.mark.integration  # every test here runs real servers
+
 RUN = "abc123"
 
 

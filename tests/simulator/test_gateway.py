@@ -38,6 +38,8 @@ from simulator.network import PROFILES, NetworkMix, NetworkProfile
 from tests.natsauth_support import connect_as
 from tests.support import running, wait_until
 
+pytestmark = pytest.mark.integration  # every test here runs real servers
+
 SERVER_KEEPALIVE_TIMEOUT = 3.0
 SERVER_KEEPALIVE = {"ping_interval": "1", "keepalive_timeout": str(SERVER_KEEPALIVE_TIMEOUT)}
 BEHAVIOUR = Behaviour(

@@ -17,6 +17,8 @@ from simulator.operator import REQUEST_TYPE, OperatorActivity
 from tests.simulator.test_gateway import NO_FAULTS, new_fleet, only
 from tests.support import running, wait_until
 
+pytestmark = pytest.mark.integration  # every test here runs real servers
+
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:

@@ -14,8 +14,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from backend.devstack.process import free_ports, spawn, stop, tail
 from backend.devstack.stack import metric_sum
+
+pytestmark = pytest.mark.integration  # every test here runs real servers
 
 REPO = Path(__file__).resolve().parents[2]
 MIXED_FLEET = "scenarios/mixed_fleet.py"

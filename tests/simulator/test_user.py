@@ -54,6 +54,7 @@ def test_a_range_of_non_addresses_is_refused() -> None:
         source_addresses("first-last", LOOPBACK)
 
 
+@pytest.mark.integration
 def test_a_backend_without_a_jwt_secret_is_refused(tmp_path: Path) -> None:
     env = {key: value for key, value in os.environ.items() if not key.startswith("LOCUST_")}
     result = subprocess.run(

@@ -107,6 +107,7 @@ def test_the_curve_grows_with_the_fleet(run_file: Path) -> None:
     assert svg.count("<polyline") == 3
 
 
+@pytest.mark.integration
 def test_fleet_capacity_prints_a_sizing_table(run_file: Path, tmp_path: Path) -> None:
     plot = tmp_path / "curve.svg"
     argv = [sys.executable, "-m", "backend.cli", "capacity", "--devices", "10000000",

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import uvloop
 
 from backend.devstack.stack import LocalStack, StackConfig
 from backend.tools.fuzzdevice import SHARD_OPTIONS, FuzzSettings, FuzzTarget, fuzz
+
+pytestmark = pytest.mark.integration  # every test here runs real servers
 
 SETTINGS = FuzzSettings(seed=20240611, count=50_000, connections=32, mute=1)
 

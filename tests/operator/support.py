@@ -1,12 +1,11 @@
-"""Helpers shared by the operator side's test modules (fleet state, API, operator client)."""
+"""Helpers shared by the operator side's tests (fleet state, API, shell, rollouts, client)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 from nats.js.kv import KeyValue
@@ -15,14 +14,13 @@ from backend.devstack.testdevice import CommandHandler, TestDevice, UpdateHandle
 from backend.operator.api import OperatorApi
 from backend.operator.fleetstate import DeviceState, FleetState, load
 from backend.shard import Shard
-from tests.support import device_token
+from tests.support import device_token, until, until_true
 
 FleetStateFactory = Callable[..., contextlib.AbstractAsyncContextManager[FleetState]]
 ApiFactory = Callable[..., contextlib.AbstractAsyncContextManager[OperatorApi]]
 OPERATOR_TOKEN = "operator-token-for-tests-0123456789"
 OPERATOR_TOKENS = {OPERATOR_TOKEN: "op-alice"}
 AUTH = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
-T = TypeVar("T")
 
 
 def base(api: OperatorApi) -> str:
@@ -36,22 +34,6 @@ async def call(
     kwargs.setdefault("headers", AUTH)
     async with http.request(method, url, **kwargs) as resp:
         return resp.status, await resp.json()
-
-
-async def until(probe: Callable[[], Awaitable[T | None]], timeout: float = 10.0) -> T:
-    """Poll ``probe`` until it returns something other than None (or fail at the deadline)."""
-    deadline = time.monotonic() + timeout
-    while (found := await probe()) is None:
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
-    return found
-
-
-async def until_true(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    async def probe() -> bool | None:
-        return True if condition() else None
-
-    await until(probe, timeout)
 
 
 async def connected(
