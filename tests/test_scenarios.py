@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.simulator.test_plugin import run_locust, summary_of
+from tests.simulator.support import run_locust, summary_of
 
 pytestmark = pytest.mark.integration  # every test here runs real servers
 

@@ -226,8 +226,10 @@ class WebSocketConnection:
         elif OP_CLOSE <= opcode <= OP_PONG:
             if not fin:
                 raise FrameError("fragmented control frame")
+            # RFC 6455 §5.5: 125 bytes at most, so always in the 7-bit length field; an
+            # extended length (126 or 127 here) is refused before it is read.
             if length > _MAX_CONTROL_PAYLOAD:
-                raise FrameError("control frame payload over 125 bytes")
+                raise FrameError("control frame with an extended length (over 125 bytes)")
         else:
             raise FrameError(f"unknown opcode {opcode:#x}")
 

@@ -16,7 +16,7 @@ import pytest
 from backend.protocol import envelope as env
 from backend.shard import Shard
 from backend.shard.connection import ERROR_WINDOW, MAX_ERRORS, MAX_WRITE_BUFFER
-from tests.shard.test_server import connected, metric, still_serves
+from tests.shard.support import connected, metric, still_serves
 from tests.support import (
     ShardFactory,
     close_code,

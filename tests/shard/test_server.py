@@ -20,23 +20,8 @@ from backend.protocol import session as ps
 from backend.protocol.errors import DeviceOffline, DeviceTimeout
 from backend.protocol.http import DEVICE_PATH
 from backend.shard import Shard, ShardConfig
+from tests.shard.support import alert, connected, metric, still_serves, url
 from tests.support import ShardFactory, device_token, until_true
-
-
-def url(shard: Shard) -> str:
-    return f"ws://127.0.0.1:{shard.port}"
-
-
-def alert(alert_id: str, state: str = "raised") -> messages.Alert:
-    return messages.Alert(alert_id, "temp-high", "warning", state, "Too hot", "Open a window", 1.0)
-
-
-async def connected(device_id: str, shard: Shard) -> TestDevice:
-    device = TestDevice(device_id, device_token(device_id), url(shard))
-    await device.connect()
-    async with asyncio.timeout(5):
-        await device.handshake.wait()
-    return device
 
 
 async def registered(shard: Shard, device_id: str) -> None:
@@ -74,11 +59,6 @@ def upgrade_request(token: str | None, path: str = DEVICE_PATH) -> bytes:
         f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{auth}\r\n"
     ).encode()
-
-
-def metric(shard: Shard, name: str, **labels: str) -> float:
-    value = shard.metrics.registry.get_sample_value(name, labels)
-    return value or 0.0
 
 
 # --- before the upgrade --------------------------------------------------------------------
@@ -390,14 +370,6 @@ async def error_reply(device: TestDevice) -> ps.ErrorReceived:
         while not isinstance(event := await device.events.get(), ps.ErrorReceived):
             pass
     return event
-
-
-async def still_serves(shard: Shard, device: TestDevice, alert_id: str) -> None:
-    """The shard is on NATS and stores (and acks) the device's alerts."""
-    assert shard.ready
-    await device.send_alert(alert(alert_id))
-    async with asyncio.timeout(5):
-        await device.wait_acked(alert_id)
 
 
 async def test_a_long_sid_is_refused_and_the_shard_stays_on_nats(

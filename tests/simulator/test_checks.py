@@ -16,7 +16,7 @@ from simulator.checks import (
     storm_checks,
 )
 from simulator.timeline import Timeline
-from tests.simulator.test_timeline import fleet
+from tests.simulator.support import fleet
 
 SUMMARY: dict[str, Any] = {
     "gateways": {"connected": 1000, "peak_connected": 1000, "connects": 1500},

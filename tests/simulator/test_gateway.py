@@ -9,7 +9,6 @@ reconnecting happen within seconds.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import signal
 import socket
@@ -17,7 +16,6 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import gevent
 import pytest
@@ -32,26 +30,16 @@ from backend.protocol import envelope as env
 from backend.protocol.messages import CommandResult, UpdateOffer, UpdateProgress
 from simulator.audit import audit_stream
 from simulator.behaviour import Behaviour
-from simulator.fleet import Fleet, parse_targets
 from simulator.gateway import VirtualGateway
 from simulator.network import PROFILES, NetworkMix, NetworkProfile
 from tests.natsauth_support import connect_as
+from tests.simulator.support import NO_FAULTS, Event, new_fleet, only
 from tests.support import running, wait_until
 
 pytestmark = pytest.mark.integration  # every test here runs real servers
 
 SERVER_KEEPALIVE_TIMEOUT = 3.0
 SERVER_KEEPALIVE = {"ping_interval": "1", "keepalive_timeout": str(SERVER_KEEPALIVE_TIMEOUT)}
-BEHAVIOUR = Behaviour(
-    status_interval=1.0,
-    alerts_per_hour=360.0,
-    clear_after=2.0,
-    ping_interval=1.0,
-    keepalive_timeout=3.0,
-    reconnect_base=0.1,
-    reconnect_cap=0.5,
-)
-NO_FAULTS = {"drops_per_hour": 0, "blackholes_per_hour": 0, "offline_per_hour": 0}
 # A blackholed gateway reaped meanwhile reads the server's keep-alive close once it listens again.
 REAPED = f"net_blackhole (closed {closecodes.KEEPALIVE_TIMEOUT})"
 DISCONNECTS = "fleet_shard_disconnects_total"
@@ -60,31 +48,12 @@ FRESH = 1.5
 pings (once per tick of its 1 s timer) well within it, so a gateway that heard nothing for this
 long is inside a blackhole."""
 
-Event = dict[str, Any]
-
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     config = StackConfig(tmp_path_factory.mktemp("stack"), shard_options=SERVER_KEEPALIVE)
     with LocalStack(config) as local:
         yield local
-
-
-def new_fleet(stack: LocalStack, mix: NetworkMix, **behaviour: Any) -> tuple[Fleet, list[Event]]:
-    """A fleet on every shard of ``stack``, and the request events it reports (with a time)."""
-    fleet = Fleet(
-        parse_targets(" ".join(stack.shard_urls)),
-        stack.token,
-        behaviour=dataclasses.replace(BEHAVIOUR, **behaviour),
-        mix=mix,
-    )
-    events: list[Event] = []
-    fleet.stats.request_hook = lambda **event: events.append({**event, "at": time.monotonic()})
-    return fleet, events
-
-
-def only(profile: NetworkProfile) -> NetworkMix:
-    return NetworkMix(((profile, 1.0),))
 
 
 def server_metric(stack: LocalStack, name: str, **labels: str) -> float:

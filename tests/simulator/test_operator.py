@@ -14,7 +14,7 @@ from backend.client.operator import OperatorClient, OperatorError
 from backend.devstack.stack import LocalStack, StackConfig
 from simulator.network import PROFILES
 from simulator.operator import REQUEST_TYPE, OperatorActivity
-from tests.simulator.test_gateway import NO_FAULTS, new_fleet, only
+from tests.simulator.support import NO_FAULTS, new_fleet, only
 from tests.support import running, wait_until
 
 pytestmark = pytest.mark.integration  # every test here runs real servers

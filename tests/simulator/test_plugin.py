@@ -18,38 +18,11 @@ import pytest
 
 from backend.devstack.process import free_ports, spawn, stop, tail
 from backend.devstack.stack import metric_sum
+from tests.simulator.support import REPO, clean_env, locust, run_locust, summary_of
 
 pytestmark = pytest.mark.integration  # every test here runs real servers
 
-REPO = Path(__file__).resolve().parents[2]
 MIXED_FLEET = "scenarios/mixed_fleet.py"
-
-
-def locust(run_dir: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "locust", *args, "--run-dir", str(run_dir)]
-
-
-def run_locust(run_dir: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        locust(run_dir, *args),
-        cwd=REPO,
-        env=clean_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def clean_env() -> dict[str, str]:
-    """Ours, without LOCUST_* settings that would change the run."""
-    return {key: value for key, value in os.environ.items() if not key.startswith("LOCUST_")}
-
-
-def summary_of(run_dir: Path) -> dict[str, Any]:
-    summary: dict[str, Any] = json.loads((run_dir / "summary.json").read_text())
-    return summary
 
 
 def test_a_run_on_the_embedded_stack_loses_no_alert(tmp_path: Path) -> None:

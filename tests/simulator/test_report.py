@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 from simulator.report import charts, rate_of, render, rollout_chart, shard_series, svg_chart
 from simulator.timeline import Timeline
 from simulator.verdicts import at_least, at_most
-from tests.simulator.test_timeline import fleet
+from tests.simulator.support import fleet
 
 SVG = "{http://www.w3.org/2000/svg}"
 

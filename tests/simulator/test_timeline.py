@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prometheus_client import generate_latest
 
 from backend.shard.metrics import ShardMetrics
-from simulator.stats import FleetStats
 from simulator.timeline import (
     Timeline,
     before,
@@ -18,6 +15,7 @@ from simulator.timeline import (
     recovery_time,
     shard_figures,
 )
+from tests.simulator.support import fleet
 
 HAPROXY_METRICS = """\
 # HELP haproxy_backend_http_responses_total Total number of HTTP responses with status 100-199 \
@@ -27,12 +25,6 @@ haproxy_backend_http_responses_total{proxy="shards",code="1xx"} 2000
 haproxy_backend_http_responses_total{proxy="shards",code="5xx"} 37
 haproxy_backend_http_responses_total{proxy="stats",code="5xx"} 1
 """
-
-
-def fleet(connected: int, connects: int, acked: int = 0) -> dict[str, Any]:
-    snapshot = FleetStats().snapshot()
-    snapshot.update(connected=connected, connects=connects, alerts={"acked": acked})
-    return snapshot
 
 
 def timeline(connected: list[int], connects: list[int] | None = None) -> Timeline:
