@@ -241,9 +241,10 @@ class WebSocketConnection:
                 self._message = bytearray(payload)
         elif opcode == OP_CONTINUATION:
             self._receive_continuation(fin, payload)
-        elif opcode == OP_PING:  # RFC 6455 §5.5.2: answer with a pong, same payload
-            if self.state is _OPEN:
-                self._send_frame(OP_PONG, payload)
+        elif opcode == OP_PING:
+            # RFC 6455 §5.5.2: answer with a pong, same payload, "unless it already received a
+            # Close frame" (then we are CLOSED and read nothing): also after sending ours.
+            self._send_frame(OP_PONG, payload)
             self._add_event(Ping(payload))
         elif opcode == OP_PONG:
             self._add_event(Pong(payload))

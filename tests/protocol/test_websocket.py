@@ -356,9 +356,11 @@ def test_closing_handshake_we_start() -> None:
     conn.send_close(4001, "replaced")
     assert conn.state is State.CLOSING
     assert conn.data_to_send() == close_frame(4001, b"replaced")
-    # RFC 6455 §1.4: data still arrives until the peer's close; no pong once we closed.
+    # RFC 6455 §1.4: data still arrives until the peer's close; §5.5.2: a ping still gets
+    # its pong, since no close was received.
     data = ws_frame(Opcode.BINARY, b"late") + ws_frame(Opcode.PING, b"p")
     assert receive(conn, data) == [Message(b"late"), Ping(b"p")]
+    assert conn.data_to_send() == raw_frame(0x8A, b"p", mask=False)
     conn.send_binary(b"dropped")
     conn.send_ping(b"dropped")
     conn.send_pong(b"dropped")
