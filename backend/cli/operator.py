@@ -16,6 +16,7 @@ from backend.cli.root import (
     config_option,
     existing_file,
     nats_options,
+    run_service,
     verbose_option,
 )
 from backend.operator import api as operator_api
@@ -53,7 +54,7 @@ def api(verbose: int, operator_tokens_file: Path, no_state: bool, **options: Any
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    uvloop.run(operator_api.serve(config))
+    run_service(operator_api.serve(config), config.host, config.port)
 
 
 @click.command()

@@ -8,11 +8,13 @@ apart, and the command builds its one config object from its options (``build_co
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+import errno
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+import uvloop
 
 from backend.bus.subjects import MAX_REPLICAS
 
@@ -23,7 +25,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 ConfigT = TypeVar("ConfigT", bound="DataclassInstance")
 
 
-@click.group(context_settings={"auto_envvar_prefix": "FLEET", "show_default": True})
+@click.group(
+    context_settings={
+        "auto_envvar_prefix": "FLEET",
+        "show_default": True,
+        "help_option_names": ["-h", "--help"],
+    }
+)
+@click.version_option(package_name="fleetharness", message="%(prog)s %(version)s")
 def main() -> None:
     """fleetharness: WebSocket backend for IoT gateway fleets, and its load harness."""
 
@@ -121,3 +130,21 @@ def build_config(config: type[ConfigT], options: Mapping[str, Any]) -> ConfigT:
     return config(
         **{name: value for name, value in options.items() if value or name not in factories}
     )
+
+
+def run_service(service: Coroutine[Any, Any, None], host: str, port: int) -> None:
+    """Run a service until it stops; an address it cannot listen on is a one-line error that
+    says what to change, not a traceback."""
+    try:
+        uvloop.run(service)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise click.ClickException(
+                f"{host}:{port} is already in use: stop what listens there or choose another "
+                "--port (0: any free port)"
+            ) from None
+        if exc.errno in (errno.EADDRNOTAVAIL, errno.EACCES):
+            raise click.ClickException(
+                f"cannot listen on {host}:{port}: {exc.strerror}; check --host and --port"
+            ) from None
+        raise

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import uvloop
 
 from backend import logs
 from backend.cli.root import (
@@ -15,6 +14,7 @@ from backend.cli.root import (
     config_option,
     existing_file,
     nats_options,
+    run_service,
     verbose_option,
 )
 from backend.shard import ShardConfig, serve
@@ -51,4 +51,5 @@ def shard(verbose: int, **options: Any) -> None:
     logs.setup(verbose)
     if not options["jwt_secret"] and options["jwt_public_key_file"] is None:
         raise click.UsageError("set --jwt-secret or --jwt-public-key-file (or FLEET_SHARD_...)")
-    uvloop.run(serve(build_config(ShardConfig, options)))
+    config = build_config(ShardConfig, options)
+    run_service(serve(config), config.host, config.port)

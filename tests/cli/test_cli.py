@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,6 +55,15 @@ def test_api_settings_reach_its_config_from_flags_and_environment(tmp_path: Path
     by_env = CliRunner().invoke(main, base, env={"FLEET_API_SHELL_IDLE_TIMEOUT": "-1"})
     assert by_env.exit_code == 2
     assert "shell_idle_timeout must be > 0" in by_env.output
+
+
+def test_version_and_short_help() -> None:
+    version = CliRunner().invoke(main, ["--version"])
+    assert version.exit_code == 0
+    assert version.output.split()[-1] == importlib.metadata.version("fleetharness")
+    short = CliRunner().invoke(main, ["token", "-h"])
+    assert short.exit_code == 0
+    assert short.output == CliRunner().invoke(main, ["token", "--help"]).output
 
 
 def test_shard_without_a_key_says_what_to_set() -> None:
@@ -177,3 +188,19 @@ def test_api_without_tokens_file_says_what_to_give() -> None:
     result = CliRunner().invoke(main, ["api"])
     assert result.exit_code == 2
     assert "--operator-tokens-file" in result.output
+
+
+def test_a_port_in_use_is_a_one_line_error(tmp_path: Path, nats_server: NatsServer) -> None:
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps({OPERATOR_TOKEN: "op-cli"}))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = ["api", "--port", str(port), "--nats-url", nats_server.url,
+                "--operator-tokens-file", str(tokens)]  # fmt: skip
+        result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 1
+    assert f"127.0.0.1:{port} is already in use" in result.output
+    assert "choose another --port" in result.output
+    assert "Traceback" not in result.output
