@@ -40,6 +40,7 @@ from simulator import audit, report, verdicts
 from simulator.checks import RunRecord, fleet_checks
 from simulator.fleet import Fleet
 from simulator.metrics import SimulatorMetrics
+from simulator.network import PROFILES, load_profiles, parse_mix
 from simulator.operator import REQUEST_TYPE as OPERATOR
 from simulator.stats import (
     REQUEST_TYPE,
@@ -207,6 +208,21 @@ def add_options(parser: Any) -> None:
 # --- start ----------------------------------------------------------------------------------
 
 
+def _check_network_options(environment: Environment, options: Any) -> None:
+    """``--network-profiles`` loads and ``--network-mix`` names only known profiles (built in,
+    the file's, or a scenario's own); a ValueError or OSError that says which value is wrong."""
+    profiles = dict(PROFILES)
+    for user_class in environment.user_classes:
+        profiles.update(getattr(user_class, "network_profiles", {}))
+    if options.network_profiles:
+        profiles.update(load_profiles(Path(options.network_profiles)))
+    if options.network_mix:
+        try:
+            parse_mix(options.network_mix, profiles)
+        except ValueError as exc:
+            raise ValueError(f"--network-mix {options.network_mix!r}: {exc}") from None
+
+
 @listener(events.init)
 def on_init(environment: Environment, **_: Any) -> None:
     state = run_state(environment)
@@ -220,9 +236,10 @@ def on_init(environment: Environment, **_: Any) -> None:
     if not isinstance(runner, WorkerRunner):
         state.run_dir = Path(options.run_dir or f"runs/sim-{time.strftime('%Y%m%d-%H%M%S')}")
         options.fleet_run_id = secrets.token_hex(3)
-        try:
-            verdicts.parse_thresholds(options.threshold)  # a typo fails now, not after the run
-        except ValueError as exc:
+        try:  # a typo fails now, before the stack starts, not after the run
+            verdicts.parse_thresholds(options.threshold)
+            _check_network_options(environment, options)
+        except (OSError, ValueError) as exc:
             sys.exit(str(exc))
         if not environment.host:
             start_embedded_stack(environment)

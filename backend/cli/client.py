@@ -26,12 +26,22 @@ from backend.client.operator import (
 
 api_url_option = click.option(
     "--api-url", envvar="FLEET_API_URL", default="http://127.0.0.1:8090",
-    help="The operator API [env FLEET_API_URL].",
+    help="The operator API.",
 )  # fmt: skip
 token_option = click.option(
     "--token", envvar="FLEET_API_TOKEN", required=True,
-    help="Operator bearer token [env FLEET_API_TOKEN].",
+    help="Operator bearer token.",
 )  # fmt: skip
+
+
+def api_error(exc: OperatorError) -> click.ClickException:
+    """The API's refusal as a one-line error; for no answer at all, what to check."""
+    if exc.status == 0:
+        return click.ClickException(
+            f"{exc}; is the operator API running there? (start it with `fleet api`, "
+            "or point --api-url / FLEET_API_URL at it)"
+        )
+    return click.ClickException(str(exc))
 
 
 @click.command()
@@ -59,7 +69,7 @@ def devices(
             found = list(client.all_devices(state=health, online=online))
             text = "" if as_json else format_devices(found)
     except OperatorError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise api_error(exc) from None
     click.echo(json.dumps(found, indent=2) if as_json else text)
 
 
@@ -82,7 +92,7 @@ def cmd(
     try:
         result = OperatorClient(api_url, token).run_command(device_id, shlex.join(command), timeout)
     except OperatorError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise api_error(exc) from None
     click.echo(json.dumps(result, indent=2) if as_json else format_command(result), nl=as_json)
     sys.exit(int(result["exit_code"]))
 
@@ -98,7 +108,7 @@ def shell(device_id: str, api_url: str, token: str) -> None:
     try:
         session = OperatorClient(api_url, token).open_shell(device_id, *terminal_size(stdout))
     except OperatorError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise api_error(exc) from None
     with raw_mode(stdin):
         reason = relay_terminal(session, stdin, stdout, lambda: terminal_size(stdout))
     click.echo(f"\n[{reason}]", err=True)  # the terminal is back in cooked mode here
@@ -138,7 +148,7 @@ def rollout_create(api_url: str, token: str, as_json: bool, **options: Any) -> N
     try:
         created = OperatorClient(api_url, token).create_rollout(spec)
     except OperatorError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise api_error(exc) from None
     click.echo(json.dumps(created, indent=2) if as_json else format_rollout(created))
 
 
@@ -152,7 +162,7 @@ def rollout_list(api_url: str, token: str, as_json: bool) -> None:
     try:
         found = OperatorClient(api_url, token).rollouts()["rollouts"]
     except OperatorError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise api_error(exc) from None
     click.echo(json.dumps(found, indent=2) if as_json else format_rollouts(found))
 
 
@@ -201,5 +211,5 @@ def _show_rollout(
         else:
             found = client.control_rollout(rollout_id, action)
     except OperatorError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise api_error(exc) from None
     click.echo(json.dumps(found, indent=2) if as_json else format_rollout(found))

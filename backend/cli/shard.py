@@ -50,6 +50,9 @@ def shard(verbose: int, **options: Any) -> None:
     """Run one shard: holds device WebSockets, routes through NATS."""
     logs.setup(verbose)
     if not options["jwt_secret"] and options["jwt_public_key_file"] is None:
-        raise click.UsageError("set --jwt-secret or --jwt-public-key-file (or FLEET_SHARD_...)")
+        raise click.UsageError(
+            "set --jwt-secret or --jwt-public-key-file (or FLEET_SHARD_JWT_SECRET, "
+            "FLEET_SHARD_JWT_PUBLIC_KEY_FILE)"
+        )
     config = build_config(ShardConfig, options)
     run_service(serve(config), config.host, config.port)

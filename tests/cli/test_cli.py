@@ -66,6 +66,27 @@ def test_version_and_short_help() -> None:
     assert short.output == CliRunner().invoke(main, ["token", "--help"]).output
 
 
+@pytest.mark.parametrize(("path", "variable"), [
+    (["shard"], "FLEET_SHARD_JWT_SECRET"),
+    (["shard"], "FLEET_SHARD_NATS_URLS"),
+    (["api"], "FLEET_API_OPERATOR_TOKENS_FILE"),
+    (["rollout", "create"], "FLEET_API_TOKEN"),  # one variable for every client command
+])  # fmt: skip
+def test_help_names_each_options_environment_variable(path: list[str], variable: str) -> None:
+    result = CliRunner().invoke(main, [*path, "--help"])
+    assert result.exit_code == 0
+    assert f"env var: {variable}" in " ".join(result.output.split())  # click wraps lines
+
+
+def test_no_api_answering_says_to_start_one() -> None:
+    (port,) = free_ports(1)  # nothing listens there
+    argv = ["devices", "--token", OPERATOR_TOKEN, "--api-url", f"http://127.0.0.1:{port}"]
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 1
+    assert "no answer from" in result.output
+    assert "start it with `fleet api`" in result.output
+
+
 def test_shard_without_a_key_says_what_to_set() -> None:
     result = CliRunner().invoke(main, ["shard"], env={"FLEET_SHARD_JWT_SECRET": ""})
     assert result.exit_code == 2

@@ -50,6 +50,27 @@ def test_a_run_on_the_embedded_stack_loses_no_alert(tmp_path: Path) -> None:
     assert summary["requests"]["failures"] == 0
 
 
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        (
+            ("--network-mix", "lte:70,foo:30"),
+            "--network-mix 'lte:70,foo:30': unknown network profile 'foo'",
+        ),
+        (("--network-profiles", "no-such.toml"), "No such file or directory: 'no-such.toml'"),
+        (("--threshold", "lost_alerts"), "--threshold 'lost_alerts': expected NAME=NUMBER"),
+    ],
+)
+def test_a_bad_option_fails_before_anything_starts(
+    tmp_path: Path, option: tuple[str, str], said: str
+) -> None:
+    result = run_locust(tmp_path, "-f", MIXED_FLEET, "--headless", "-u", "1", "-t", "30s", *option)
+    assert result.returncode == 1
+    assert said in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not any(tmp_path.iterdir())  # nothing started: no stack, no run record
+
+
 def test_an_unreachable_backend_fails_the_run(tmp_path: Path) -> None:
     result = run_locust(
         tmp_path,
