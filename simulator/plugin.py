@@ -87,6 +87,7 @@ class RunState:
         self.rollout: RolloutWatch | None = None  # the update rollout scenario's
         # A scenario's own greenlets: end with the test.
         self.scenario_tasks: list[gevent.Greenlet[..., None]] = []
+        self.summary_text = ""  # printed last, after Locust's own tables
 
     def elapsed(self) -> float:
         """Seconds since this process started the run: the timeline's clock."""
@@ -249,9 +250,13 @@ def on_init(environment: Environment, **_: Any) -> None:
                      "need it to sign their device tokens")  # fmt: skip
         # Locust writes its HTML report itself at the end, if it knows where.
         options.html_file = options.html_file or str(state.run_dir / "locust.html")
+        environment.events.quit.add_listener(functools.partial(print_summary_last, state))
         _extend_web_ui(environment)
         if options.headless:
             gevent.spawn(_print_progress, environment).link_exception(report_crash)
+            # Our progress line every 10 s instead of Locust's table every 2 s, which buries
+            # it; --print-stats brings the table back. Its final tables are printed either way.
+            options.only_summary = options.only_summary or not options.print_stats
         state.sampler = gevent.spawn(_sample_timeline, environment)
         state.sampler.link_exception(report_crash)
     if isinstance(runner, MasterRunner):
@@ -423,8 +428,8 @@ def on_quitting(environment: Environment, **_: Any) -> None:
             # A run without a scenario's verdict (the whole fleet, `fleet demo`) still has
             # the checks every scenario has; Locust's failures keep deciding its exit code.
             add_verdicts(summary, checks or fleet_checks(record))
-            print_summary(summary)
             write_run_record(environment, summary, state.run_dir)
+            state.summary_text = summary_text(summary, state.run_dir)
             if summary["verdict"]["failures"]:
                 environment.process_exit_code = 1
             elif checks:  # the scenario's checks passed: drops it provoked are no failure
@@ -553,7 +558,14 @@ def _latencies(environment: Environment) -> dict[str, dict[str, float]]:
     return result
 
 
-def print_summary(summary: Mapping[str, Any]) -> None:
+def print_summary_last(state: RunState, **_: Any) -> None:
+    """On Locust's ``quit``, which fires after it printed its tables: the verdict stays the
+    last thing on screen."""
+    if state.summary_text:
+        print(state.summary_text, flush=True)
+
+
+def summary_text(summary: Mapping[str, Any], run_dir: Path) -> str:
     alerts = summary["alerts"]
     lines = [
         "",
@@ -568,8 +580,9 @@ def print_summary(summary: Mapping[str, Any]) -> None:
         *(f"  {line}" for line in _verdict_lines(summary)),
         f"  verdict       {'OK' if summary['verdict']['ok'] else 'FAILED'}",
         *(f"    - {failure}" for failure in summary["verdict"]["failures"]),
+        f"  run record    {run_dir}/ (report.html, summary.json, locust.html)",
     ]
-    print("\n".join(lines), flush=True)
+    return "\n".join(lines)
 
 
 def _verdict_lines(summary: Mapping[str, Any]) -> list[str]:

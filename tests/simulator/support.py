@@ -62,13 +62,18 @@ def locust(run_dir: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "locust", *args, "--run-dir", str(run_dir)]
 
 
-def run_locust(run_dir: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_locust(
+    run_dir: Path, *args: str, timeout: float = 60, as_on_a_terminal: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``locust`` with ``args``; ``as_on_a_terminal``: stderr (Locust's logs and tables) into
+    stdout, in the order a person sees them."""
     return subprocess.run(
         locust(run_dir, *args),
         cwd=REPO,
         env=clean_env(),
         stdin=subprocess.DEVNULL,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if as_on_a_terminal else subprocess.PIPE,
         text=True,
         timeout=timeout,
         check=False,

@@ -30,10 +30,18 @@ def test_a_run_on_the_embedded_stack_loses_no_alert(tmp_path: Path) -> None:
         tmp_path,
         *("-f", MIXED_FLEET, "--headless", "-u", "20", "-r", "20", "-t", "6s"),
         *("--alerts-per-hour", "3600"),
+        as_on_a_terminal=True,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "fleet summary" in result.stdout
+    assert result.returncode == 0, result.stdout[-3000:]
     assert "peak connected 20," in result.stdout
+    # The verdict and where the run record is are last, after Locust's own tables.
+    assert result.stdout.rindex("fleet summary") > result.stdout.rindex("Aggregated")
+    assert result.stdout.count("# reqs") == 2  # Locust's two final tables, none every 2 s
+    last = result.stdout.rstrip().splitlines()[-2:]
+    assert last == [
+        "  verdict       OK",
+        f"  run record    {tmp_path}/ (report.html, summary.json, locust.html)",
+    ]
     summary = summary_of(tmp_path)
     assert summary["verdict"] == {"failures": [], "ok": True}
     # No scenario verdict of its own: the checks every scenario has.
