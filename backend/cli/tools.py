@@ -13,16 +13,29 @@ import click
 
 from backend.bus.auth import issue_device_token
 from backend.cli.root import build_config, config_option, existing_file, json_option
+from backend.cli.stack import RUNS
+from backend.devstack import stackctl
 from backend.tools import capacity as capacity_model
 from backend.tools.check import check_run
 
 
 @click.command()
 @click.argument("device_id")
-@click.option("--jwt-secret", required=True, help="HS256 secret the shards verify with.")
+@click.option(
+    "--jwt-secret", default=None,
+    help="HS256 secret the shards verify with [default: the running `fleet up` stack's].",
+)  # fmt: skip
 @click.option("--ttl", default=7 * 86400.0, help="Validity in seconds.")
-def token(device_id: str, jwt_secret: str, ttl: float) -> None:
+def token(device_id: str, jwt_secret: str | None, ttl: float) -> None:
     """Print a device token (HS256) for DEVICE_ID."""
+    if not jwt_secret:
+        try:
+            jwt_secret = stackctl.load_state(stackctl.find_run_dir(None, RUNS))["jwt_secret"]
+        except stackctl.StackError:
+            raise click.UsageError(
+                "give --jwt-secret (or FLEET_TOKEN_JWT_SECRET), or start a local stack with "
+                "fleet up: its secret is the default"
+            ) from None
     try:
         click.echo(issue_device_token(device_id, jwt_secret, ttl=ttl))
     except ValueError as exc:

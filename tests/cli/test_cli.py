@@ -39,6 +39,14 @@ def test_token_secret_from_environment() -> None:
     assert result.exit_code == 0
 
 
+def test_token_without_a_secret_or_a_stack_says_what_to_give() -> None:
+    runner = CliRunner()
+    with runner.isolated_filesystem():  # no runs/current: no stack
+        result = runner.invoke(main, ["token", "gw-7"], env={"FLEET_TOKEN_JWT_SECRET": ""})
+    assert result.exit_code == 2
+    assert "give --jwt-secret (or FLEET_TOKEN_JWT_SECRET), or start a local stack" in result.output
+
+
 def test_token_rejects_a_bad_device_id() -> None:
     result = CliRunner().invoke(main, ["token", "bad id", "--jwt-secret", SECRET])
     assert result.exit_code == 2

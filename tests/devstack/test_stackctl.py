@@ -39,14 +39,14 @@ def wait_for_stack(up: subprocess.Popen[str], run_dir: Path) -> None:
 
 
 def test_up_status_down(tmp_path: Path) -> None:
-    run_dir = tmp_path / "stack"
+    run_dir = tmp_path / "runs" / "stack"  # as fleet up's default, runs/ below the cwd
     up = subprocess.Popen(
         [*FLEET, "up", "--shards", "2", "--run-dir", str(run_dir)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         wait_for_stack(up, run_dir)
-        assert (tmp_path / "current").read_text().strip() == str(run_dir.resolve())
+        assert (tmp_path / "runs" / "current").read_text().strip() == str(run_dir.resolve())
         report = status(run_dir)
         assert [s["healthz"] for s in report["shards"]] == ["200", "200"]
         [haproxy] = report["haproxies"]
@@ -54,7 +54,9 @@ def test_up_status_down(tmp_path: Path) -> None:
         assert haproxy["servers_up"] == haproxy["servers_total"]
         state = json.loads((run_dir / "stack.json").read_text())
         assert state["nats_urls"] == [state["nats_url"]]  # one NATS server by default
-        token = issue_device_token("gw-1", state["jwt_secret"])
+        issued = fleet("token", "gw-1", cwd=tmp_path)  # no --jwt-secret: the stack's
+        assert issued.returncode == 0, issued.stderr
+        token = issued.stdout.strip()
         headers = {"Authorization": f"Bearer {token}"}
         with connect(state["public_url"] + DEVICE_PATH, additional_headers=headers) as ws:
             ws.recv(timeout=5)  # the shard's "open": it counts the device by then
@@ -71,7 +73,7 @@ def test_up_status_down(tmp_path: Path) -> None:
         out, _ = up.communicate(timeout=30)
     assert "fleet down stops it" in out
     assert all(not Path(f"/proc/{pid}").exists() for pid in children)
-    assert not (tmp_path / "current").exists()
+    assert not (tmp_path / "runs" / "current").exists()
 
 
 def test_status_and_down_without_a_stack_say_how_to_start_one(tmp_path: Path) -> None:
