@@ -20,6 +20,7 @@ for _command in (
     stack.status,
     stack.drain,
     stack.down,
+    stack.runs,
     client.devices,
     client.cmd,
     client.shell,

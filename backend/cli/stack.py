@@ -1,4 +1,5 @@
-"""The local stack: ``fleet demo``, ``fleet up``, ``status``, ``drain`` and ``down``."""
+"""The local stack: ``fleet demo``, ``fleet up``, ``status``, ``drain`` and ``down``; the run
+directories they leave: ``fleet runs list`` and ``prune``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import click
 
 from backend.cli.root import config_option, json_option
 from backend.devstack import process, stackctl
+from backend.devstack import runs as rundirs
 from backend.devstack.stack import StackConfig, count_or_auto
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
@@ -163,3 +165,38 @@ def down(run_dir: Path | None) -> None:
     except stackctl.StackError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"local stack stopped (pid {pid})")
+
+
+@click.group()
+def runs() -> None:
+    """The run directories under runs/ (logs, NATS storage, reports)."""
+
+
+runs_dir_option = click.option(
+    "--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=RUNS,
+    help="Where the runs are.",
+)  # fmt: skip
+
+
+@runs.command("list")
+@runs_dir_option
+def runs_list(runs_dir: Path) -> None:
+    """Every run directory, newest first, with its size."""
+    found = rundirs.run_dirs(runs_dir)
+    for run in found:
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.modified))
+        click.echo(f"{stamp}  {_mib(run.size):>10}  {run.path}")
+    click.echo(f"{len(found)} runs, {_mib(sum(run.size for run in found))}")
+
+
+@runs.command("prune")
+@click.option("--keep", type=click.IntRange(min=0), default=10, help="Newest runs to keep.")
+@runs_dir_option
+def runs_prune(keep: int, runs_dir: Path) -> None:
+    """Remove all but the newest runs (never a running stack's)."""
+    removed = rundirs.prune(runs_dir, keep)
+    click.echo(f"removed {len(removed)} runs, {_mib(sum(run.size for run in removed))} freed")
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
