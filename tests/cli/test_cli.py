@@ -39,10 +39,11 @@ def test_token_secret_from_environment() -> None:
     assert result.exit_code == 0
 
 
-def test_token_without_a_secret_or_a_stack_says_what_to_give() -> None:
-    runner = CliRunner()
-    with runner.isolated_filesystem():  # no runs/current: no stack
-        result = runner.invoke(main, ["token", "gw-7"], env={"FLEET_TOKEN_JWT_SECRET": ""})
+def test_token_without_a_secret_or_a_stack_says_what_to_give(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no runs/current: no stack
+    result = CliRunner().invoke(main, ["token", "gw-7"], env={"FLEET_TOKEN_JWT_SECRET": ""})
     assert result.exit_code == 2
     assert "give --jwt-secret (or FLEET_TOKEN_JWT_SECRET), or start a local stack" in result.output
 
