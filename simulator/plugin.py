@@ -414,10 +414,14 @@ def on_quitting(environment: Environment, **_: Any) -> None:
     if isinstance(environment.runner, WorkerRunner):
         return
     state = run_state(environment)
+    interrupted_after = None
     try:
         if environment.runner is not None:
             # Locust fires "quitting" before it stops the users (Ctrl-C, SIGTERM): stop them
             # (and drain their alerts) first, or they would see their backend vanish below.
+            # Users still running then: the run did not end by itself (-t, its shape, Stop).
+            if environment.runner.state in (runners.STATE_SPAWNING, runners.STATE_RUNNING):
+                interrupted_after = state.elapsed()
             environment.runner.stop()
         if state.run_dir is not None:
             if state.sampler is not None:
@@ -428,6 +432,12 @@ def on_quitting(environment: Environment, **_: Any) -> None:
             # A run without a scenario's verdict (the whole fleet, `fleet demo`) still has
             # the checks every scenario has; Locust's failures keep deciding its exit code.
             add_verdicts(summary, checks or fleet_checks(record))
+            if interrupted_after is not None:
+                summary["verdict"]["ok"] = False
+                summary["verdict"]["failures"].append(
+                    f"interrupted after {interrupted_after:.0f} s (Ctrl-C or SIGTERM): the "
+                    "figures cover only that part of the run"
+                )
             write_run_record(environment, summary, state.run_dir)
             state.summary_text = summary_text(summary, state.run_dir)
             if summary["verdict"]["failures"]:

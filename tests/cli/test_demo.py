@@ -47,5 +47,11 @@ def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert "fleet summary" in out, err[-3000:]
-    assert proc.returncode == 0, out[-3000:]  # users stopped before the stack: no drop
+    # An interrupted run is no pass, whatever it measured until then.
+    assert proc.returncode == 1, out[-3000:]
+    assert "verdict       FAILED" in out
+    assert "interrupted after" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["verdict"]["failures"][-1].startswith("interrupted after")
+    assert summary["unexpected_drops"] == 0  # users stopped before the stack
     assert all(not Path(f"/proc/{pid}").exists() for pid in descendants)
