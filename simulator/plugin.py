@@ -426,28 +426,43 @@ def on_quitting(environment: Environment, **_: Any) -> None:
         if state.run_dir is not None:
             if state.sampler is not None:
                 state.sampler.kill()
-            summary = build_summary(environment)
-            record = run_record(environment, summary)
-            checks = scenario_checks(environment, record)
-            # A run without a scenario's verdict (the whole fleet, `fleet demo`) still has
-            # the checks every scenario has; Locust's failures keep deciding its exit code.
-            add_verdicts(summary, checks or fleet_checks(record))
-            if interrupted_after is not None:
-                summary["verdict"]["ok"] = False
-                summary["verdict"]["failures"].append(
-                    f"interrupted after {interrupted_after:.0f} s (Ctrl-C or SIGTERM): the "
-                    "figures cover only that part of the run"
-                )
+            summary, judged_by_scenario = judged_summary(environment, interrupted_after)
             write_run_record(environment, summary, state.run_dir)
             state.summary_text = summary_text(summary, state.run_dir)
             if summary["verdict"]["failures"]:
                 environment.process_exit_code = 1
-            elif checks:  # the scenario's checks passed: drops it provoked are no failure
+            elif judged_by_scenario:  # its checks passed: drops it provoked are no failure
                 environment.process_exit_code = 0
     finally:
         if state.stack is not None:
             state.stack.stop()
             state.stack = None
+
+
+def judged_summary(
+    environment: Environment, interrupted_after: float | None
+) -> tuple[dict[str, Any], bool]:
+    """The run's summary with its verdict, and whether the scenario's own checks made it. A run
+    without a scenario's verdict (the whole fleet, `fleet demo`) still has the checks every
+    scenario has. An interrupted run fails, as does a --threshold that names no check."""
+    summary = build_summary(environment)
+    record = run_record(environment, summary)
+    scenario = scenario_checks(environment, record)
+    checks = scenario or fleet_checks(record)
+    add_verdicts(summary, checks)
+    failures = summary["verdict"]["failures"]
+    if interrupted_after is not None:
+        failures.append(
+            f"interrupted after {interrupted_after:.0f} s (Ctrl-C or SIGTERM): the figures "
+            "cover only that part of the run"
+        )
+    names = sorted(check.name for check in checks)
+    failures += [
+        f"--threshold {name}: no check of that name in this run (its checks: {', '.join(names)})"
+        for name in sorted(set(record.overrides) - set(names))
+    ]
+    summary["verdict"]["ok"] = not failures
+    return summary, bool(scenario)
 
 
 def build_summary(environment: Environment) -> dict[str, Any]:
