@@ -281,3 +281,11 @@ def parse_mix(spec: str, profiles: Mapping[str, NetworkProfile] = PROFILES) -> N
             raise ValueError(f"share for {name!r} must be a number, got {share_text!r}") from None
         entries.append((profiles[name], share))
     return NetworkMix(tuple(entries))
+
+
+def scenario_mix(
+    spec: str, own: Mapping[str, NetworkProfile], loaded: Mapping[str, NetworkProfile]
+) -> NetworkMix:
+    """A scenario's mix ``spec`` over its own profiles, the named ones and the ``loaded`` ones
+    of ``--network-profiles`` (later ones win)."""
+    return parse_mix(spec, {**own, **PROFILES, **loaded})

@@ -40,7 +40,7 @@ from simulator import audit, report, verdicts
 from simulator.checks import RunRecord, fleet_checks
 from simulator.fleet import Fleet
 from simulator.metrics import SimulatorMetrics
-from simulator.network import PROFILES, load_profiles, parse_mix
+from simulator.network import load_profiles, scenario_mix
 from simulator.operator import REQUEST_TYPE as OPERATOR
 from simulator.stats import (
     REQUEST_TYPE,
@@ -210,18 +210,20 @@ def add_options(parser: Any) -> None:
 
 
 def _check_network_options(environment: Environment, options: Any) -> None:
-    """``--network-profiles`` loads and ``--network-mix`` names only known profiles (built in,
-    the file's, or a scenario's own); a ValueError or OSError that says which value is wrong."""
-    profiles = dict(PROFILES)
+    """``--network-profiles`` loads, and each scenario's network mix (``--network-mix`` or its
+    own) parses as its gateways will parse it; a ValueError or OSError that says which value
+    is wrong."""
+    path = options.network_profiles
+    loaded = load_profiles(Path(path)) if path else {}
     for user_class in environment.user_classes:
-        profiles.update(getattr(user_class, "network_profiles", {}))
-    if options.network_profiles:
-        profiles.update(load_profiles(Path(options.network_profiles)))
-    if options.network_mix:
+        spec = options.network_mix or getattr(user_class, "network_mix", "")
+        if not spec:
+            continue  # not a gateway (an operator user)
         try:
-            parse_mix(options.network_mix, profiles)
+            scenario_mix(spec, getattr(user_class, "network_profiles", {}), loaded)
         except ValueError as exc:
-            raise ValueError(f"--network-mix {options.network_mix!r}: {exc}") from None
+            where = "--network-mix" if options.network_mix else f"{user_class.__name__}.network_mix"
+            raise ValueError(f"{where} {spec!r}: {exc}") from None
 
 
 @listener(events.init)

@@ -23,7 +23,7 @@ from simulator.behaviour import Behaviour
 from simulator.checks import RunRecord
 from simulator.fleet import Fleet, Target, parse_targets, source_addresses, tls_context
 from simulator.gateway import VirtualGateway
-from simulator.network import PROFILES, NetworkMix, NetworkProfile, load_profiles, parse_mix
+from simulator.network import NetworkMix, NetworkProfile, load_profiles, scenario_mix
 from simulator.verdicts import Check
 
 
@@ -94,11 +94,10 @@ def make_fleet(environment: Environment, user_class: type[GatewayUser]) -> Fleet
 
 def _mix(user_class: type[GatewayUser], options: Any) -> NetworkMix:
     spec = getattr(options, "network_mix", None) or user_class.network_mix
-    profiles = {
-        **user_class.network_profiles,
-        **_profiles(getattr(options, "network_profiles", "")),
-    }
-    return parse_mix(spec, profiles)
+    path = getattr(options, "network_profiles", "")
+    return scenario_mix(
+        spec, user_class.network_profiles, load_profiles(Path(path)) if path else {}
+    )
 
 
 def _behaviour(base: Behaviour, options: Any) -> Behaviour:
@@ -108,10 +107,6 @@ def _behaviour(base: Behaviour, options: Any) -> Behaviour:
         if (value := getattr(options, name, None)) is not None
     }
     return dataclasses.replace(base, **overrides)
-
-
-def _profiles(path: str) -> dict[str, Any]:
-    return {**PROFILES, **load_profiles(Path(path))} if path else PROFILES
 
 
 def _tls_context(targets: list[Target], ca_file: str) -> ssl.SSLContext | None:

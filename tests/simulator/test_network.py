@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from simulator.network import PROFILES, NetworkMix, NetworkProfile, load_profiles, parse_mix
+from simulator.network import (
+    PROFILES,
+    NetworkMix,
+    NetworkProfile,
+    load_profiles,
+    parse_mix,
+    scenario_mix,
+)
 
 FAULTY = NetworkProfile(
     name="faulty",
@@ -204,6 +211,16 @@ def test_toml_profiles_can_be_mixed(tmp_path: Path) -> None:
     path = write(tmp_path, '[rural]\nbase = "lte"\nlatency = 0.08\n')
     mix = parse_mix("lte:50,rural:50", {**PROFILES, **load_profiles(path)})
     assert names(mix, range(100)) == {"lte": 50, "rural": 50}
+
+
+def test_a_scenarios_mix_sees_its_own_the_named_and_the_loaded_profiles() -> None:
+    own = {"cellar": NetworkProfile(name="cellar", latency=0.3)}
+    loaded = {"lte": NetworkProfile(name="lte", latency=0.5)}  # a file may redefine one
+    mix = scenario_mix("cellar:50,lte:25,gprs:25", own, loaded)
+    assert names(mix, range(100)) == {"cellar": 50, "lte": 25, "gprs": 25}
+    assert {p.name: p.latency for p, _share in mix.entries}["lte"] == 0.5
+    with pytest.raises(ValueError, match="unknown network profile 'cellar'"):
+        scenario_mix("cellar", {}, loaded)
 
 
 @pytest.mark.parametrize(
