@@ -20,7 +20,6 @@ from backend.devstack import runs as rundirs
 from backend.devstack.stack import StackConfig, count_or_auto
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
-RUNS = Path("runs")
 run_dir_option = click.option(
     "--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="The stack's run directory [default: the one runs/current points at].",
@@ -43,7 +42,7 @@ def demo(
 
     Prints the connection gauge, reconnects and alert accounting; exits non-zero when the
     run's verdict fails. Ctrl-C stops it early, with the summary."""
-    run_dir = run_dir or RUNS / time.strftime("demo-%Y%m%d-%H%M%S")
+    run_dir = run_dir or stackctl.RUNS / time.strftime("demo-%Y%m%d-%H%M%S")
     argv = [
         sys.executable, "-m", "locust", "-f", str(SCENARIOS), "--headless",
         "-u", str(gateways), "-r", str(spawn_rate), "-t", duration,
@@ -117,7 +116,7 @@ def up(
     **options: Any,
 ) -> None:
     """Run a local stack (NATS, shards, HAProxy) in the foreground until Ctrl-C or fleet down."""
-    run_dir = run_dir or RUNS / time.strftime("stack-%Y%m%d-%H%M%S")
+    run_dir = run_dir or stackctl.RUNS / time.strftime("stack-%Y%m%d-%H%M%S")
     try:
         config = StackConfig.sized(
             run_dir, connections, shards, haproxies, public_port=port, **options
@@ -133,7 +132,7 @@ def up(
 def status(run_dir: Path | None, as_json: bool) -> None:
     """Health and connections of the local stack's shards and HAProxies."""
     try:
-        report = stackctl.status(stackctl.load_state(stackctl.find_run_dir(run_dir, RUNS)))
+        report = stackctl.status(stackctl.running_stack(run_dir))
     except stackctl.StackError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(report, indent=2) if as_json else stackctl.format_status(report))
@@ -149,7 +148,7 @@ def drain(shard_name: str, run_dir: Path | None, timeout: float) -> None:
     Every HAProxy stops sending it new connections (runtime API), then the shard closes its
     devices with 1012 and exits; they reconnect through HAProxy to the other shards."""
     try:
-        state = stackctl.load_state(stackctl.find_run_dir(run_dir, RUNS))
+        state = stackctl.running_stack(run_dir)
         count = stackctl.drain(state, shard_name, timeout)
     except stackctl.StackError as exc:
         raise click.ClickException(str(exc)) from None
@@ -161,7 +160,7 @@ def drain(shard_name: str, run_dir: Path | None, timeout: float) -> None:
 def down(run_dir: Path | None) -> None:
     """Stop the local stack started by fleet up, in order; waits until it exited."""
     try:
-        pid = stackctl.stop(stackctl.find_run_dir(run_dir, RUNS))
+        pid = stackctl.stop(stackctl.find_run_dir(run_dir, stackctl.RUNS))
     except stackctl.StackError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"local stack stopped (pid {pid})")
@@ -173,7 +172,7 @@ def runs() -> None:
 
 
 runs_dir_option = click.option(
-    "--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=RUNS,
+    "--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=stackctl.RUNS,
     help="Where the runs are.",
 )  # fmt: skip
 

@@ -13,7 +13,6 @@ import click
 
 from backend.bus.auth import issue_device_token
 from backend.cli.root import build_config, config_option, existing_file, json_option
-from backend.cli.stack import RUNS
 from backend.devstack import stackctl
 from backend.tools import capacity as capacity_model
 from backend.tools.check import check_run
@@ -30,7 +29,7 @@ def token(device_id: str, jwt_secret: str | None, ttl: float) -> None:
     """Print a device token (HS256) for DEVICE_ID."""
     if not jwt_secret:
         try:
-            jwt_secret = stackctl.load_state(stackctl.find_run_dir(None, RUNS))["jwt_secret"]
+            jwt_secret = stackctl.running_stack()["jwt_secret"]
         except stackctl.StackError:
             raise click.UsageError(
                 "give --jwt-secret (or FLEET_TOKEN_JWT_SECRET), or start a local stack with "

@@ -44,7 +44,7 @@ def prune(runs_dir: Path, keep: int) -> list[RunDir]:
 
 def _running_stack(runs_dir: Path) -> Path | None:
     try:
-        state = stackctl.load_state(stackctl.find_run_dir(None, runs_dir))
+        state = stackctl.running_stack(runs_dir=runs_dir)
     except stackctl.StackError:
         return None
     return Path(state["run_dir"]).resolve()

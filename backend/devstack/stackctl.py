@@ -34,6 +34,8 @@ from backend.protocol.http import DEVICE_PATH
 from haproxy import runtime
 
 STATE_FILE = "stack.json"
+RUNS = Path("runs")
+"""Where run directories go by default, below the working directory."""
 POINTER_FILE = "current"
 NO_STACK = "no local stack running: start one with fleet up"
 
@@ -54,6 +56,12 @@ def find_run_dir(run_dir: Path | None, runs_dir: Path) -> Path:
         return Path((runs_dir / POINTER_FILE).read_text().strip())
     except FileNotFoundError:
         raise StackError(NO_STACK) from None
+
+
+def running_stack(run_dir: Path | None = None, runs_dir: Path = RUNS) -> dict[str, Any]:
+    """The stack.json of ``run_dir``'s stack, else of the one ``runs_dir/current`` points at;
+    StackError when none is running."""
+    return load_state(find_run_dir(run_dir, runs_dir))
 
 
 def pid_alive(pid: int) -> bool:
