@@ -66,7 +66,9 @@ class StackConfig:
     shards: int = 2
     nats_nodes: int = 1
     """NATS servers: 1, or 3 for a cluster whose streams and KV buckets keep 3 copies."""
-    jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    # Hex, not urlsafe: a urlsafe secret may start with '-', which every command line that
+    # passes it (--jwt-secret X) would read as an option.
+    jwt_secret: str = field(default_factory=lambda: secrets.token_hex(32))
     host: str = "127.0.0.1"
     shard_options: dict[str, str] = field(default_factory=dict)
     """Extra ``fleet shard`` options, e.g. ``{"ping_interval": "1"}``; passed as FLEET_SHARD_*."""
@@ -354,7 +356,7 @@ class LocalStack(process.Service):
         """``fleet api`` (with its fleet state) and a token file naming one operator."""
         host = self.config.host
         (port,) = process.free_ports(1, host)
-        self.operator_token = secrets.token_urlsafe(32)
+        self.operator_token = secrets.token_hex(32)  # hex: see jwt_secret
         tokens = self.run_dir / "operator-tokens.json"
         tokens.touch(mode=0o600)
         tokens.write_text(json.dumps({self.operator_token: "stack-operator"}))

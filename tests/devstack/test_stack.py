@@ -154,3 +154,9 @@ def test_count_or_auto_reads_a_count_and_refuses_the_rest() -> None:
     assert count_or_auto("3") == 3
     with pytest.raises(ValueError, match="expected a number or auto, not 'many'"):
         count_or_auto("many")
+
+
+def test_the_stacks_secret_can_be_passed_on_a_command_line(tmp_path: Path) -> None:
+    # A urlsafe secret starts with "-" once in 64: "--jwt-secret -x..." then reads as options.
+    secrets = {StackConfig(tmp_path).jwt_secret for _ in range(1000)}
+    assert not [secret for secret in secrets if secret.startswith("-")]
