@@ -13,7 +13,7 @@ from typing import Any
 
 from simulator import timeline as tl
 from simulator.timeline import Timeline
-from simulator.verdicts import Check, judge
+from simulator.verdicts import AT_MOST, Check, judge
 
 SHARD_KILLED = "shard_killed"  # the timeline mark the storm sets
 ROLLOUT_CREATED, ROLLOUT_FINISHED = "rollout_created", "rollout_finished"
@@ -229,3 +229,35 @@ def rollout_checks(record: RunRecord) -> list[Check]:
         check(record, "failures_unmatched", unmatched, "<=", 0),
         *fleet_checks(record),
     ]
+
+
+# Checks over counts of bad events or over peaks: these only grow during a run, so once one is
+# over its "<=" threshold no later second can make it pass (what --abort-on-fail stops for).
+ONLY_GROW = frozenset(
+    {
+        "unexpected_drops",
+        "alerts_duplicated",
+        "haproxy_5xx_beyond_shed",
+        "peak_accept_per_s",
+        "rollout_peak_in_flight",
+        "gateways_peak_updating",
+        "failures_without_reason",
+        "rollout_failures_without_reason",
+    }
+)
+# Tries with none connected before a failing connect_failed_pct counts as hopeless: the
+# wrong --jwt-secret or --host, not a storm's shed tries.
+HOPELESS_TRIES = 100
+
+
+def cannot_pass(failed: Check, record: RunRecord) -> bool:
+    """Whether a failing check, judged on a run still going, can no longer pass by its end."""
+    if failed.ok or failed.measured is None:
+        return False
+    if failed.name in ONLY_GROW and failed.rule == AT_MOST:
+        return True
+    if failed.name == "connect_failed_pct":
+        failures: Mapping[str, int] = record.summary["connect_failures"]
+        connects = record.summary["gateways"]["connects"]
+        return connects == 0 and sum(failures.values()) >= HOPELESS_TRIES
+    return False

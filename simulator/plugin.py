@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import secrets
+import shlex
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -25,6 +26,7 @@ import gevent
 from locust import User, argument_parser, events, runners
 from locust.env import Environment
 from locust.event import EventHook
+from locust.html import get_html_report
 from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
@@ -36,9 +38,10 @@ from backend.devstack.stack import (
     fetch_metrics,
     shard_settings,
 )
-from simulator import audit, report, verdicts
-from simulator.checks import RunRecord, fleet_checks
-from simulator.fleet import Fleet
+from simulator import report, verdicts, webui
+from simulator.audit import audit_stream
+from simulator.checks import RunRecord, cannot_pass, fleet_checks
+from simulator.fleet import Fleet, parse_targets, source_addresses
 from simulator.metrics import SimulatorMetrics
 from simulator.network import load_profiles, scenario_mix
 from simulator.operator import REQUEST_TYPE as OPERATOR
@@ -88,6 +91,9 @@ class RunState:
         # A scenario's own greenlets: end with the test.
         self.scenario_tasks: list[gevent.Greenlet[..., None]] = []
         self.summary_text = ""  # printed last, after Locust's own tables
+        self.aborted: str | None = None  # why --abort-on-fail ended the run
+        self.quitting = False
+        self.started_at = time.strftime("%Y-%m-%d %H:%M:%S %Z")
 
     def elapsed(self) -> float:
         """Seconds since this process started the run: the timeline's clock."""
@@ -182,6 +188,9 @@ OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
      {"type": int, **_HIDDEN}),
     ("--threshold", "NAME=VALUE: override a verdict check's threshold, e.g. "
      "reconnect_99pct_s=20 (repeatable)", {"action": "append", "default": [], **_HIDDEN}),
+    ("--abort-on-fail", "end the run early, failed, once a verdict check can no longer pass "
+     "(a count of bad events over its bound; every one of 100+ tries failed)",
+     {"action": "store_true", "default": False, **_HIDDEN}),
     ("--alert-window", "alert burst: alerts each gateway keeps unacked (in flight)",
      {"type": int, "default": 8}),
     ("--kill-after", "reconnect storm: seconds after the fleet is connected to kill a shard",
@@ -226,6 +235,17 @@ def _check_network_options(environment: Environment, options: Any) -> None:
             raise ValueError(f"{where} {spec!r}: {exc}") from None
 
 
+def _check_target_options(environment: Environment, options: Any) -> None:
+    """With --host: every URL parses, the source addresses and the CA file are usable."""
+    if not environment.host:
+        return
+    targets = parse_targets(environment.host)
+    source_addresses(options.source_addresses or "auto", targets)
+    ca_file = options.ca_file
+    if ca_file and not Path(ca_file).is_file():
+        raise ValueError(f"--ca-file {ca_file!r}: no such file")
+
+
 @listener(events.init)
 def on_init(environment: Environment, **_: Any) -> None:
     state = run_state(environment)
@@ -242,6 +262,7 @@ def on_init(environment: Environment, **_: Any) -> None:
         try:  # a typo fails now, before the stack starts, not after the run
             verdicts.parse_thresholds(options.threshold)
             _check_network_options(environment, options)
+            _check_target_options(environment, options)
         except (OSError, ValueError) as exc:
             sys.exit(str(exc))
         if not environment.host:
@@ -254,8 +275,8 @@ def on_init(environment: Environment, **_: Any) -> None:
         options.html_file = options.html_file or str(state.run_dir / "locust.html")
         environment.events.quit.add_listener(functools.partial(print_summary_last, state))
         _extend_web_ui(environment)
+        gevent.spawn(_watch, environment).link_exception(report_crash)
         if options.headless:
-            gevent.spawn(_print_progress, environment).link_exception(report_crash)
             # Our progress line every 10 s instead of Locust's table every 2 s, which buries
             # it; --print-stats brings the table back. Its final tables are printed either way.
             options.only_summary = options.only_summary or not options.print_stats
@@ -416,13 +437,14 @@ def on_quitting(environment: Environment, **_: Any) -> None:
     if isinstance(environment.runner, WorkerRunner):
         return
     state = run_state(environment)
+    state.quitting = True  # the record is written below, not by the test's stop
     interrupted_after = None
     try:
         if environment.runner is not None:
             # Locust fires "quitting" before it stops the users (Ctrl-C, SIGTERM): stop them
             # (and drain their alerts) first, or they would see their backend vanish below.
             # Users still running then: the run did not end by itself (-t, its shape, Stop).
-            if environment.runner.state in (runners.STATE_SPAWNING, runners.STATE_RUNNING):
+            if users_running(environment):
                 interrupted_after = state.elapsed()
             environment.runner.stop()
         if state.run_dir is not None:
@@ -430,6 +452,9 @@ def on_quitting(environment: Environment, **_: Any) -> None:
                 state.sampler.kill()
             summary, judged_by_scenario = judged_summary(environment, interrupted_after)
             write_run_record(environment, summary, state.run_dir)
+            html_file = Path(getattr(environment.parsed_options, "html_file", ""))
+            if not html_file.is_file():  # Locust writes it before "quitting", but not on SIGTERM
+                write_locust_html(environment, html_file)
             state.summary_text = summary_text(summary, state.run_dir)
             if summary["verdict"]["failures"]:
                 environment.process_exit_code = 1
@@ -441,6 +466,33 @@ def on_quitting(environment: Environment, **_: Any) -> None:
             state.stack = None
 
 
+@listener(events.test_stop)
+def on_test_stop(environment: Environment, **_: Any) -> None:
+    """The web UI's Stop: the test's record now, as at the end of a headless run (which writes
+    it once, when Locust quits)."""
+    options, state = environment.parsed_options, run_state(environment)
+    if options is None or options.headless or state.run_dir is None or state.quitting:
+        return
+    if not owns_stack(environment):
+        return
+    summary = judged_summary(environment, None)[0]
+    write_run_record(environment, summary, state.run_dir)
+    write_locust_html(environment, Path(options.html_file))
+    ok = "OK" if summary["verdict"]["ok"] else "FAILED"
+    log.info("test stopped: verdict %s; run record in %s/", ok, state.run_dir)
+
+
+def write_locust_html(environment: Environment, path: Path) -> None:
+    """Locust's own HTML report, as it writes it with --html."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(get_html_report(environment, show_download_link=False), encoding="utf-8")
+
+
+def users_running(environment: Environment) -> bool:
+    runner = environment.runner
+    return runner is not None and runner.state in (runners.STATE_SPAWNING, runners.STATE_RUNNING)
+
+
 def judged_summary(
     environment: Environment, interrupted_after: float | None
 ) -> tuple[dict[str, Any], bool]:
@@ -449,10 +501,11 @@ def judged_summary(
     scenario has. An interrupted run fails, as does a --threshold that names no check."""
     summary = build_summary(environment)
     record = run_record(environment, summary)
-    scenario = scenario_checks(environment, record)
-    checks = scenario or fleet_checks(record)
+    checks, by_scenario = run_checks(environment, record)
     add_verdicts(summary, checks)
     failures = summary["verdict"]["failures"]
+    if (aborted := run_state(environment).aborted) is not None:
+        failures.append(aborted)
     if interrupted_after is not None:
         failures.append(
             f"interrupted after {interrupted_after:.0f} s (Ctrl-C or SIGTERM): the figures "
@@ -464,17 +517,26 @@ def judged_summary(
         for name in sorted(set(record.overrides) - set(names))
     ]
     summary["verdict"]["ok"] = not failures
-    return summary, bool(scenario)
+    return summary, by_scenario
 
 
-def build_summary(environment: Environment) -> dict[str, Any]:
+def run_checks(environment: Environment, record: RunRecord) -> tuple[list[Check], bool]:
+    """The scenarios' checks, or the checks every run has when no scenario brings its own;
+    and whether the scenarios' did."""
+    scenario = scenario_checks(environment, record)
+    return scenario or fleet_checks(record), bool(scenario)
+
+
+def build_summary(environment: Environment, *, audit: bool = True) -> dict[str, Any]:
+    """The run's figures; ``audit``: read this run's alerts back from the stream (at the end;
+    the live views skip it)."""
     state = run_state(environment)
     fleet = totals(environment)
     alerts = dict(fleet.get("alerts", {}))
     alerts["pending"] = fleet.get("pending", 0)
     stored = None
-    if state.stack is not None and environment.parsed_options is not None:
-        stored = audit.audit_stream(
+    if audit and state.stack is not None and environment.parsed_options is not None:
+        stored = audit_stream(
             state.stack.nats_url,
             environment.parsed_options.fleet_run_id,
             credentials=state.stack.nats_credentials[natsauth.AUDIT],
@@ -491,6 +553,9 @@ def build_summary(environment: Environment) -> dict[str, Any]:
     stats = environment.stats.total
     failures = verdict(fleet, alerts)
     return {
+        "scenarios": [cls.__name__ for cls in dict.fromkeys(environment.user_classes)],
+        "command": command_line(sys.argv),
+        "started_at": state.started_at,
         "host": environment.host,
         "duration_s": round(time.monotonic() - state.started, 1),
         "gateways": {key: fleet[key] for key in ("connected", "peak_connected", "connects")},
@@ -508,6 +573,23 @@ def build_summary(environment: Environment) -> dict[str, Any]:
         "latency_ms": _latencies(environment),
         "verdict": {"failures": failures, "ok": not failures},
     }
+
+
+SECRET_OPTIONS = ("--jwt-secret",)
+
+
+def command_line(argv: list[str]) -> str:
+    """The command that started the run, as the report shows it: secrets masked."""
+    words = [Path(argv[0]).name if argv else "locust"]
+    hide_next = False
+    for word in argv[1:]:
+        flag, sep, _ = word.partition("=")
+        if hide_next:
+            word, hide_next = "***", False
+        elif flag in SECRET_OPTIONS:
+            word, hide_next = (f"{flag}=***", False) if sep else (word, True)
+        words.append(shlex.quote(word))
+    return " ".join(words)
 
 
 def _rollout_figures(
@@ -685,10 +767,43 @@ def _shard_figures(url: str) -> ShardFigures | None:
         return None
 
 
-def _print_progress(environment: Environment) -> None:
-    while True:
+def _watch(environment: Environment) -> None:
+    """Every 10 s: the headless progress line and, with --abort-on-fail, the run's checks on
+    its figures so far; a check that can no longer pass ends the run."""
+    options = environment.parsed_options
+    assert options is not None
+    state = run_state(environment)
+    while state.aborted is None:
         gevent.sleep(PROGRESS_INTERVAL)
-        log.info("%s", format_progress(totals(environment)))
+        if options.headless:
+            log.info("%s", format_progress(totals(environment)))
+        if options.abort_on_fail and users_running(environment):
+            _abort_if_hopeless(environment, state)
+
+
+def _abort_if_hopeless(environment: Environment, state: RunState) -> None:
+    checks, record = live_checks(environment)
+    hopeless = [check for check in checks if cannot_pass(check, record)]
+    if not hopeless or environment.runner is None:
+        return
+    failed = hopeless[0]
+    state.aborted = (
+        f"aborted by --abort-on-fail after {state.elapsed():.0f} s: {failed.name} measured "
+        f"{verdicts.format_value(failed.measured, failed.unit)}, threshold {failed.rule} "
+        f"{verdicts.format_value(failed.threshold, failed.unit)}, and cannot pass any more"
+    )
+    log.error("%s", state.aborted)
+    if environment.parsed_options is not None and environment.parsed_options.headless:
+        environment.runner.quit()  # the headless run ends: Locust's shutdown, our record
+    else:
+        environment.runner.stop()  # the web UI stays, with the record of the stopped test
+
+
+def live_checks(environment: Environment) -> tuple[list[Check], RunRecord]:
+    """The run's checks judged on its figures so far (the stream is not read back)."""
+    record = run_record(environment, build_summary(environment, audit=False))
+    checks, _ = run_checks(environment, record)
+    return checks, record
 
 
 def report_crash(greenlet: gevent.Greenlet[..., Any]) -> None:
@@ -699,24 +814,22 @@ def report_crash(greenlet: gevent.Greenlet[..., Any]) -> None:
 
 
 def _extend_web_ui(environment: Environment) -> None:
-    """A "Gateways" tab next to Locust's own: the connection gauge and fleet accounting."""
-    web_ui = environment.web_ui
-    if web_ui is None or web_ui.app is None:  # Locust's WebUI always makes its app
+    if environment.web_ui is None:
         return
-    web_ui.template_args["extendedTabs"] = [{"title": "Gateways", "key": "gateways"}]
-    web_ui.template_args["extendedTables"] = [
-        {"key": "gateways", "structure": [
-            {"key": "metric", "title": "Metric"}, {"key": "value", "title": "Value"},
-        ]},
-    ]  # fmt: skip
+    webui.extend(
+        environment.web_ui,
+        webui.LiveViews(
+            fleet_rows=lambda: table_rows(totals(environment)),
+            checks=lambda: live_checks(environment)[0],
+            report=lambda: live_report(environment),
+        ),
+    )
 
-    @web_ui.app.after_request
-    def add_fleet_rows(response: Any) -> Any:
-        from flask import request
 
-        if request.path != "/stats/requests" or not response.is_json:
-            return response
-        rows = [{"metric": k, "value": v} for k, v in table_rows(totals(environment))]
-        body = {**response.json, "extended_stats": [{"key": "gateways", "data": rows}]}
-        response.set_data(json.dumps(body))
-        return response
+def live_report(environment: Environment) -> str:
+    """The report's content from the figures so far, with the checks judged on them."""
+    summary = build_summary(environment, audit=False)
+    checks, _ = run_checks(environment, run_record(environment, summary))
+    add_verdicts(summary, checks)
+    summary["state"] = "running" if users_running(environment) else "stopped"
+    return report.body(summary, run_state(environment).timeline.as_dict())

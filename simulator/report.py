@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import itertools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -15,66 +16,120 @@ from simulator.verdicts import format_value, from_dicts
 
 Series = Mapping[str, Sequence[tuple[float, float]]]
 
-WIDTH, HEIGHT, MARGIN = 720, 220, 48
+WIDTH, HEIGHT, MARGIN = 720, 240, 56
+TITLE_HEIGHT, LEGEND_ROW, CHAR_WIDTH = 22, 14, 6.5  # CHAR_WIDTH: 11 px sans-serif, roughly
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf")
+TICKS = 5
+
+
+def nice_ticks(top: float, count: int = TICKS) -> list[float]:
+    """At most ``count`` + 1 round steps (1, 2 or 5 times a power of ten) from 0, the last
+    tick at or above ``top``."""
+    top = max(top, 1e-9)
+    power = 10 ** math.floor(math.log10(top / count))
+    step = next(
+        m * power for m in (1, 2, 5, 10) if math.ceil(top / (m * power) - 1e-9) <= count + 1
+    )
+    return [round(step * i, 12) for i in range(math.ceil(top / step - 1e-9) + 1)]
+
+
+def _tick_label(value: float) -> str:
+    return f"{value:,.0f}" if value >= 10 or value == int(value) else f"{value:.2g}"
+
+
+def _legend(names: Sequence[str]) -> tuple[list[tuple[str, float, float]], float]:
+    """Each name's (name, x, y) in rows under the title, wrapped to the chart's width; and the
+    height the rows take. Inside the SVG, so a long name is never clipped."""
+    placed: list[tuple[str, float, float]] = []
+    x, row = float(MARGIN), 0
+    for name in names:
+        width = 14 + CHAR_WIDTH * len(name) + 12
+        if x + width > WIDTH - 8 and x > MARGIN:
+            x, row = float(MARGIN), row + 1
+        placed.append((name, x, TITLE_HEIGHT + 12 + LEGEND_ROW * row))
+        x += width
+    return placed, float(LEGEND_ROW * (row + 1)) if names else 0.0
 
 
 def svg_chart(
     title: str, series: Series, unit: str = "", marks: Mapping[str, float] | None = None
 ) -> str:
-    """A line chart of ``series`` (name: [(t, value)]) with vertical lines at ``marks``."""
+    """A line chart of ``series`` (name: [(t, value)]) with gridlines, labelled ticks, a legend
+    and vertical lines at ``marks``."""
     marks = marks or {}
     points = [p for line in series.values() for p in line]
     if not points:
         return f"<h3>{html.escape(title)}</h3><p>no data</p>"
-    t_max = max(max(t for t, _ in points), *marks.values(), 1.0)
-    y_max = max(max(v for _, v in points), 1.0)
+    legend, legend_height = _legend(list(series))
+    top = TITLE_HEIGHT + legend_height + 8
+    height = HEIGHT + legend_height
+    t_ticks = nice_ticks(max(max(t for t, _ in points), *marks.values(), 1.0))
+    y_ticks = nice_ticks(max(max(v for _, v in points), 1.0))
 
     def x(t: float) -> float:
-        return MARGIN + (WIDTH - 2 * MARGIN) * t / t_max
+        return MARGIN + (WIDTH - 1.5 * MARGIN) * t / t_ticks[-1]
 
     def y(v: float) -> float:
-        return HEIGHT - MARGIN + (2 * MARGIN - HEIGHT) * v / y_max
+        return height - MARGIN + (top + 4 - height + MARGIN) * v / y_ticks[-1]
 
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height:.0f}" '
         f'font-family="sans-serif" font-size="11">',
-        f'<text x="{MARGIN}" y="16" font-size="13">{html.escape(title)}</text>',
-        _axes(t_max, y_max, unit, x, y),
+        f'<text x="{MARGIN}" y="16" font-size="13" font-weight="bold">{html.escape(title)}</text>',
+        _grid(t_ticks, y_ticks, unit, x, y),
+        *_marks(marks, x, y(0), y(y_ticks[-1])),
     ]
-    for name, t in marks.items():
-        parts.append(
-            f'<line x1="{x(t):.1f}" x2="{x(t):.1f}" y1="{y(0):.1f}" y2="{y(y_max):.1f}" '
-            f'stroke="#888" stroke-dasharray="4 3"/><text x="{x(t) + 3:.1f}" '
-            f'y="{y(y_max) + 10:.1f}" fill="#555">{html.escape(name)}</text>'
-        )
-    for index, (name, line) in enumerate(series.items()):
+    for index, ((name, line), (_, lx, ly)) in enumerate(zip(series.items(), legend, strict=True)):
         colour = COLOURS[index % len(COLOURS)]
         path = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in line)
         parts.append(
             f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{path}"/>'
-        )
-        parts.append(
-            f'<text x="{WIDTH - MARGIN + 4}" y="{MARGIN + 14 * index}" fill="{colour}">'
-            f"{html.escape(name)}</text>"
+            f'<rect x="{lx:.1f}" y="{ly - 8:.1f}" width="10" height="10" fill="{colour}"/>'
+            f'<text x="{lx + 14:.1f}" y="{ly + 1:.1f}">{html.escape(name)}</text>'
         )
     parts.append("</svg>")
     return "".join(parts)
 
 
-def _axes(
-    t_max: float, y_max: float, unit: str, x: Callable[[float], float], y: Callable[[float], float]
+def _grid(
+    t_ticks: Sequence[float],
+    y_ticks: Sequence[float],
+    unit: str,
+    x: Callable[[float], float],
+    y: Callable[[float], float],
 ) -> str:
-    """Both axes with their end values: enough to read a run's scale."""
-    return (
-        f'<line x1="{x(0)}" x2="{x(t_max)}" y1="{y(0)}" y2="{y(0)}" stroke="#000"/>'
-        f'<line x1="{x(0)}" x2="{x(0)}" y1="{y(0)}" y2="{y(y_max)}" stroke="#000"/>'
-        f'<text x="{x(0) - 4}" y="{y(0) + 4}" text-anchor="end">0</text>'
-        f'<text x="{x(0) - 4}" y="{y(y_max) + 4}" text-anchor="end">{y_max:,.0f}</text>'
-        f'<text x="{x(0)}" y="{y(0) + 16}">0 s</text>'
-        f'<text x="{x(t_max)}" y="{y(0) + 16}" text-anchor="end">{t_max:,.0f} s</text>'
-        f'<text x="{x(0)}" y="{y(y_max) - 6}">{html.escape(unit)}</text>'
+    """Axes, light gridlines at every tick, and each tick's value; the unit above the y axis."""
+    x0, x1, y0, y1 = x(0), x(t_ticks[-1]), y(0), y(y_ticks[-1])
+    grey = 'stroke="#e3e3e3"'
+    across = [
+        f'<line x1="{x0:.1f}" x2="{x1:.1f}" y1="{y(v):.1f}" y2="{y(v):.1f}" {grey}/>'
+        f'<text x="{x0 - 4:.1f}" y="{y(v) + 4:.1f}" text-anchor="end">{_tick_label(v)}</text>'
+        for v in y_ticks
+    ]
+    along = [
+        f'<line x1="{x(t):.1f}" x2="{x(t):.1f}" y1="{y0:.1f}" y2="{y1:.1f}" {grey}/>'
+        f'<text x="{x(t):.1f}" y="{y0 + 15:.1f}" text-anchor="middle">{_tick_label(t)} s</text>'
+        for t in t_ticks
+    ]
+    unit_label = (
+        f'<text x="{x0 - 4:.1f}" y="{y1 - 8:.1f}" text-anchor="end">{html.escape(unit)}</text>'
     )
+    axes = (
+        f'<path fill="none" stroke="#000" d="M{x0:.1f},{y1:.1f} L{x0:.1f},{y0:.1f} '
+        f'L{x1:.1f},{y0:.1f}"/>'
+    )
+    return "".join([unit_label, *across, *along, axes])
+
+
+def _marks(
+    marks: Mapping[str, float], x: Callable[[float], float], bottom: float, top: float
+) -> list[str]:
+    return [
+        f'<line x1="{x(t):.1f}" x2="{x(t):.1f}" y1="{bottom:.1f}" y2="{top:.1f}" '
+        f'stroke="#555" stroke-dasharray="4 3"/><text x="{x(t) + 3:.1f}" '
+        f'y="{top + 10:.1f}" fill="#333">{html.escape(name)}</text>'
+        for name, t in marks.items()
+    ]
 
 
 def series_of(samples: Sequence[Sample], *keys: str) -> dict[str, list[tuple[float, float]]]:
@@ -88,6 +143,20 @@ def rate_of(samples: Sequence[Sample], key: str) -> list[tuple[float, float]]:
     """A counter's increase per second between samples."""
     pairs = itertools.pairwise(samples)
     return [(b["t"], (b[key] - a[key]) / (b["t"] - a["t"])) for a, b in pairs if b["t"] > a["t"]]
+
+
+def rates_by_cause(samples: Sequence[Sample], key: str) -> dict[str, list[tuple[float, float]]]:
+    """Per cause, the increase per second of a sample's {cause: count} field (drops, failed
+    tries); samples before a cause first appeared count it as 0."""
+    causes = sorted({cause for sample in samples for cause in sample.get(key, {})})
+    return {
+        cause: [
+            (b["t"], (b[key].get(cause, 0) - a[key].get(cause, 0)) / (b["t"] - a["t"]))
+            for a, b in itertools.pairwise(samples)
+            if b["t"] > a["t"] and key in a and key in b
+        ]
+        for cause in causes
+    }
 
 
 def shard_series(samples: Sequence[Sample]) -> dict[str, list[tuple[float, float]]]:
@@ -122,6 +191,13 @@ def charts(samples: Sequence[Sample], marks: Mapping[str, float]) -> list[str]:
             "Alerts acked per second", {"acked/s": rate_of(samples, "alerts_acked")}, "per s", marks
         ),
         svg_chart("Connections per shard", shard_series(samples), "connections", marks),
+        svg_chart("Drops per second, by cause", rates_by_cause(samples, "drops"), "per s", marks),
+        svg_chart(
+            "Failed connection tries per second, by cause",
+            rates_by_cause(samples, "failed"),
+            "per s",
+            marks,
+        ),
     ]
 
 
@@ -160,10 +236,24 @@ STYLE = (
 
 
 def render(summary: Mapping[str, Any], timeline: Mapping[str, Any]) -> str:
-    """The whole report page."""
+    """The whole report page, for the run directory."""
+    return page(f"fleet run: {_scenario(summary)}", body(summary, timeline))
+
+
+def page(title: str, content: str, head: str = "") -> str:
+    return (
+        f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style>{head}</head><body>{content}</body></html>\n"
+    )
+
+
+def body(summary: Mapping[str, Any], timeline: Mapping[str, Any]) -> str:
+    """The report's content: what ran and its verdict, the headline figures and the plots."""
     ok = summary["verdict"]["ok"]
     samples, marks = timeline["samples"], timeline["marks"]
     facts = {
+        "command": summary.get("command", ""),
+        "started": summary.get("started_at", ""),
         "target": summary["host"],
         "duration": f"{summary['duration_s']} s",
         "peak connected": summary["gateways"]["peak_connected"],
@@ -173,12 +263,15 @@ def render(summary: Mapping[str, Any], timeline: Mapping[str, Any]) -> str:
     }
     rows = "".join(f"<tr><th>{k}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts.items())
     failures = "".join(f"<li>{html.escape(f)}</li>" for f in summary["verdict"]["failures"])
+    state = summary.get("state") or ("PASS" if ok else "FAIL")
     return (
-        f"<!doctype html><html><head><meta charset=utf-8><title>fleet run</title>"
-        f"<style>{STYLE}</style></head><body><h1>Fleet run: {'PASS' if ok else 'FAIL'}</h1>"
+        f"<h1>{html.escape(_scenario(summary))}: {html.escape(state)}</h1>"
         f"<table>{rows}</table><ul>{failures}</ul><h2>Verdict</h2>"
         f"{verdict_table(summary.get('verdicts', []))}<h2>Timeline</h2>"
         + "".join(f"<div>{chart}</div>" for chart in charts(samples, marks))
         + rollout_chart(summary.get("rollout"), marks)
-        + "</body></html>\n"
     )
+
+
+def _scenario(summary: Mapping[str, Any]) -> str:
+    return ", ".join(summary.get("scenarios", [])) or "fleet run"

@@ -132,6 +132,33 @@ def verdict(fleet: Mapping[str, Any], alerts: Mapping[str, int]) -> list[str]:
     return failures
 
 
+# What to check first for the failed-try causes an SRE meets most ("tcp" is a refused or
+# timed-out TCP connect, "http N" the status an upgrade was refused with).
+FAILURE_HINTS = {
+    "http 401": "the backend refuses the device tokens: check --jwt-secret",
+    "http 403": "the backend refuses the device tokens: check --jwt-secret and --fleet-prefix",
+    "http 404": "no device endpoint at that address: check --host",
+    "http 503": "the backend sheds connections: admission control, or no shard up behind HAProxy",
+    "tcp": "nothing accepts connections at --host: is the backend up and the address right?",
+    "tls": "the TLS handshake failed: check --ca-file and the host name in --host",
+}
+
+
+def failure_hint(cause: str) -> str | None:
+    """What to check for a failed-try cause; None for causes with no common fix."""
+    return FAILURE_HINTS.get(cause)
+
+
+def _failed_tries(failures: Mapping[str, int]) -> str:
+    """ "failed tries: http 401 117 (hint)" with the hint of the commonest cause; "" if none."""
+    if not failures:
+        return ""
+    counts = ", ".join(f"{cause} {n}" for cause, n in sorted(failures.items()))
+    commonest = max(failures, key=lambda cause: failures[cause])
+    hint = failure_hint(commonest)
+    return f" | failed tries: {counts}" + (f" ({hint})" if hint else "")
+
+
 def format_progress(fleet: Mapping[str, Any]) -> str:
     """One headless progress line."""
     drops = ", ".join(f"{cause} {n}" for cause, n in sorted(fleet["drops"].items())) or "none"
@@ -140,6 +167,7 @@ def format_progress(fleet: Mapping[str, Any]) -> str:
         f"gateways connected {fleet['connected']} (peak {fleet['peak_connected']}) | "
         f"reconnects {fleet['reconnects']} | drops: {drops} | alerts sent {alerts.get('sent', 0)} "
         f"acked {alerts.get('acked', 0)} resent {alerts.get('resent', 0)}"
+        + _failed_tries(fleet["connect_failures"])
     )
 
 
@@ -153,6 +181,13 @@ def table_rows(fleet: Mapping[str, Any]) -> list[tuple[str, Any]]:
         ("unexpected drops", fleet["unexpected_drops"]),
     ]
     rows += [(f"drops: {cause}", n) for cause, n in sorted(fleet["drops"].items())]
-    rows += [(f"failed tries: {why}", n) for why, n in sorted(fleet["connect_failures"].items())]
+    rows += [
+        (f"failed tries: {why}", _with_hint(n, failure_hint(why)))
+        for why, n in sorted(fleet["connect_failures"].items())
+    ]
     rows += [(f"alerts {what}", n) for what, n in sorted(fleet["alerts"].items())]
     return rows
+
+
+def _with_hint(count: int, hint: str | None) -> int | str:
+    return f"{count} ({hint})" if hint else count

@@ -75,6 +75,8 @@ class Timeline:
             "connects": fleet["connects"],
             "reconnects": fleet["reconnects"],
             "unexpected_drops": fleet["unexpected_drops"],
+            "drops": dict(fleet["drops"]),  # by cause, since the start
+            "failed": dict(fleet["connect_failures"]),  # failed tries by cause, likewise
             "alerts_acked": fleet["alerts"].get("acked", 0),
             "alert_p50_ms": percentile(new, 0.5),
             "alert_p99_ms": percentile(new, 0.99),

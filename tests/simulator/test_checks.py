@@ -6,9 +6,11 @@ import copy
 from typing import Any
 
 from simulator.checks import (
+    HOPELESS_TRIES,
     SHARD_KILLED,
     RunRecord,
     burst_checks,
+    cannot_pass,
     day_checks,
     fleet_checks,
     rollout_checks,
@@ -263,3 +265,44 @@ def test_a_run_without_alerts_or_tries() -> None:
     assert not judged["connect_failed_pct"].ok
     overridden = RunRecord(SUMMARY, Timeline(), 1000, overrides={"connect_failed_pct": 0})
     assert not by_name(fleet_checks(overridden))["connect_failed_pct"].ok
+
+
+def test_a_failed_count_of_bad_events_cannot_pass_any_more() -> None:
+    summary = {**a_day(), "unexpected_drops": 50}
+    record = RunRecord(summary, Timeline(), 1000)
+    judged = by_name(day_checks(record))
+    assert not judged["unexpected_drops"].ok
+    assert cannot_pass(judged["unexpected_drops"], record)
+    assert not cannot_pass(judged["peak_connected"], record)  # passing
+
+
+def test_a_failing_share_or_latency_may_still_recover() -> None:
+    summary = copy.deepcopy(SUMMARY)
+    summary["connect_failures"] = {"http 503": 600}  # 600 of 2,100 tries, but some connected
+    summary["latency_ms"]["ping"]["p99"] = 5000
+    record = RunRecord(summary, Timeline(), 1000)
+    judged = by_name(soak_checks(record))
+    assert not judged["connect_failed_pct"].ok
+    assert not cannot_pass(judged["connect_failed_pct"], record)
+    assert not judged["ping_p99_ms"].ok
+    assert not cannot_pass(judged["ping_p99_ms"], record)
+
+
+def test_tries_that_all_failed_are_hopeless_once_there_are_enough() -> None:
+    summary = copy.deepcopy(SUMMARY)
+    summary["gateways"] = {"connected": 0, "peak_connected": 0, "connects": 0}
+    summary["connect_failures"] = {"http 401": HOPELESS_TRIES - 1}
+    record = RunRecord(summary, Timeline(), 1000)
+    failed = by_name(fleet_checks(record))["connect_failed_pct"]
+    assert not failed.ok
+    assert not cannot_pass(failed, record)  # too few tries to tell yet
+    summary["connect_failures"] = {"http 401": HOPELESS_TRIES}
+    record = RunRecord(summary, Timeline(), 1000)
+    assert cannot_pass(by_name(fleet_checks(record))["connect_failed_pct"], record)
+
+
+def test_an_unmeasured_check_is_never_hopeless() -> None:
+    record = RunRecord(copy.deepcopy(SUMMARY), Timeline(), 1000)
+    unmeasured = by_name(storm_checks(record))["reconnect_99pct_s"]  # no kill yet
+    assert unmeasured.measured is None
+    assert not cannot_pass(unmeasured, record)

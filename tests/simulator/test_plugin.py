@@ -19,6 +19,7 @@ import pytest
 from backend.devstack.process import free_ports, spawn, stop, tail
 from backend.devstack.stack import metric_sum
 from tests.simulator.support import REPO, clean_env, locust, run_locust, summary_of
+from tests.support import wait_until
 
 pytestmark = pytest.mark.integration  # every test here runs real servers
 
@@ -67,10 +68,15 @@ def test_a_run_on_the_embedded_stack_loses_no_alert(tmp_path: Path) -> None:
         ),
         (("--network-profiles", "no-such.toml"), "No such file or directory: 'no-such.toml'"),
         (("--threshold", "lost_alerts"), "--threshold 'lost_alerts': expected NAME=NUMBER"),
+        (("--host", "http://127.0.0.1:8080"), "not a WebSocket URL: 'http://127.0.0.1:8080'"),
+        (
+            ("--host", "wss://127.0.0.1:8443", "--ca-file", "no-such-ca.pem"),
+            "--ca-file 'no-such-ca.pem': no such file",
+        ),
     ],
 )
 def test_a_bad_option_fails_before_anything_starts(
-    tmp_path: Path, option: tuple[str, str], said: str
+    tmp_path: Path, option: tuple[str, ...], said: str
 ) -> None:
     result = run_locust(tmp_path, "-f", MIXED_FLEET, "--headless", "-u", "1", "-t", "30s", *option)
     assert result.returncode == 1
@@ -102,6 +108,27 @@ def test_an_unreachable_backend_fails_the_run(tmp_path: Path) -> None:
     assert "stored" not in summary["alerts"]  # no embedded stack: no stream to audit
 
 
+def test_abort_on_fail_ends_a_hopeless_run_early_and_says_why(tmp_path: Path) -> None:
+    result = run_locust(
+        tmp_path,
+        *("-f", MIXED_FLEET, "--headless", "-u", "120", "-r", "120", "-t", "90s"),
+        *("--host", f"ws://127.0.0.1:{free_ports(1)[0]}", "--jwt-secret", "x", "--abort-on-fail"),
+        timeout=80,
+        as_on_a_terminal=True,
+    )
+    assert result.returncode == 1
+    # The progress line said what failed, and what to check, before the end.
+    assert "failed tries: tcp " in result.stdout
+    assert "(nothing accepts connections at --host: is the backend up" in result.stdout
+    summary = summary_of(tmp_path)
+    aborted = [f for f in summary["verdict"]["failures"] if "--abort-on-fail" in f]
+    assert len(aborted) == 1
+    assert "connect_failed_pct measured 100 %, threshold <= 5 %, and cannot pass" in aborted[0]
+    assert summary["duration_s"] < 90  # ended by the abort, not by -t
+    assert f"    - {aborted[0]}" in result.stdout
+    assert result.stdout.rstrip().splitlines()[-1].startswith("  run record")
+
+
 def test_the_scenario_directory_runs_every_scenario(tmp_path: Path) -> None:
     result = run_locust(
         tmp_path, *("-f", "scenarios", "--headless", "-u", "10", "-r", "10", "-t", "4s")
@@ -121,6 +148,11 @@ def get(url: str) -> bytes | None:
             return body
     except (urllib.error.URLError, ConnectionError):
         return None  # not serving yet
+
+
+def post(url: str) -> None:
+    with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=10):
+        pass
 
 
 def gateway_rows(stats_body: bytes) -> dict[str, Any]:
@@ -144,42 +176,89 @@ def template_args(index_body: bytes) -> dict[str, Any]:
     return args
 
 
-def test_web_ui_tab_and_prometheus_metrics(tmp_path: Path) -> None:
-    web, metrics = free_ports(2)
+def test_a_sigterm_still_leaves_locusts_report_and_fails_the_verdict(tmp_path: Path) -> None:
+    metrics = free_ports(1)[0]
     command = locust(
         tmp_path,
-        *("-f", MIXED_FLEET, "--autostart", "--autoquit", "0", "-u", "5", "-r", "5", "-t", "8s"),
-        *("--web-host", "127.0.0.1", "--web-port", str(web), "--metrics-port", str(metrics)),
+        *("-f", MIXED_FLEET, "--headless", "-u", "5", "-r", "5", "-t", "60s"),
+        *("--metrics-port", str(metrics)),
     )
-    base = f"http://127.0.0.1:{web}"
-    rows: dict[str, Any] = {}
-    connected: float | None = None
-    index: bytes | None = None
-    with (tmp_path / "locust.log").open("w") as log:
+
+    def connected() -> bool:
+        body = get(f"http://127.0.0.1:{metrics}/metrics")
+        return body is not None and gauge(body, "fleet_sim_gateways_connected") == 5
+
+    with (tmp_path.parent / f"{tmp_path.name}.log").open("w") as log:
         process = subprocess.Popen(
             command, cwd=REPO, env=clean_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=log
         )
         try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and not (rows.get("connected now") and connected):
-                index = index or get(f"{base}/")
-                if body := get(f"{base}/stats/requests"):
-                    rows = gateway_rows(body)
-                if body := get(f"http://127.0.0.1:{metrics}/metrics"):
-                    connected = gauge(body, "fleet_sim_gateways_connected")
-                time.sleep(0.2)
-            returncode = process.wait(timeout=60)
+            wait_until(connected, timeout=30, what="5 gateways connected")
+        finally:
+            returncode = stop(process, timeout=30)  # SIGTERM
+    assert returncode == 1
+    assert (tmp_path / "locust.html").read_text().startswith("<!DOCTYPE html>")
+    failures = summary_of(tmp_path)["verdict"]["failures"]
+    assert any(failure.startswith("interrupted after") for failure in failures)
+
+
+def extended_rows(stats_body: bytes, key: str) -> list[dict[str, Any]]:
+    tables = json.loads(stats_body).get("extended_stats", [])
+    return [row for table in tables if table["key"] == key for row in table["data"]]
+
+
+def test_web_ui_tabs_live_report_stop_and_prometheus_metrics(tmp_path: Path) -> None:
+    web, metrics = free_ports(2)
+    command = locust(
+        tmp_path,
+        *("-f", MIXED_FLEET, "--autostart", "-u", "5", "-r", "5"),
+        *("--web-host", "127.0.0.1", "--web-port", str(web), "--metrics-port", str(metrics)),
+    )
+    base = f"http://127.0.0.1:{web}"
+    rows: dict[str, Any] = {}
+    with (tmp_path.parent / f"{tmp_path.name}.log").open("w") as log:
+        process = subprocess.Popen(
+            command, cwd=REPO, env=clean_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=log
+        )
+        try:
+
+            def five_connected() -> bool:
+                rows.update(gateway_rows(get(f"{base}/stats/requests") or b"{}"))
+                return rows.get("connected now") == 5
+
+            wait_until(five_connected, timeout=30, what="5 gateways in the Gateways tab")
+            time.sleep(2)  # a few timeline samples for the live charts
+            index, stats = get(f"{base}/"), get(f"{base}/stats/requests")
+            live, content = get(f"{base}/fleet"), get(f"{base}/fleet/content")
+            prometheus = get(f"http://127.0.0.1:{metrics}/metrics")
+            assert not (tmp_path / "summary.json").exists()
+            post(f"{base}/stop")  # the UI's Stop button
+            wait_until(lambda: (tmp_path / "summary.json").exists(), 30, "the record after Stop")
+            assert process.poll() is None  # the UI stays up, with the stopped test's record
         finally:
             stop(process, timeout=30)  # Locust stops the embedded stack on SIGTERM
-    assert rows.get("connected now"), rows
     assert rows["peak connected"] >= rows["connected now"]
     assert {"connects", "reconnects", "unexpected drops"} <= rows.keys()
-    assert connected
     assert index is not None
+    assert stats is not None
+    assert prometheus is not None
+    assert gauge(prometheus, "fleet_sim_gateways_connected") == 5
     args = template_args(index)
-    assert args["extendedTabs"] == [{"title": "Gateways", "key": "gateways"}]
-    assert args["extendedTables"][0]["key"] == "gateways"
-    assert returncode == 0, (tmp_path / "locust.log").read_text()[-3000:]
+    assert [tab["key"] for tab in args["extendedTabs"]] == ["gateways", "checks"]
+    assert [table["key"] for table in args["extendedTables"]] == ["gateways", "checks"]
+    checks = {row["check"]: row for row in extended_rows(stats, "checks")}
+    assert checks["connect_failed_pct"] == {
+        "check": "connect_failed_pct", "measured": "0 %", "threshold": "<= 5 %",
+        "status": "passing",
+    }  # fmt: skip
+    assert live is not None
+    assert content is not None
+    assert b"fetch('fleet/content')" in live  # redrawn while the run goes on
+    assert b"MixedFleet: running" in content
+    assert content.count(b"<svg") >= 3  # connected, connects/s, per shard
+    assert b"Connected gateways" in content
+    for name in ("summary.json", "verdicts.json", "report.html", "locust.html", "timeline.json"):
+        assert (tmp_path / name).is_file(), name
     assert summary_of(tmp_path)["verdict"]["ok"]
 
 

@@ -5,7 +5,17 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 
-from simulator.report import charts, rate_of, render, rollout_chart, shard_series, svg_chart
+from simulator.report import (
+    WIDTH,
+    charts,
+    nice_ticks,
+    rate_of,
+    rates_by_cause,
+    render,
+    rollout_chart,
+    shard_series,
+    svg_chart,
+)
 from simulator.timeline import Timeline
 from simulator.verdicts import at_least, at_most
 from tests.simulator.support import fleet
@@ -46,7 +56,42 @@ def test_series_from_the_timeline() -> None:
     per_shard = shard_series(samples)
     assert per_shard["shard-a"] == [(0.0, 500), (1.0, 500)]  # ends where it stopped answering
     assert len(per_shard["shard-b"]) == 4
-    assert len(charts(samples, {})) == 5
+    assert len(charts(samples, {})) == 7
+
+
+def test_ticks_are_round_and_reach_the_top() -> None:
+    assert nice_ticks(1000) == [0, 200, 400, 600, 800, 1000]
+    assert nice_ticks(1001)[-1] == 1200
+    assert nice_ticks(7.3) == [0, 2, 4, 6, 8]
+    assert nice_ticks(0.04) == [0, 0.01, 0.02, 0.03, 0.04]
+
+
+def test_the_chart_has_a_gridline_and_a_label_per_tick() -> None:
+    root = ET.fromstring(svg_chart("Connected", {"connected": [(0, 0), (60, 1000)]}))
+    labels = [text.text for text in root.findall(f"{SVG}text")]
+    assert {"0", "200", "400", "600", "800", "1,000"} <= set(labels)
+    assert {"0 s", "20 s", "40 s", "60 s"} <= set(labels)
+    assert len(root.findall(f"{SVG}line")) == 6 + 7  # gridlines across and along
+
+
+def test_legends_wrap_inside_the_chart_never_clipped() -> None:
+    names = [f"net_blackhole (close 100{i}) on a long cause name" for i in range(6)]
+    root = ET.fromstring(svg_chart("Drops", {name: [(0, 1), (1, 2)] for name in names}))
+    legend = [t for t in root.findall(f"{SVG}text") if t.text in names]
+    assert [t.text for t in legend] == names  # every name whole
+    assert all(float(t.attrib["x"]) + 6.5 * len(names[0]) <= WIDTH for t in legend)
+    assert len({t.attrib["y"] for t in legend}) > 1  # wrapped onto several rows
+
+
+def test_drops_and_failed_tries_per_cause() -> None:
+    line = Timeline()
+    for t, (resets, refused) in enumerate([(0, 0), (2, 0), (5, 4)]):
+        snapshot = fleet(10, 10)
+        snapshot["drops"] = {"net_reset": resets} if resets else {}
+        snapshot["connect_failures"] = {"http 503": refused} if refused else {}
+        line.add(float(t), snapshot, {})
+    assert rates_by_cause(line.samples, "drops") == {"net_reset": [(1.0, 2.0), (2.0, 3.0)]}
+    assert rates_by_cause(line.samples, "failed") == {"http 503": [(1.0, 0.0), (2.0, 4.0)]}
 
 
 class _Collector(HTMLParser):
@@ -77,12 +122,17 @@ def test_the_report_has_the_verdict_and_every_plot() -> None:
             at_least("connected_at_kill", 1000, 990).as_dict(),
         ],
     }
+    summary["scenarios"] = ["ReconnectStorm"]
+    summary["command"] = "locust -f scenarios/reconnect_storm.py --headless -u 1000"
+    summary["started_at"] = "2026-12-03 08:00:00 UTC"
     page = render(summary, line.as_dict())
     parser = _Collector()
     parser.feed(page)
     text = " ".join(parser.text)
-    assert parser.tags.count("svg") == 5
-    assert "Fleet run: FAIL" in text
+    assert parser.tags.count("svg") == 5  # drops and failed tries: no data in this run
+    assert "ReconnectStorm: FAIL" in text
+    assert summary["command"] in text
+    assert "2026-12-03 08:00:00 UTC" in text
     assert "reconnect_99pct_s" in text
     assert "31 s" in text
     assert "<= 30 s" in text

@@ -147,9 +147,25 @@ def snapshot_with_activity() -> dict[str, Any]:
 def test_progress_line() -> None:
     assert format_progress(snapshot_with_activity()) == (
         "gateways connected 2 (peak 3) | reconnects 1 | drops: net_reset 1 | "
-        "alerts sent 7 acked 6 resent 0"
+        "alerts sent 7 acked 6 resent 0 | failed tries: http 503 2 (the backend sheds "
+        "connections: admission control, or no shard up behind HAProxy)"
     )
-    assert "drops: none" in format_progress(FleetStats().snapshot())
+    quiet = format_progress(FleetStats().snapshot())
+    assert "drops: none" in quiet
+    assert "failed tries" not in quiet
+
+
+def test_progress_line_hints_at_the_commonest_failure() -> None:
+    fleet = {**FleetStats().snapshot(), "connect_failures": {"http 401": 117, "tcp": 3}}
+    assert format_progress(fleet).endswith(
+        "| failed tries: http 401 117, tcp 3 (the backend refuses the device tokens: "
+        "check --jwt-secret)"
+    )
+
+
+def test_a_cause_without_a_common_fix_has_no_hint() -> None:
+    fleet = {**FleetStats().snapshot(), "connect_failures": {"net_reset": 4}}
+    assert format_progress(fleet).endswith("| failed tries: net_reset 4")
 
 
 def test_table_rows() -> None:
@@ -160,7 +176,10 @@ def test_table_rows() -> None:
         ("reconnects", 1),
         ("unexpected drops", 1),
         ("drops: net_reset", 1),
-        ("failed tries: http 503", 2),
+        (
+            "failed tries: http 503",
+            "2 (the backend sheds connections: admission control, or no shard up behind HAProxy)",
+        ),
         ("alerts acked", 6),
         ("alerts sent", 7),
     ]
