@@ -4,6 +4,7 @@ processes (the plugin patches with gevent), checked through their verdicts and r
 from __future__ import annotations
 
 import csv
+import html
 import json
 from pathlib import Path
 
@@ -54,7 +55,12 @@ def test_a_reconnect_storm_is_judged_and_leaves_a_full_run_record(tmp_path: Path
     with (tmp_path / "locust_stats.csv").open() as file:
         names = {row["Name"] for row in csv.DictReader(file)}
     assert {"connect: handshake", "reconnect", "Aggregated"} <= names
-    assert (tmp_path / "report.html").read_text().count("<svg") == 5
+    report = (tmp_path / "report.html").read_text()
+    assert report.count("<svg") >= 6  # the kill's drops by cause; 503s when some were shed
+    assert "ReconnectStorm: " in report
+    causes = timeline["samples"][-1]["drops"]  # the kill's
+    assert causes
+    assert all(f">{html.escape(cause)}</text>" in report for cause in causes)  # in a legend
 
 
 def test_an_update_rollout_keeps_its_limit_and_explains_its_failures(tmp_path: Path) -> None:
