@@ -580,7 +580,9 @@ SECRET_OPTIONS = ("--jwt-secret",)
 
 def command_line(argv: list[str]) -> str:
     """The command that started the run, as the report shows it: secrets masked."""
-    words = [Path(argv[0]).name if argv else "locust"]
+    program = Path(argv[0]) if argv else Path("locust")
+    # "python -m locust" leaves .../locust/__main__.py in argv[0]
+    words = [program.parent.name if program.name == "__main__.py" else program.name]
     hide_next = False
     for word in argv[1:]:
         flag, sep, _ = word.partition("=")

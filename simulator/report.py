@@ -98,7 +98,7 @@ def _grid(
     x: Callable[[float], float],
     y: Callable[[float], float],
 ) -> str:
-    """Axes, light gridlines at every tick, and each tick's value; the unit above the y axis."""
+    """Axes, light gridlines at every tick, and each tick's value; the unit along the y axis."""
     x0, x1, y0, y1 = x(0), x(t_ticks[-1]), y(0), y(y_ticks[-1])
     grey = 'stroke="#e3e3e3"'
     across = [
@@ -112,7 +112,8 @@ def _grid(
         for t in t_ticks
     ]
     unit_label = (
-        f'<text x="{x0 - 4:.1f}" y="{y1 - 8:.1f}" text-anchor="end">{html.escape(unit)}</text>'
+        f'<text transform="translate(12 {(y0 + y1) / 2:.1f}) rotate(-90)" text-anchor="middle" '
+        f'fill="#555">{html.escape(unit)}</text>'
     )
     axes = (
         f'<path fill="none" stroke="#000" d="M{x0:.1f},{y1:.1f} L{x0:.1f},{y0:.1f} '
