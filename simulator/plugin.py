@@ -13,6 +13,7 @@ import csv
 import functools
 import json
 import logging
+import os
 import secrets
 import shlex
 import sys
@@ -31,6 +32,8 @@ from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
 from backend.bus import natsauth
+from backend.devstack import stackctl
+from backend.devstack.prometheus import target_file
 from backend.devstack.stack import (
     LocalStack,
     StackConfig,
@@ -294,6 +297,25 @@ def on_init(environment: Environment, **_: Any) -> None:
         port = options.metrics_port + worker_index
         metrics.serve(port)
         log.info("simulator metrics on :%d/metrics", port)
+        announce_to_prometheus(environment, port)
+
+
+def announce_to_prometheus(environment: Environment, port: int) -> None:
+    """When the run targets the local stack of ``fleet up --observe``: a discovery file in its
+    run directory names this process's metrics port, so its Prometheus scrapes the load test
+    too, for as long as the process runs."""
+    try:
+        stack = stackctl.running_stack()
+    except stackctl.StackError:
+        return
+    urls = {stack["public_url"], *(shard["url"] for shard in stack["shards"])}
+    targets = set((environment.host or "").replace(",", " ").split())
+    if not stack.get("simulator_targets_dir") or not urls & targets:
+        return
+    path = Path(stack["simulator_targets_dir"]) / f"locust-{os.getpid()}.json"
+    path.write_text(target_file([f"127.0.0.1:{port}"]))
+    environment.events.quitting.add_listener(lambda **_: path.unlink(missing_ok=True))
+    log.info("the local stack's Prometheus scrapes this run (%s)", path)
 
 
 def start_embedded_stack(environment: Environment) -> None:

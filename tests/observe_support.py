@@ -20,11 +20,11 @@ GRAFANA_VARIABLES = {"__rate_interval": "30s"}
 VARIABLE = re.compile(r"\$\{?(\w+)\}?")
 
 
-def promtool_check(path: Path) -> subprocess.CompletedProcess[str]:
-    """``promtool check config``, the promtool beside the Prometheus the stack runs."""
-    promtool = str(Path(find_prometheus()).with_name("promtool"))
-    argv = [promtool, "check", "config", str(path)]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+def promtool(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The promtool beside the Prometheus the stack runs, e.g. ``promtool("check", "config",
+    path)``."""
+    argv = [str(Path(find_prometheus()).with_name("promtool")), *map(str, args)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False, cwd=cwd)
 
 
 def dashboards() -> dict[str, dict[str, Any]]:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.observe_support import DASHBOARDS, dashboards, panel_queries
+from tests.observe_support import DASHBOARDS, dashboards, panel_queries, promtool
 
 BOARDS = dashboards()
 DOCS = DASHBOARDS.parent / "docs" / "observability.md"
@@ -89,3 +89,33 @@ def test_the_dashboard_provider_reads_where_the_docs_mount_the_dashboards() -> N
     docs = DOCS.read_text()
     assert f"$PWD/dashboards:{path}" in docs
     assert "$PWD/dashboards/provisioning:/etc/grafana/provisioning" in docs
+
+
+ALERT_RULES = DASHBOARDS / "alerts.yml"
+ALERT_TESTS = DASHBOARDS.parent / "tests" / "data" / "alerts_test.yml"
+
+
+def test_the_alerting_rules_are_valid_and_each_tells_what_to_do() -> None:
+    checked = promtool("check", "rules", ALERT_RULES)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    (group,) = yaml.safe_load(ALERT_RULES.read_text())["groups"]
+    for rule in group["rules"]:
+        assert rule["labels"]["severity"] in {"critical", "warning"}, rule["alert"]
+        assert {"summary", "description"} <= rule["annotations"].keys(), rule["alert"]
+
+
+def test_each_alert_fires_on_its_series_and_stays_quiet_otherwise() -> None:
+    """promtool's rule unit tests: the series, the times and the alerts expected then."""
+    tested = promtool("test", "rules", ALERT_TESTS.name, cwd=ALERT_TESTS.parent)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    names = {
+        rule["alert"] for rule in yaml.safe_load(ALERT_RULES.read_text())["groups"][0]["rules"]
+    }
+    cases = yaml.safe_load(ALERT_TESTS.read_text())["tests"]
+    fired = {
+        check["alertname"]
+        for case in cases
+        for check in case["alert_rule_test"]
+        if check["exp_alerts"]
+    }
+    assert fired == names  # every rule has a case where it fires

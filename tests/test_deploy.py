@@ -34,7 +34,7 @@ from haproxy import staging
 from haproxy.config import FD_RESERVE as HAPROXY_FD_RESERVE
 from haproxy.config import HEALTH_PATH, STATS_USERLIST, check, render
 from haproxy.tls import make_local_pki
-from tests.observe_support import promtool_check
+from tests.observe_support import promtool
 from tests.support import running_haproxy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -731,7 +731,7 @@ PROMETHEUS_YML = K8S / "prometheus.yml"
 
 
 def test_promtool_accepts_the_prometheus_config() -> None:
-    result = promtool_check(PROMETHEUS_YML)
+    result = promtool("check", "config", PROMETHEUS_YML)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

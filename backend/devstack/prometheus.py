@@ -13,6 +13,7 @@ import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from backend.devstack.process import free_ports
 from backend.protocol.errors import FleetError
 
 INSTALL_HINT = "install it: apt-get install prometheus"
+# The fleet's alerting rules, beside the dashboards (checked by promtool in the tests).
+ALERT_RULES = Path(__file__).resolve().parents[2] / "dashboards" / "alerts.yml"
 
 
 class QueryError(FleetError):
@@ -40,25 +43,47 @@ def duration(seconds: float) -> str:
     return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
 
 
-def render_config(targets: dict[str, list[str]], scrape_interval: float = 2.0) -> str:
-    """``prometheus.yml`` scraping ``/metrics`` of each job's ``host:port`` targets."""
+def render_config(
+    targets: Mapping[str, list[str]],
+    scrape_interval: float = 2.0,
+    *,
+    discovered: Mapping[str, str] | None = None,
+    rule_files: Sequence[str] = (),
+) -> str:
+    """``prometheus.yml`` scraping ``/metrics`` of each job's ``host:port`` targets, and of the
+    targets listed in the JSON files ``discovered`` globs per job (file-based discovery: a
+    process that comes and goes, such as a load test, adds its own file); loading
+    ``rule_files``."""
     interval = duration(scrape_interval)
     lines = [
         "# Rendered by backend.devstack.prometheus.render_config. The dashboards select series",
-        "# by metric name, never by job, so the job names are free.",
+        "# by metric name, never by job, so the job names are free; the alerting rules use them.",
         "global:",
         f"  scrape_interval: {interval}",
         f"  evaluation_interval: {interval}",
-        "scrape_configs:",
     ]
+    # JSON strings and lists are valid YAML flow scalars and sequences.
+    if rule_files:
+        lines += ["rule_files:", *(f"  - {json.dumps(path)}" for path in rule_files)]
+    lines.append("scrape_configs:")
     for job, hosts in targets.items():
-        # JSON strings and lists are valid YAML flow scalars and sequences.
         lines += [
             f"  - job_name: {json.dumps(job)}",
             "    static_configs:",
             f"      - targets: {json.dumps(hosts)}",
         ]
+    for job, files in (discovered or {}).items():
+        lines += [
+            f"  - job_name: {json.dumps(job)}",
+            "    file_sd_configs:",
+            f"      - files: {json.dumps([files])}",
+        ]
     return "\n".join(lines) + "\n"
+
+
+def target_file(targets: Sequence[str]) -> str:
+    """A file-based discovery file listing ``targets`` (``host:port``)."""
+    return json.dumps([{"targets": list(targets)}]) + "\n"
 
 
 class PrometheusServer(process.Service):
@@ -74,9 +99,13 @@ class PrometheusServer(process.Service):
         *,
         port: int = 0,
         name: str = "prometheus",
+        discovered: Mapping[str, str] | None = None,
+        rule_files: Sequence[str] = (),
     ) -> None:
         self.run_dir = run_dir
         self.targets = targets
+        self.discovered = dict(discovered or {})
+        self.rule_files = tuple(rule_files)
         self.host = host
         self.scrape_interval = scrape_interval
         self.binary = binary
@@ -97,7 +126,14 @@ class PrometheusServer(process.Service):
     def start(self) -> PrometheusServer:
         binary = find_prometheus(self.binary or "prometheus")  # fails before writing anything
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text(render_config(self.targets, self.scrape_interval))
+        self.config_file.write_text(
+            render_config(
+                self.targets,
+                self.scrape_interval,
+                discovered=self.discovered,
+                rule_files=self.rule_files,
+            )
+        )
         port = self.port or free_ports(1, self.host)[0]
         argv = [
             binary,

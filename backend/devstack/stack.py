@@ -30,7 +30,7 @@ from backend.bus import natsauth
 from backend.bus.auth import issue_device_token
 from backend.devstack import process
 from backend.devstack.natsserver import NatsCluster, NatsServer
-from backend.devstack.prometheus import PrometheusServer
+from backend.devstack.prometheus import ALERT_RULES, PrometheusServer
 from backend.shard.config import ShardConfig, default_max_connections
 from haproxy import runtime
 from haproxy.config import HaproxyConfig, check, find_haproxy, max_maxconn, write
@@ -462,13 +462,25 @@ class LocalStack(process.Service):
             process.wait_until(
                 functools.partial(process.answers_ok, metrics), exporter, "nats-exporter", log_file
             )
+        discovered = {}
+        if "simulator" not in self.config.scrape_targets:
+            self.simulator_targets_dir.mkdir(parents=True, exist_ok=True)
+            discovered["simulator"] = str(self.simulator_targets_dir / "*.json")
         prometheus = PrometheusServer(
             self.run_dir / "prometheus",
             self.scrape_targets(),
             host,
             port=self.config.prometheus_port,
+            discovered=discovered,
+            rule_files=[str(ALERT_RULES)],
         )
         self.prometheus_url = teardown.enter_context(prometheus).url
+
+    @property
+    def simulator_targets_dir(self) -> Path:
+        """With ``observe``: where a load test against this stack puts a file naming its
+        metrics port (``simulator.plugin``), for Prometheus to scrape it while it runs."""
+        return self.run_dir / "prometheus" / "simulator-targets"
 
     def _stop_haproxies(self) -> None:
         """-db: SIGTERM stops HAProxy at once, closing the devices' connections."""

@@ -103,6 +103,9 @@ def stack_state(stack: LocalStack) -> dict[str, Any]:
         ],
         "ca_file": str(stack.ca_file) if stack.ca_file else None,
         "prometheus_url": stack.prometheus_url,
+        # A load test against this stack names its metrics port there (Prometheus' file
+        # discovery); "" without --observe.
+        "simulator_targets_dir": str(stack.simulator_targets_dir) if stack.prometheus_url else "",
         "jwt_secret": stack.jwt_secret,
     }
 
@@ -151,9 +154,11 @@ def summary(state: dict[str, Any]) -> str:
     if state["ca_file"]:
         lines.append(f"  trust this CA       {state['ca_file']}")
     if state["prometheus_url"]:
-        lines.append(
-            f"  prometheus          {state['prometheus_url']} (Grafana: docs/observability.md)"
-        )
+        lines += [
+            f"  prometheus          {state['prometheus_url']} (Grafana: docs/observability.md)",
+            f"  load tests          locust -f scenarios --host {url} --jwt-secret "
+            f"{state['jwt_secret']} --metrics-port 9646: Prometheus scrapes them while they run",
+        ]
     lines += [
         f"  logs                {state['run_dir']}",
         "fleet status shows it; Ctrl-C or fleet down stops it.",

@@ -20,16 +20,18 @@ from backend.bus import subjects
 from backend.bus.natsauth import STATE
 from backend.devstack.process import free_ports
 from backend.devstack.prometheus import (
+    ALERT_RULES,
     PrometheusServer,
     QueryError,
     duration,
     query,
     render_config,
+    target_file,
 )
 from backend.devstack.stack import LocalStack, StackConfig
 from backend.protocol.http import DEVICE_PATH
 from tests.natsauth_support import connect_as
-from tests.observe_support import DASHBOARDS, dashboards, panel_queries, promtool_check, spawned
+from tests.observe_support import DASHBOARDS, dashboards, panel_queries, promtool, spawned
 
 pytestmark = pytest.mark.integration  # every test here runs real servers
 
@@ -58,8 +60,9 @@ def test_the_staging_example_is_a_rendered_valid_config() -> None:
         job["job_name"]: job["static_configs"][0]["targets"] for job in parsed["scrape_configs"]
     }
     assert set(targets) == {"shards", "haproxy", "nats", "simulator"}
-    assert render_config(targets, 15) == text
-    checked = promtool_check(STAGING_EXAMPLE)
+    assert parsed["rule_files"] == ["alerts.yml"]  # beside it, in dashboards/
+    assert render_config(targets, 15, rule_files=["alerts.yml"]) == text
+    checked = promtool("check", "config", STAGING_EXAMPLE)
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
@@ -87,6 +90,21 @@ def test_query_results_and_errors(tmp_path: Path) -> None:
             query(prometheus.url, "rate(up[")
         assert "rate(up[" in str(refused.value)
     assert "prometheus" in (tmp_path / "prometheus.log").read_text()
+
+
+def test_discovered_targets_are_scraped_once_their_file_appears(tmp_path: Path) -> None:
+    found = tmp_path / "found"
+    found.mkdir()
+    discovered = {"simulator": str(found / "*.json")}
+    with PrometheusServer(tmp_path, {}, discovered=discovered, rule_files=[str(ALERT_RULES)]) as p:
+        assert query(p.url, 'up{job="simulator"}') == []
+        # Prometheus itself stands in for a load test's metrics port: a real /metrics.
+        (found / "locust-1.json").write_text(target_file([p.url.removeprefix("http://")]))
+        deadline = time.monotonic() + 30
+        while not query(p.url, 'up{job="simulator"} == 1') and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert query(p.url, 'up{job="simulator"} == 1')
+        assert query(p.url, "ALERTS") == []  # rules loaded, none firing on a healthy target
 
 
 # --- every dashboard query against a running stack -----------------------------------------

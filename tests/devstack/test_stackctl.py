@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,14 @@ from websockets.sync.client import connect
 
 from backend.bus.auth import issue_device_token
 from backend.devstack import process
+from backend.devstack.prometheus import query
 from backend.protocol.http import DEVICE_PATH
 from tests.support import wait_until
 
 pytestmark = pytest.mark.integration  # every test here runs real servers
 
 FLEET = [sys.executable, "-m", "backend.cli"]
+SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 
 
 def fleet(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -141,3 +144,58 @@ def test_drain_moves_a_shards_devices_to_the_others(tmp_path: Path) -> None:
     finally:
         up.kill()
         up.communicate(timeout=30)
+
+
+def test_an_observed_stack_scrapes_a_load_test_against_it_and_loads_the_alerts(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "runs" / "stack"
+    prometheus_port, metrics_port = process.free_ports(2)
+    up = subprocess.Popen(
+        [*FLEET, "up", "--shards", "2", "--observe", "--prometheus-port", str(prometheus_port),
+         "--run-dir", str(run_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for_stack(up, run_dir)
+        state = json.loads((run_dir / "stack.json").read_text())
+        prometheus = state["prometheus_url"]
+        rules = http_json(f"{prometheus}/api/v1/rules")["data"]["groups"]
+        assert {rule["name"] for group in rules for rule in group["rules"]} >= {
+            "FleetShardDown", "FleetNatsDown", "FleetConnectionsDropped", "FleetAlertsNotStored",
+        }  # fmt: skip
+        # A load test from the same directory (where fleet up keeps runs/), against the stack.
+        locust = subprocess.Popen(
+            [sys.executable, "-m", "locust", "-f", str(SCENARIOS / "mixed_fleet.py"),
+             "--headless", "-u", "5", "-r", "5", "-t", "60s", "--host", state["public_url"],
+             "--jwt-secret", state["jwt_secret"], "--metrics-port", str(metrics_port),
+             "--run-dir", str(tmp_path / "sim")],
+            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            wait_until(
+                lambda: scraped(prometheus, "fleet_sim_gateways_connected") == 5.0,
+                60,
+                "Prometheus scraping the load test's 5 connected gateways",
+            )
+            announced = list(Path(state["simulator_targets_dir"]).glob("*.json"))
+            assert len(announced) == 1
+        finally:
+            process.stop(locust, timeout=30)
+        assert not announced[0].exists()  # gone with the load test
+        assert fleet("down", "--run-dir", str(run_dir)).returncode == 0
+    finally:
+        up.kill()
+        up.communicate(timeout=30)
+
+
+def http_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        answer: dict[str, Any] = json.loads(response.read())
+        return answer
+
+
+def scraped(prometheus_url: str, metric: str) -> float | None:
+    """The sum of ``metric`` over what Prometheus scraped, None before it has any."""
+    result = query(prometheus_url, f"sum({metric})")
+    return float(result[0]["value"][1]) if result else None
