@@ -23,14 +23,41 @@ from backend.client.operator import (
     relay_terminal,
     terminal_size,
 )
+from backend.devstack import stackctl
+
+DEFAULT_API_URL = "http://127.0.0.1:8090"
+
+
+def _stack_api() -> dict[str, str]:
+    """The operator API of the running ``fleet up --api`` stack: url and token; {} if none."""
+    try:
+        state = stackctl.running_stack()
+    except stackctl.StackError:
+        return {}
+    return {"url": state["api_url"], "token": state["operator_token"]} if state["api_url"] else {}
+
+
+def _api_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    return value or _stack_api().get("url", DEFAULT_API_URL)
+
+
+def _token(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    token = value or _stack_api().get("token")
+    if not token:
+        raise click.UsageError(
+            "no operator token: give --token or set FLEET_API_TOKEN (with a stack started by "
+            "`fleet up --api`, its API and token are the defaults)"
+        )
+    return token
+
 
 api_url_option = click.option(
-    "--api-url", envvar="FLEET_API_URL", default="http://127.0.0.1:8090",
-    help="The operator API.",
+    "--api-url", envvar="FLEET_API_URL", callback=_api_url,
+    help=f"The operator API [default: the `fleet up --api` stack's, else {DEFAULT_API_URL}].",
 )  # fmt: skip
 token_option = click.option(
-    "--token", envvar="FLEET_API_TOKEN", required=True,
-    help="Operator bearer token.",
+    "--token", envvar="FLEET_API_TOKEN", callback=_token,
+    help="Operator bearer token [default: the `fleet up --api` stack's].",
 )  # fmt: skip
 
 
@@ -38,8 +65,8 @@ def api_error(exc: OperatorError) -> click.ClickException:
     """The API's refusal as a one-line error; for no answer at all, what to check."""
     if exc.status == 0:
         return click.ClickException(
-            f"{exc}; is the operator API running there? (start it with `fleet api`, "
-            "or point --api-url / FLEET_API_URL at it)"
+            f"{exc}; is the operator API running there? (start it with `fleet api` or "
+            "`fleet up --api`, or point --api-url / FLEET_API_URL at it)"
         )
     return click.ClickException(str(exc))
 

@@ -100,6 +100,12 @@ stack_option = functools.partial(config_option, StackConfig)
 @stack_option("tls", "TLS on the public port, with a local CA.")
 @stack_option("public_port", "The public port (0: a free one).", "--port")
 @stack_option("observe", "Also run Prometheus scraping every part.")
+@stack_option(
+    "operator_api",
+    "Also run the operator API; its URL and token are printed.",
+    "--api",
+    "operator_api",
+)
 # Prometheus' usual port, where a person looks for it; StackConfig's 0 (a free port) is for
 # stacks that tests and scenarios embed.
 @click.option("--prometheus-port", default=9090, help="Prometheus' port with --observe.")

@@ -103,6 +103,8 @@ def stack_state(stack: LocalStack) -> dict[str, Any]:
         ],
         "ca_file": str(stack.ca_file) if stack.ca_file else None,
         "prometheus_url": stack.prometheus_url,
+        "api_url": stack.api_url,  # "" without an operator API
+        "operator_token": stack.operator_token,
         # A load test against this stack names its metrics port there (Prometheus' file
         # discovery); "" without --observe.
         "simulator_targets_dir": str(stack.simulator_targets_dir) if stack.prometheus_url else "",
@@ -139,6 +141,15 @@ def check_free(what: str, host: str, port: int) -> None:
             raise StackError(f"{what} {port} is not free: {exc}") from None
 
 
+def _api_lines(state: dict[str, Any]) -> list[str]:
+    if not state["api_url"]:
+        return [f"  operator API        {state['api_command']} (or fleet up --api)"]
+    return [
+        f"  operator API        {state['api_url']}, token {state['operator_token']}",
+        "                      (fleet devices, cmd, shell and rollout use both by default)",
+    ]
+
+
 def summary(state: dict[str, Any]) -> str:
     url = state["public_url"] or state["shards"][0]["url"]
     lines = [
@@ -148,7 +159,7 @@ def summary(state: dict[str, Any]) -> str:
         *(f"  haproxy stats       {h['stats_url']}/stats" for h in state["haproxies"]),
         f"  nats                {' '.join(state['nats_urls'])}",
         f"  a device token      fleet token gw-1 --jwt-secret {state['jwt_secret']}",
-        f"  operator API        {state['api_command']}",
+        *_api_lines(state),
         f"  nats credentials    {Path(state['nats_credentials'][API]).parent} (one per role)",
     ]
     if state["ca_file"]:

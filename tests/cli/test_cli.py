@@ -96,6 +96,16 @@ def test_no_api_answering_says_to_start_one() -> None:
     assert "start it with `fleet api`" in result.output
 
 
+def test_no_token_and_no_stack_says_what_to_give(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no runs/: no local stack to take the token of
+    result = CliRunner().invoke(main, ["devices"], env={"FLEET_API_TOKEN": ""})
+    assert result.exit_code == 2
+    assert "no operator token: give --token or set FLEET_API_TOKEN" in result.output
+    assert "`fleet up --api`" in result.output
+
+
 def test_shard_without_a_key_says_what_to_set() -> None:
     result = CliRunner().invoke(main, ["shard"], env={"FLEET_SHARD_JWT_SECRET": ""})
     assert result.exit_code == 2

@@ -199,3 +199,23 @@ def scraped(prometheus_url: str, metric: str) -> float | None:
     """The sum of ``metric`` over what Prometheus scraped, None before it has any."""
     result = query(prometheus_url, f"sum({metric})")
     return float(result[0]["value"][1]) if result else None
+
+
+def test_up_with_the_api_prints_its_token_and_the_client_commands_use_it(tmp_path: Path) -> None:
+    run_dir = tmp_path / "runs" / "stack"
+    up = subprocess.Popen(
+        [*FLEET, "up", "--shards", "2", "--api", "--run-dir", str(run_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for_stack(up, run_dir)
+        state = json.loads((run_dir / "stack.json").read_text())
+        assert state["api_url"].startswith("http://127.0.0.1:")
+        listed = fleet("devices", "--json", cwd=tmp_path)  # no --token, no --api-url
+        assert listed.returncode == 0, listed.stderr
+        assert json.loads(listed.stdout) == []
+        assert fleet("down", "--run-dir", str(run_dir)).returncode == 0
+    finally:
+        up.kill()
+        out, _ = up.communicate(timeout=30)
+    assert f"operator API        {state['api_url']}, token {state['operator_token']}" in out
