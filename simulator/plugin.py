@@ -215,7 +215,10 @@ def add_options(parser: Any) -> None:
     # Every option is also an environment variable, as Locust's own are (LOCUST_<NAME>).
     for flag, help_text, extra in OPTIONS:
         env_var = "LOCUST_" + flag.removeprefix("--").replace("-", "_").upper()
-        parser.add_argument(flag, help=help_text, env_var=env_var, **{"default": None, **extra})
+        parser.add_argument(
+            flag, help=f"{help_text} [env: {env_var}]", env_var=env_var,
+            **{"default": None, **extra},
+        )  # fmt: skip
 
 
 # --- start ----------------------------------------------------------------------------------

@@ -339,3 +339,14 @@ def test_a_master_and_two_workers_add_up(tmp_path: Path) -> None:
     held = max(sum(fig["connections"] for fig in s["shards"].values() if fig) for s in samples)
     assert held == 200
     assert "worker w1" in (tmp_path / "master.log").read_text()
+
+
+def test_python_m_simulator_lists_the_options_locusts_help_cannot() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "simulator", "--help"], cwd=REPO, env=clean_env(),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())  # argparse wraps lines
+    assert "--abort-on-fail" in text
+    assert "[env: LOCUST_NETWORK_MIX]" in text
