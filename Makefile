@@ -26,5 +26,7 @@ $(INSTALLED): pyproject.toml scripts/bootstrap.sh
 	PYTHON=$(PYTHON) scripts/bootstrap.sh $(VENV)
 	touch $@
 
+# Run records too, but never a running stack's (fleet runs prune keeps it).
 clean:
+	[ ! -x $(BIN)/fleet ] || $(BIN)/fleet runs prune --keep 0
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

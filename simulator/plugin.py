@@ -241,6 +241,19 @@ def _check_network_options(environment: Environment, options: Any) -> None:
             raise ValueError(f"{where} {spec!r}: {exc}") from None
 
 
+def _check_threshold_names(environment: Environment, overrides: Mapping[str, float]) -> None:
+    """Every --threshold names a check of this run: the checks, judged on an empty run."""
+    if not overrides:
+        return
+    record = run_record(environment, build_summary(environment, audit=False))
+    names = sorted(check.name for check in run_checks(environment, record)[0])
+    if unknown := sorted(set(overrides) - set(names)):
+        raise ValueError(
+            f"--threshold {', '.join(unknown)}: no check of that name in this run "
+            f"(its checks: {', '.join(names)})"
+        )
+
+
 def _check_target_options(environment: Environment, options: Any) -> None:
     """With --host: every URL parses, the source addresses and the CA file are usable."""
     if not environment.host:
@@ -266,7 +279,7 @@ def on_init(environment: Environment, **_: Any) -> None:
         state.run_dir = Path(options.run_dir or f"runs/sim-{time.strftime('%Y%m%d-%H%M%S')}")
         options.fleet_run_id = secrets.token_hex(3)
         try:  # a typo fails now, before the stack starts, not after the run
-            verdicts.parse_thresholds(options.threshold)
+            _check_threshold_names(environment, verdicts.parse_thresholds(options.threshold))
             _check_network_options(environment, options)
             _check_target_options(environment, options)
         except (OSError, ValueError) as exc:
@@ -523,7 +536,7 @@ def judged_summary(
 ) -> tuple[dict[str, Any], bool]:
     """The run's summary with its verdict, and whether the scenario's own checks made it. A run
     without a scenario's verdict (the whole fleet, `fleet demo`) still has the checks every
-    scenario has. An interrupted run fails, as does a --threshold that names no check."""
+    scenario has. An interrupted or aborted run fails."""
     summary = build_summary(environment)
     record = run_record(environment, summary)
     checks, by_scenario = run_checks(environment, record)
@@ -536,11 +549,6 @@ def judged_summary(
             f"interrupted after {interrupted_after:.0f} s (Ctrl-C or SIGTERM): the figures "
             "cover only that part of the run"
         )
-    names = sorted(check.name for check in checks)
-    failures += [
-        f"--threshold {name}: no check of that name in this run (its checks: {', '.join(names)})"
-        for name in sorted(set(record.overrides) - set(names))
-    ]
     summary["verdict"]["ok"] = not failures
     return summary, by_scenario
 
