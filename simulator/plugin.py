@@ -51,6 +51,7 @@ from simulator.operator import REQUEST_TYPE as OPERATOR
 from simulator.stats import (
     REQUEST_TYPE,
     FleetStats,
+    failed_tries,
     format_progress,
     merge_snapshots,
     table_rows,
@@ -717,7 +718,7 @@ def summary_text(summary: Mapping[str, Any], run_dir: Path) -> str:
         f"  gateways      peak connected {summary['gateways']['peak_connected']}, "
         f"connects {summary['gateways']['connects']}, reconnects {summary['reconnects']}",
         f"  drops         {_counts(summary['drops'])} (unexpected {summary['unexpected_drops']})",
-        f"  failed tries  {_counts(summary['connect_failures'])}",
+        f"  failed tries  {failed_tries(summary['connect_failures'])}",
         "  alerts        " + ", ".join(f"{k} {v}" for k, v in alerts.items()),
         f"  commands      {summary['commands']}; updates {_counts(summary['updates'])}",
         *(f"  worker {name:<6} {format_progress(fig)}" for name, fig in summary["workers"].items()),

@@ -149,26 +149,26 @@ def failure_hint(cause: str) -> str | None:
     return FAILURE_HINTS.get(cause)
 
 
-def _failed_tries(failures: Mapping[str, int]) -> str:
-    """ "failed tries: http 401 117 (hint)" with the hint of the commonest cause; "" if none."""
+def failed_tries(failures: Mapping[str, int]) -> str:
+    """ "http 401 117, tcp 3 (hint)": the counts by cause, with the hint of the commonest;
+    "none" without a failed try."""
     if not failures:
-        return ""
+        return "none"
     counts = ", ".join(f"{cause} {n}" for cause, n in sorted(failures.items()))
-    commonest = max(failures, key=lambda cause: failures[cause])
-    hint = failure_hint(commonest)
-    return f" | failed tries: {counts}" + (f" ({hint})" if hint else "")
+    hint = failure_hint(max(failures, key=lambda cause: failures[cause]))
+    return counts + (f" ({hint})" if hint else "")
 
 
 def format_progress(fleet: Mapping[str, Any]) -> str:
     """One headless progress line."""
     drops = ", ".join(f"{cause} {n}" for cause, n in sorted(fleet["drops"].items())) or "none"
-    alerts = fleet["alerts"]
-    return (
+    alerts, failures = fleet["alerts"], fleet["connect_failures"]
+    line = (
         f"gateways connected {fleet['connected']} (peak {fleet['peak_connected']}) | "
         f"reconnects {fleet['reconnects']} | drops: {drops} | alerts sent {alerts.get('sent', 0)} "
         f"acked {alerts.get('acked', 0)} resent {alerts.get('resent', 0)}"
-        + _failed_tries(fleet["connect_failures"])
     )
+    return f"{line} | failed tries: {failed_tries(failures)}" if failures else line
 
 
 def table_rows(fleet: Mapping[str, Any]) -> list[tuple[str, Any]]:
