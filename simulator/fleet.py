@@ -39,6 +39,11 @@ class Gateway(Protocol):
     @property
     def session(self) -> DeviceSession: ...
 
+    @property
+    def link_down(self) -> bool:
+        """In a blackhole or offline spell of its simulated link."""
+        ...
+
 
 G = TypeVar("G", bound=Gateway)
 
@@ -166,6 +171,11 @@ class Fleet:
 
     def pending_alerts(self) -> int:
         return sum(gateway.session.outbox_size for gateway in self.gateways)
+
+    def held_by_links(self) -> int:
+        """Unacked alerts of gateways whose simulated link is down now (a blackhole or an
+        offline spell): they wait for the link, not for the backend."""
+        return sum(g.session.outbox_size for g in self.gateways if g.link_down)
 
     def drain(self, timeout: float) -> int:
         """Stop raising alerts and wait up to ``timeout`` s for the outstanding acks; returns

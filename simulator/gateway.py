@@ -98,6 +98,7 @@ class VirtualGateway:
         "inbound",
         "index",
         "last_heard",
+        "link_down",
         "network",
         "next_alert",
         "next_fault",
@@ -146,6 +147,7 @@ class VirtualGateway:
         self.reboot_update: str | None = None  # sid of an update that rebooted the gateway
         self.shells: DeviceShells | None = None  # created by the first shell session
         self.silent_ended = False  # a blackhole just ended: a drop now is its consequence
+        self.link_down = False  # in a blackhole or offline spell of its simulated link
         self._schedule_alert(time.monotonic())
 
     @property
@@ -645,10 +647,15 @@ class VirtualGateway:
         return True
 
     def _quiet_until(self, until: float, *, connected: bool) -> None:
-        """Let time pass without touching the network; the house keeps raising alerts."""
-        while (now := time.monotonic()) < until:
-            gevent.sleep(min(until, self._next_alert_event()) - now)
-            self._alerts_due(time.monotonic())
+        """Let time pass without touching the network; the house keeps raising alerts.
+        ``connected``: a fault of the link (its alerts wait for the link, not the backend)."""
+        self.link_down = connected
+        try:
+            while (now := time.monotonic()) < until:
+                gevent.sleep(min(until, self._next_alert_event()) - now)
+                self._alerts_due(time.monotonic())
+        finally:
+            self.link_down = False
         if not connected:
             self.session.messages_to_send()  # they wait in the outbox for the next connection
 

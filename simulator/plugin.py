@@ -83,7 +83,9 @@ class RunState:
         self.stack: LocalStack | None = None
         self.run_dir: Path | None = None
         self.worker_snapshots: dict[str, dict[str, Any]] = {}
-        self.pending = 0  # alerts still in outboxes after the drain
+        # Alerts still in outboxes after the drain, and those of them on gateways whose
+        # simulated link was down then.
+        self.pending = {"pending": 0, "pending_link_down": 0}
         self.final_reports: dict[str, dict[str, Any]] = {}  # master: workers' after the drain
         self.drained = False
         self.fleet_peak = 0  # master: the peak of the sum, not the sum of workers' peaks
@@ -416,9 +418,7 @@ def totals(environment: Environment) -> dict[str, Any]:
         merged = merge_snapshots(state.worker_snapshots.values())
         merged["peak_connected"] = state.fleet_peak  # sampled at each report: a lower bound
         return merged
-    snapshot = state.stats.snapshot()
-    snapshot["pending"] = state.pending
-    return snapshot
+    return {**state.stats.snapshot(), **state.pending}
 
 
 # --- stop -----------------------------------------------------------------------------------
@@ -446,11 +446,12 @@ def drain_here(environment: Environment, **_: Any) -> None:
     log.info("draining: waiting up to %.0fs for outstanding alert acks", timeout)
     pending = [gevent.spawn(fleet.drain, timeout) for fleet in fleets]
     gevent.joinall(pending)
-    state.pending = sum(greenlet.value or 0 for greenlet in pending)
+    state.pending = {
+        "pending": sum(greenlet.value or 0 for greenlet in pending),
+        "pending_link_down": sum(fleet.held_by_links() for fleet in fleets),
+    }
     if isinstance(environment.runner, WorkerRunner):
-        final = state.stats.snapshot()
-        final["pending"] = state.pending
-        environment.runner.send_message(FINAL_REPORT, final)
+        environment.runner.send_message(FINAL_REPORT, {**state.stats.snapshot(), **state.pending})
 
 
 def _drain_workers(runner: MasterRunner, state: RunState, timeout: float) -> None:
@@ -568,6 +569,7 @@ def build_summary(environment: Environment, *, audit: bool = True) -> dict[str, 
     fleet = totals(environment)
     alerts = dict(fleet.get("alerts", {}))
     alerts["pending"] = fleet.get("pending", 0)
+    alerts["pending_link_down"] = fleet.get("pending_link_down", 0)
     stored = None
     if audit and state.stack is not None and environment.parsed_options is not None:
         stored = audit_stream(

@@ -306,3 +306,15 @@ def test_an_unmeasured_check_is_never_hopeless() -> None:
     unmeasured = by_name(storm_checks(record))["reconnect_99pct_s"]  # no kill yet
     assert unmeasured.measured is None
     assert not cannot_pass(unmeasured, record)
+
+
+def test_alerts_held_by_a_link_that_is_down_count_neither_way() -> None:
+    summary = copy.deepcopy(SUMMARY)
+    summary["alerts"].update(sent=31, stored=30, pending=1)  # 1 of 31 unstored: 3.2 %
+    assert not by_name(fleet_checks(RunRecord(summary, Timeline(), 300)))["alerts_unstored_pct"].ok
+    summary["alerts"]["pending_link_down"] = 1  # its gateway was in a blackhole at the end
+    judged = by_name(fleet_checks(RunRecord(summary, Timeline(), 300)))["alerts_unstored_pct"]
+    assert (judged.measured, judged.ok) == (0, True)
+    del summary["alerts"]["stored"]  # --host: pending ones count, but not those
+    judged = by_name(fleet_checks(RunRecord(summary, Timeline(), 300)))["alerts_unstored_pct"]
+    assert (judged.measured, judged.ok) == (0, True)

@@ -112,6 +112,9 @@ def test_blackholed_gateways_are_reaped_by_the_server_and_come_back(tmp_path: Pa
         stats = fleet.stats
         with running(fleet, count) as gateways:
             wait_until(
+                lambda: any(gateway.link_down for gateway in gateways), 30, "a link in a blackhole"
+            )
+            wait_until(
                 lambda: stats.drops[REAPED] >= 1 and blackhole_drops(stats.drops) >= 3,
                 30,
                 "blackhole drops, one of them with the server's keep-alive close",
@@ -124,6 +127,7 @@ def test_blackholed_gateways_are_reaped_by_the_server_and_come_back(tmp_path: Pa
                 gateway.network = blackholes.with_overrides(blackholes_per_hour=0, blackhole_mean=0)
             wait_until(lambda: all_back(local, gateways, healed), 30, "every gateway back")
             assert stats.connected == count
+            assert not any(gateway.link_down for gateway in gateways)
     assert [cause for cause in stats.drops if not cause.startswith("net_blackhole")] == []
     assert stats.unexpected_drops == 0
     assert stats.reconnects == blackhole_drops(stats.drops)  # each drop, then back again
