@@ -39,6 +39,9 @@ MSG_ID_HEADER = "Nats-Msg-Id"  # JetStream de-duplicates on it within duplicate_
 DEVICE_HEADER = "Fleet-Device"
 SHARD_HEADER = "Fleet-Shard"
 UPDATE_HEADER = "Fleet-Update"  # on update progress: the sid of the offer it answers
+RELAY_END_HEADER = "Fleet-Relay-End"
+"""On the shard's own "stop" for an operator session whose device went away (the reason): a
+device can write into its sessions' relay subjects, never NATS headers."""
 
 DEDUP_WINDOW = 120.0
 """Seconds within which a resent alert is recognised (JetStream's default window)."""

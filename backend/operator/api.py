@@ -47,6 +47,7 @@ from backend.operator.errors import (
     BodyTimedOut,
     CommandTimedOut,
     Conflict,
+    DeviceRefused,
     HttpRefused,
     InvalidRollout,
     OfflineDevice,
@@ -55,12 +56,14 @@ from backend.operator.errors import (
     RoutingFailed,
     Unauthenticated,
     UnknownRollout,
+    UnsupportedProtocol,
 )
 from backend.operator.fleetstate import FleetState, wait_for_stop_signal
 from backend.operator.rollouts import Rollouts
 from backend.operator.schema import openapi_document
 from backend.operator.shell import MAX_TERMINAL, ShellRelay
-from backend.protocol.errors import DeviceOffline, DeviceTimeout, RoutingError
+from backend.protocol.errors import DeviceError, DeviceOffline, DeviceTimeout, RoutingError
+from backend.protocol.session import NotServed
 
 log = logging.getLogger("fleet.api")
 
@@ -240,7 +243,8 @@ class ApiMetrics:
         )
         self.shells = Counter(
             "fleet_api_shell_sessions", "Shell sessions by outcome: how they ended (operator, "
-            "device, device_gone, idle, shutdown) or why they did not open", ["outcome"],
+            "device, device_error, device_gone, idle, shutdown) or why they did not open "
+            "(offline, timeout, unsupported, device_error, shell_refused...)", ["outcome"],
             registry=r,
         )  # fmt: skip
         self.open_shells = Gauge(
@@ -428,7 +432,7 @@ class OperatorApi(Service):
                 device_id, command, timeout=timeout, user_id=operator
             )
         except RoutingError as exc:
-            error = await self._routing_error(device_id, exc)
+            error = await self.routing_error(device_id, exc)
             self.metrics.commands.labels(error.reason).inc()
             raise error from None
         self.metrics.commands.labels("ok").inc()
@@ -440,11 +444,17 @@ class OperatorApi(Service):
              "duration": result.duration}
         )  # fmt: skip
 
-    async def _routing_error(
+    async def routing_error(
         self, device_id: str, exc: RoutingError, needs: str = "commands need"
     ) -> ApiError:
+        """The API's answer for a request to a device that failed (``needs``: what the
+        offline answer says needs the device online); every device endpoint uses it."""
         if isinstance(exc, DeviceTimeout):
             return CommandTimedOut(str(exc))
+        if isinstance(exc, NotServed):
+            return UnsupportedProtocol(str(exc))
+        if isinstance(exc, DeviceError):
+            return DeviceRefused(str(exc))
         if not isinstance(exc, DeviceOffline):
             return RoutingFailed(str(exc))
         assert self._presence is not None
@@ -472,7 +482,7 @@ class OperatorApi(Service):
         except RoutingError as exc:
             await relay.close()
             self.metrics.shells.labels(exc.reason).inc()
-            raise await self._routing_error(device_id, exc, "a shell needs") from None
+            raise await self.routing_error(device_id, exc, "a shell needs") from None
         self._shells.add(relay)
         self.metrics.open_shells.inc()
         try:

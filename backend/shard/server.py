@@ -34,6 +34,7 @@ from backend.protocol import channel as ch
 from backend.protocol import closecodes, envelope, http, messages
 from backend.protocol import session as ps
 from backend.protocol.errors import (
+    DeviceError,
     Draining,
     FleetError,
     HandshakeError,
@@ -46,7 +47,7 @@ from backend.shard.admission import Admission
 from backend.shard.config import ShardConfig
 from backend.shard.connection import INPUT_PUBLISH, DeviceConnection
 from backend.shard.fairqueue import FairQueue, Job
-from backend.shard.metrics import ShardMetrics
+from backend.shard.metrics import PROTO_NAMES, ShardMetrics
 from backend.shard.wheel import TimerWheel
 
 log = logging.getLogger("fleet.shard")
@@ -294,11 +295,13 @@ class Shard(Service):
         assert conn.session is not None
         reason = f"device {conn.device_id} disconnected ({conn.disconnect_reason})".encode()
         props = {envelope.PROP_STATUS: envelope.STATUS_ERROR}
+        headers = {subjects.RELAY_END_HEADER: conn.disconnect_reason}  # not the device's own
         for sid, proto in conn.session.end_relays().items():
-            stop = envelope.ProtoMsg(proto, envelope.TYP_SHELL_STOP, sid, props, reason)
+            stop = envelope.encode(envelope.ProtoMsg(proto, envelope.TYP_SHELL_STOP, sid, props,
+                                                     reason))  # fmt: skip
             subject = subjects.relay_subject(conn.device_id, sid)
             # Behind the device's last output for the session, in its own queue.
-            self._enqueue(conn, "relay", partial(self._publish, subject, envelope.encode(stop)))
+            self._enqueue(conn, "relay", partial(self._publish, subject, stop, headers))
 
     # --- presence ------------------------------------------------------------------------------
 
@@ -355,6 +358,8 @@ class Shard(Service):
                 future = self._commands.get((conn.device_id, sid))
                 if future is not None and not future.done():
                     future.set_result(result)
+            case ps.RequestFailed(sid, error):
+                self._request_failed(conn, sid, error)
             case ps.UpdateProgressReceived(sid, progress):
                 headers = {subjects.UPDATE_HEADER: sid}
                 subject = subjects.update_subject(conn.device_id)
@@ -372,6 +377,21 @@ class Shard(Service):
                 pass  # nothing to do on the server, or a device's event only
             case _:
                 assert_never(event)
+
+    def _request_failed(self, conn: DeviceConnection, sid: str, error: messages.Error) -> None:
+        """The device answered a request with a control "error": a command waiting for it
+        ends now with the device's text; an update offer fails (as a failure progress, so
+        the rollout learns it as it learns every outcome)."""
+        self.metrics.device_errors.labels(PROTO_NAMES.get(error.msgproto or 0, "other")).inc()
+        future = self._commands.get((conn.device_id, sid))
+        if future is not None:
+            if not future.done():
+                future.set_exception(DeviceError(error.err))
+        elif error.msgproto == envelope.PROTO_UPDATE:
+            progress = messages.UpdateProgress("failure", 0, f"device error: {error.err}")
+            headers = {subjects.UPDATE_HEADER: sid}
+            subject = subjects.update_subject(conn.device_id)
+            self._publish_soon(conn, "update", progress.to_msg(sid), subject, headers=headers)
 
     def _protocol_error(
         self, conn: DeviceConnection, reason: str, close_code: int | None, text: str
@@ -504,6 +524,9 @@ class Shard(Service):
             return
         try:
             reply = await self._answer(op, device_id, request)
+        except ps.NotServed as exc:  # the device's "accept" rules the request out
+            self.metrics.unsupported.labels(PROTO_NAMES.get(exc.proto, "other")).inc()
+            reply = routing.not_served(exc)
         except (FleetError, ValueError, KeyError, TypeError) as exc:
             reply = routing.error(routing.ERROR_BAD_REQUEST, f"bad {op} request: {exc}")
         await self._reply(msg, reply)
@@ -537,13 +560,13 @@ class Shard(Service):
         sid = str(request.get("sid") or uuid.uuid4().hex)
         timeout = float(request.get("timeout") or self.config.command_timeout)
         key = (conn.device_id, sid)
-        future: asyncio.Future[messages.CommandResult] = asyncio.get_running_loop().create_future()
-        self._commands[key] = future
-        conn.session.send_command(
+        conn.session.send_command(  # first: NotServed leaves nothing behind
             sid,
             messages.CommandRequest(request["command"], timeout),
             request.get("user_id") or None,
         )
+        future: asyncio.Future[messages.CommandResult] = asyncio.get_running_loop().create_future()
+        self._commands[key] = future
         conn.flush()
         try:
             result = await asyncio.wait_for(future, timeout)
@@ -555,6 +578,9 @@ class Shard(Service):
         except ConnectionError as exc:
             self.metrics.commands.labels("offline").inc()
             return routing.error(routing.ERROR_OFFLINE, str(exc))
+        except DeviceError as exc:
+            self.metrics.commands.labels("device_error").inc()
+            return routing.error(routing.ERROR_DEVICE, str(exc))
         finally:
             self._commands.pop(key, None)
         self.metrics.commands.labels("ok").inc()
