@@ -201,6 +201,53 @@ async def test_a_silent_device_times_out_with_504(
         await device.close()
 
 
+async def test_a_device_error_ends_a_command_at_once_with_its_text(
+    start_shard: ShardFactory, start_api: ApiFactory, http: aiohttp.ClientSession
+) -> None:
+    """A pre-handshake device (its accept unknown) without a handler for 0x0101: mender-connect
+    answers with a control error at once, and the command ends then, not at its timeout."""
+    async with start_shard() as shard, start_api(run_state_service=False) as api:
+        device = await connected("gw-1", shard, protocols=(1, 2, 3, 4), handshake=False)
+        started = time.monotonic()
+        status, body = await command(http, api, "gw-1", command="uptime", timeout=30)
+        assert time.monotonic() - started < 30  # the device's answer, not the deadline
+        assert (status, body) == (
+            502,
+            {
+                "error": "device_error",
+                "message": "device gw-1 answered: no handler registered for protocol: 0x0101",
+            },
+        )
+        assert rejected(api, "device_error") == 1
+        labels = {"outcome": "device_error"}
+        assert api.metrics.registry.get_sample_value("fleet_api_commands_total", labels) == 1
+        await device.close()
+
+
+async def test_a_command_for_a_device_that_does_not_accept_commands_is_refused_with_409(
+    start_shard: ShardFactory, start_api: ApiFactory, http: aiohttp.ClientSession
+) -> None:
+    async with start_shard() as shard, start_api(run_state_service=False) as api:
+        device = await connected("gw-1", shard, protocols=(4, 1, 2, 3))  # the real client's
+        status, body = await command(http, api, "gw-1", command="uptime", timeout=30)
+        assert (status, body) == (
+            409,
+            {
+                "error": "unsupported",
+                "message": "device gw-1 does not serve commands (0x0101); it serves shell (0x0001), "
+                "file transfer (0x0002), port forward (0x0003), mender client (0x0004)",
+            },
+        )
+        events = [device.events.get_nowait() for _ in range(device.events.qsize())]
+        assert not [event for event in events if isinstance(event, ps.CommandRequested)]
+        labels = {"proto": "command"}
+        counted = shard.metrics.registry.get_sample_value(
+            "fleet_shard_unsupported_requests_total", labels
+        )
+        assert counted == 1
+        await device.close()
+
+
 async def test_offline_and_unknown_devices_are_told_apart(
     start_shard: ShardFactory, start_api: ApiFactory, http: aiohttp.ClientSession
 ) -> None:
