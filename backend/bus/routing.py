@@ -91,14 +91,21 @@ def relayed_error(device_id: str, msg: ProtoMsg) -> DeviceError | None:
 class DeviceRouter:
     """Operator-side access to devices through whichever shard holds them."""
 
-    def __init__(self, nc: NATS, kv: KeyValue) -> None:
+    def __init__(self, nc: NATS, kv: KeyValue, liveness: presence.Liveness | None = None) -> None:
         self.nc = nc
         self.kv = kv
+        self.liveness = liveness
 
     async def shard_of(self, device_id: str) -> str:
+        """The shard holding the device; DeviceOffline if none does, or if the one its
+        presence names is dead (``liveness``: a SIGKILLed shard wrote no disconnect)."""
         state, _revision = await presence.lookup(self.kv, device_id)
         if state is None or not state.connected:
             raise DeviceOffline(f"device {device_id} is not connected")
+        if self.liveness is not None:
+            shards = await self.liveness.shards()
+            if not presence.believed(state.shard, state.epoch, shards):
+                raise DeviceOffline(f"device {device_id}: its shard {state.shard} is gone")
         return state.shard
 
     async def run_command(

@@ -267,6 +267,7 @@ class OperatorApi(Service):
         self._devices: KeyValue | None = None
         self._presence: KeyValue | None = None
         self._router: DeviceRouter | None = None
+        self._liveness: presence.Liveness | None = None
         self._runner: web.AppRunner | None = None
         self.rollouts: Rollouts | None = None
         self._shells: set[ShellRelay] = set()
@@ -280,7 +281,9 @@ class OperatorApi(Service):
         replicas = self.config.stream_replicas
         self._presence = await subjects.ensure_streams(js, replicas)
         self._devices = await subjects.ensure_devices_bucket(js, replicas)
-        self._router = DeviceRouter(self.nc, self._presence)
+        shards = await subjects.ensure_shards_bucket(js, presence.SHARD_TTL, replicas)
+        self._liveness = presence.Liveness(shards)
+        self._router = DeviceRouter(self.nc, self._presence, self._liveness)
         self.rollouts = Rollouts(
             self.config, self.nc, self._router, self._devices, self.metrics.registry
         )
@@ -398,15 +401,17 @@ class OperatorApi(Service):
     async def _page(self, query: DeviceQuery) -> tuple[list[dict[str, Any]], str | None]:
         """Devices in id order after the cursor; a filtered page reads at most max_page_scan
         entries, so it may hold fewer than ``limit``: follow next_cursor until it is null."""
-        assert self._devices is not None
+        assert self._devices is not None and self._liveness is not None
         keys = await _sorted_keys(self._devices)
+        shards = await self._liveness.shards()
         start = bisect.bisect_right(keys, query.cursor) if query.cursor else 0
         window = keys[start : start + self.config.max_page_scan]
         found: list[dict[str, Any]] = []
         for offset in range(0, len(window), query.limit):
             chunk = window[offset : offset + query.limit]
             loaded = await asyncio.gather(*(fleetstate.load(self._devices, k) for k in chunk))
-            for key, (state, _revision) in zip(chunk, loaded, strict=True):
+            for key, (stored, _revision) in zip(chunk, loaded, strict=True):
+                state = stored and fleetstate.shown(stored, shards)
                 if state is not None and query.matches(state):
                     found.append(state.summary())
                     if len(found) == query.limit:
@@ -415,11 +420,12 @@ class OperatorApi(Service):
         return found, last if last is not None and last != keys[-1] else None
 
     async def get_device(self, request: web.Request) -> web.Response:
-        assert self._devices is not None
+        assert self._devices is not None and self._liveness is not None
         device_id = device_id_of(request)
         state, _revision = await fleetstate.load(self._devices, device_id)
         if state is None:
             raise ResourceNotFound(f"no device {device_id} is known to the fleet")
+        state = fleetstate.shown(state, await self._liveness.shards())
         return web.json_response(state.detail())
 
     async def run_command(self, request: web.Request) -> web.Response:

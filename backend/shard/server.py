@@ -1,8 +1,11 @@
 """The shard: holds device WebSockets and connects them to the rest of the backend via NATS.
 
 Lifecycle (as uvicorn's): ``start`` connects NATS, declares streams, subscribes the shard's
-request subject and listens; ``drain`` stops accepting, closes devices with 1012 and a
-jittered reconnect hint, waits with a timeout, then aborts the rest and closes NATS.
+request subject, starts its heartbeat and listens; ``drain`` stops accepting, closes devices
+with 1012 and a jittered reconnect hint, waits with a timeout, then aborts the rest, removes
+its heartbeat and closes NATS. The heartbeat (``presence.heartbeat``, one KV write per
+``presence.HEARTBEAT_INTERVAL``) is what keeps this shard's devices shown online: when the
+process dies, its key expires and they read as offline (``presence.Liveness``).
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ class Shard(Service):
     def __init__(self, config: ShardConfig) -> None:
         self.config = config
         self.id = config.shard_id
+        self.epoch = presence.new_epoch()  # this run: presence written by another is not ours
         self.metrics = ShardMetrics(self.id)
         self.wheel = TimerWheel()
         self.channel_limits = ch.Limits(config.max_request_size, config.max_message_size)
@@ -80,6 +84,7 @@ class Shard(Service):
         self.nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self._kv: KeyValue | None = None
+        self._shards_kv: KeyValue | None = None
         self._server: asyncio.Server | None = None
         self._commands: dict[tuple[str, str], asyncio.Future[messages.CommandResult]] = {}
         self._publishes: FairQueue[DeviceConnection] = FairQueue(
@@ -96,7 +101,7 @@ class Shard(Service):
 
     async def start(self) -> None:
         await self._connect_nats()
-        for loop_body in (self._run_timers, self._run_publishes):
+        for loop_body in (self._run_timers, self._run_publishes, self._run_heartbeats):
             self._spawn(loop_body())
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
@@ -123,6 +128,10 @@ class Shard(Service):
         self.max_payload = self.nc.max_payload
         self._js = self.nc.jetstream()
         self._kv = await subjects.ensure_streams(self._js, self.config.stream_replicas)
+        self._shards_kv = await subjects.ensure_shards_bucket(
+            self._js, presence.SHARD_TTL, self.config.stream_replicas
+        )
+        await presence.heartbeat(self._shards_kv, self.id, self.epoch)  # alive before any device
         await self.nc.subscribe(subjects.shard_subject(self.id), cb=self._on_request)
         await self.nc.subscribe(subjects.kick_subject(self.id), cb=self._on_kick)
 
@@ -153,6 +162,9 @@ class Shard(Service):
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._shards_kv is not None:  # gone now, not SHARD_TTL later
+            with contextlib.suppress(Exception):
+                await self._shards_kv.delete(self.id)
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.drain()
@@ -223,6 +235,16 @@ class Shard(Service):
         while True:
             await asyncio.sleep(self.wheel.resolution)
             self.wheel.advance(time.monotonic())
+
+    async def _run_heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(presence.HEARTBEAT_INTERVAL)
+            if self._shards_kv is not None and self.nc is not None and self.nc.is_connected:
+                try:
+                    await presence.heartbeat(self._shards_kv, self.id, self.epoch)
+                except Exception as exc:  # NATS trouble: the next beat tries again
+                    self._throttled.warning("heartbeat", "shard %s heartbeat failed: %r",
+                                            self.id, exc)  # fmt: skip
 
     async def _run_publishes(self) -> None:
         while True:
@@ -308,7 +330,7 @@ class Shard(Service):
     async def _register_presence(self, conn: DeviceConnection) -> None:
         assert self._kv is not None
         assert self.nc is not None
-        reg = await presence.register(self._kv, conn.device_id, self.id)
+        reg = await presence.register(self._kv, conn.device_id, self.id, self.epoch)
         conn.registration = reg
         if conn.gone:
             await self._unregister_presence(conn)  # it went away while we registered it

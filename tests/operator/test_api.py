@@ -4,7 +4,12 @@ devices, and an HTTP client on a real socket."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,7 +23,10 @@ from backend.protocol import messages
 from backend.protocol import session as ps
 from backend.shard import Shard
 from tests.operator.support import AUTH, ApiFactory, base, call, connected
-from tests.support import ShardFactory, until
+from backend.devstack.natsserver import NatsServer
+from tests.support import JWT_SECRET, ShardFactory, device_token, until, until_true
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def command(
@@ -234,8 +242,9 @@ async def test_a_command_for_a_device_that_does_not_accept_commands_is_refused_w
             409,
             {
                 "error": "unsupported",
-                "message": "device gw-1 does not serve commands (0x0101); it serves shell (0x0001), "
-                "file transfer (0x0002), port forward (0x0003), mender client (0x0004)",
+                "message": "device gw-1 does not serve commands (0x0101); it serves "
+                "shell (0x0001), file transfer (0x0002), port forward (0x0003), "
+                "mender client (0x0004)",
             },
         )
         events = [device.events.get_nowait() for _ in range(device.events.qsize())]
@@ -363,3 +372,48 @@ async def _next_command(device: TestDevice) -> ps.CommandRequested:
             event = await device.events.get()
             if isinstance(event, ps.CommandRequested):
                 return event
+
+
+# --- a shard that dies without a word ---------------------------------------------------------
+
+
+async def test_a_sigkilled_shards_devices_are_shown_offline_within_10s(
+    nats_server: NatsServer, start_api: ApiFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    ready = tmp_path / "ready.json"
+    shard = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "backend.cli", "shard", "--nats-url", nats_server.url,
+        "--port", "0", "--jwt-secret", JWT_SECRET, "--shard-id", "shard-k",
+        "--ready-file", str(ready), cwd=ROOT,
+    )  # fmt: skip
+    devices: list[TestDevice] = []
+    try:
+        async with start_api() as api:
+            await until_true(ready.exists, 30)
+            url = f"ws://127.0.0.1:{json.loads(ready.read_text())['port']}"
+            devices = [TestDevice(f"gw-{n}", device_token(f"gw-{n}"), url) for n in range(3)]
+            for device in devices:
+                await device.connect()
+            await until(lambda: _shown_online(http, api, 3))
+            os.kill(shard.pid, signal.SIGKILL)
+            await until(lambda: _shown_online(http, api, 0), 10)  # the requirement's bound
+            status, page = await call(http, "GET", f"{base(api)}/devices/gw-0")
+            assert (status, page["online"], page["shard"]) == (200, False, "shard-k")
+            status, body = await command(http, api, "gw-0", command="uptime")
+            assert (status, body["error"]) == (409, "offline")
+    finally:
+        if shard.returncode is None:
+            shard.kill()
+        await shard.wait()
+        for device in devices:
+            await device.close()
+
+
+async def _shown_online(http: aiohttp.ClientSession, api: OperatorApi, count: int) -> bool | None:
+    """True once exactly ``count`` devices are online in the device list and in the fleet
+    state's summary."""
+    assert api.state is not None
+    summary = api.state.metrics.registry.get_sample_value(
+        "fleet_state_devices", {"state": "online"}
+    )
+    return (summary == count and len(await listed(http, api, "online=true")) == count) or None
