@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from backend.devstack.natsserver import NatsServer
 from backend.devstack.testdevice import TestDevice
 from backend.operator import api as api_module
 from backend.operator.api import MAX_JSON_DEPTH, OperatorApi
@@ -23,7 +24,6 @@ from backend.protocol import messages
 from backend.protocol import session as ps
 from backend.shard import Shard
 from tests.operator.support import AUTH, ApiFactory, base, call, connected
-from backend.devstack.natsserver import NatsServer
 from tests.support import JWT_SECRET, ShardFactory, device_token, until, until_true
 
 ROOT = Path(__file__).resolve().parents[2]
