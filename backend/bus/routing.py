@@ -160,5 +160,5 @@ def _unwrap(device_id: str, reply: dict[str, Any]) -> dict[str, Any]:
     if reason == ERROR_DEVICE:
         raise DeviceError(f"device {device_id} answered: {reply.get('message', '')}")
     if reason == ERROR_UNSUPPORTED:
-        raise NotServed(int(reply["proto"]), tuple(reply["protocols"]), device_id)
+        raise NotServed(int(reply.get("proto", 0)), tuple(reply.get("protocols", ())), device_id)
     raise RoutingError(message)

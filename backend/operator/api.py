@@ -411,7 +411,7 @@ class OperatorApi(Service):
             chunk = window[offset : offset + query.limit]
             loaded = await asyncio.gather(*(fleetstate.load(self._devices, k) for k in chunk))
             for key, (stored, _revision) in zip(chunk, loaded, strict=True):
-                state = stored and fleetstate.shown(stored, shards)
+                state = fleetstate.shown(stored, shards) if stored else None
                 if state is not None and query.matches(state):
                     found.append(state.summary())
                     if len(found) == query.limit:
