@@ -14,6 +14,7 @@ from backend.devstack.testdevice import TestDevice
 from backend.operator import shell
 from backend.operator.api import OperatorApi
 from backend.protocol import envelope as env
+from backend.protocol import messages
 from backend.protocol import session as ps
 from backend.protocol.terminal import HEALTH_CHECK_FAILED
 from tests.operator.support import AUTH, OPERATOR_TOKENS, ApiFactory, connected
@@ -174,6 +175,22 @@ async def test_input_for_a_session_the_device_no_longer_has_ends_it(
         code, reason = await closed(ws)
         assert (code, reason) == (shell.DEVICE_ENDED, "the device ended the shell: "
                                   "no such shell session")  # fmt: skip
+        await device.close()
+
+
+async def test_a_device_error_for_the_session_closes_it_with_the_text(
+    start_shard: ShardFactory, start_api: ApiFactory, http: aiohttp.ClientSession
+) -> None:
+    async with start_shard() as shard, start_api(run_state_service=False) as api:
+        device = await connected("gw-1", shard)
+        ws = await open_shell(http, api)
+        [new] = [msg for msg in shell_messages(device) if msg.typ == "new"]
+        error = messages.Error("shell handler crashed", msgproto=env.PROTO_SHELL, msgtype="shell")
+        device.session.send(error.to_msg(new.sid))  # as mender-connect names the request
+        await device.flush()
+        code, reason = await closed(ws)
+        assert (code, reason) == (shell.DEVICE_ERROR, "device gw-1 answered: shell handler crashed")
+        await until_true(lambda: sessions(api, "device_error") == 1)
         await device.close()
 
 
