@@ -379,7 +379,8 @@ class VirtualGateway:
                 ch.MessageHandled() | ch.Upgraded() | ch.UpgradeRequested() | ch.HandshakeFailed()
                 | ps.MessageReceived() | ps.ProtocolViolation() | ws.Failed() | ps.PeerClosing()
                 | ps.StrayMessage() | ps.AlertReceived() | ps.StatusReceived()
-                | ps.CommandCompleted() | ps.UpdateProgressReceived() | ps.Relayed()
+                | ps.CommandCompleted() | ps.RequestFailed() | ps.UpdateProgressReceived()
+                | ps.Relayed()
             ):  # fmt: skip
                 pass  # answered by the session already, or a server's event only
             case _:
@@ -565,7 +566,7 @@ class VirtualGateway:
         if shells is None:
             shells = self.shells = DeviceShells()
         fleet = self.fleet
-        for line in shells.receive(msg, self.session):
+        for line in shells.receive(msg, self.session, now):
             _code, output, latency = run_command(
                 line.command, self.device_id, self.firmware, fleet.rng,
                 fleet.behaviour.command_latency,

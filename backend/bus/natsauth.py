@@ -98,6 +98,7 @@ LAYOUT = (
     subjects.STATUS_STREAM,
     subjects.UPDATES_STREAM,
     subjects.PRESENCE_STREAM,
+    subjects.SHARDS_STREAM,
 )
 DEVICES_STREAM = subjects.bucket_stream(subjects.DEVICES_BUCKET)
 
@@ -111,6 +112,7 @@ _SHARD = Permissions(
         *declares(*LAYOUT),
         *reads_kv(subjects.PRESENCE_BUCKET),
         *writes_kv(subjects.PRESENCE_BUCKET),
+        *writes_kv(subjects.SHARDS_BUCKET),  # its heartbeat
     ),
     subscribe=(subjects.shard_subject("*"), subjects.kick_subject("*"), f"{inbox_prefix(SHARD)}.>"),
     allow_responses=True,  # answers to the operator API's requests
@@ -122,6 +124,7 @@ _STATE = Permissions(
         *consumes(subjects.STATUS_STREAM),
         *consumes(subjects.PRESENCE_STREAM),
         *consumes(DEVICES_STREAM),  # the summary watches the bucket
+        *consumes(subjects.SHARDS_STREAM),  # which shards are alive
         *reads_kv(subjects.DEVICES_BUCKET),
         *writes_kv(subjects.DEVICES_BUCKET),
     ),
@@ -133,6 +136,7 @@ _API = Permissions(
         *declares(*LAYOUT, DEVICES_STREAM, subjects.ROLLOUTS_STREAM),
         *consumes(subjects.UPDATES_STREAM),  # rollout progress
         *consumes(DEVICES_STREAM),  # listing devices
+        *consumes(subjects.SHARDS_STREAM),  # which shards are alive
         *reads_kv(subjects.PRESENCE_BUCKET),  # which shard holds a device
         *reads_kv(subjects.DEVICES_BUCKET),
         *reads_kv(subjects.ROLLOUTS_BUCKET),

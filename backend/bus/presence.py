@@ -4,18 +4,47 @@ Every connect bumps the device's ``version`` with a compare-and-set on the key's
 a disconnect only applies while the key still holds the revision its own connect wrote. So a
 stale disconnect (the old connection's close arriving after the new connection's open, maybe
 from another shard) can never mark a connected device offline.
+
+A shard that dies (SIGKILL, power) writes no disconnects. Its devices' entries are not
+rewritten (at 100k devices that would be a flood); instead each shard keeps one key of its own
+alive in a second bucket (``subjects.SHARDS_BUCKET``): a heartbeat every
+``HEARTBEAT_INTERVAL`` seconds into a bucket whose entries expire after ``SHARD_TTL``. A
+device's presence is believed only while its shard's key exists and names the same ``epoch``
+(the shard process that registered it: a restarted shard with the same id did not inherit
+its predecessor's connections). ``Liveness`` reads the bucket for everyone who shows or routes
+by presence, at most once per ``LIVENESS_REFRESH``: a dead shard's devices read as offline
+within SHARD_TTL + LIVENESS_REFRESH seconds, at a cost of one KV write per shard per interval,
+whatever the number of devices.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import time
+import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
+from nats.errors import Error as NatsError
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+
+log = logging.getLogger("fleet.presence")
 
 MAX_CAS_ATTEMPTS = 16
+HEARTBEAT_INTERVAL = 2.0
+"""Seconds between two heartbeats of a shard."""
+SHARD_TTL = 6.0
+"""A shard's heartbeat key expires this long after its last write (three missed beats)."""
+LIVENESS_REFRESH = 1.0
+"""Seconds a reader trusts its last look at the shards bucket."""
+
+
+def new_epoch() -> str:
+    """An id for one run of a shard process."""
+    return uuid.uuid4().hex[:12]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +53,7 @@ class Presence:
     connected: bool
     version: int
     since: float
+    epoch: str = ""  # the shard process's; "" in entries written before epochs existed
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -31,7 +61,17 @@ class Presence:
     @classmethod
     def decode(cls, data: bytes) -> Presence:
         fields = json.loads(data)
-        return cls(fields["shard"], fields["connected"], fields["version"], fields["since"])
+        return cls(
+            fields["shard"], fields["connected"], fields["version"], fields["since"],
+            str(fields.get("epoch", "")),
+        )  # fmt: skip
+
+
+def believed(shard: str, epoch: str, shards: Mapping[str, str]) -> bool:
+    """Whether a connection recorded on ``shard`` by run ``epoch`` can still be there:
+    ``shards`` (``Liveness.shards``) holds the shards alive now and their epochs."""
+    live_epoch = shards.get(shard)
+    return live_epoch is not None and (not epoch or live_epoch == epoch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +81,7 @@ class Registration:
     version: int
     revision: int
     previous: Presence | None
+    epoch: str = ""
 
 
 async def lookup(kv: KeyValue, device_id: str) -> tuple[Presence | None, int]:
@@ -54,25 +95,81 @@ async def lookup(kv: KeyValue, device_id: str) -> tuple[Presence | None, int]:
     return Presence.decode(entry.value), entry.revision
 
 
-async def register(kv: KeyValue, device_id: str, shard_id: str) -> Registration:
-    """Record a new connection on ``shard_id``; compare-and-set retried on races."""
+async def register(kv: KeyValue, device_id: str, shard_id: str, epoch: str = "") -> Registration:
+    """Record a new connection on ``shard_id`` (run ``epoch``); compare-and-set retried on
+    races."""
     for _ in range(MAX_CAS_ATTEMPTS):
         previous, revision = await lookup(kv, device_id)
         version = (previous.version if previous else 0) + 1
-        value = Presence(shard_id, True, version, time.time())
+        value = Presence(shard_id, True, version, time.time(), epoch)
         try:
             new_revision = await kv.update(device_id, value.encode(), last=revision)
         except KeyWrongLastSequenceError:
             continue  # another connect of this device won the race: read again
-        return Registration(version, new_revision, previous)
+        return Registration(version, new_revision, previous, epoch)
     raise RuntimeError(f"presence of {device_id} kept changing under {MAX_CAS_ATTEMPTS} attempts")
 
 
 async def unregister(kv: KeyValue, device_id: str, shard_id: str, reg: Registration) -> bool:
     """Mark the device offline unless a newer connection registered since; True if applied."""
-    value = Presence(shard_id, False, reg.version, time.time())
+    value = Presence(shard_id, False, reg.version, time.time(), reg.epoch)
     try:
         await kv.update(device_id, value.encode(), last=reg.revision)
     except KeyWrongLastSequenceError:
         return False
     return True
+
+
+# --- shard liveness ---------------------------------------------------------------------------
+
+
+async def heartbeat(kv: KeyValue, shard_id: str, epoch: str) -> None:
+    """One beat: the shard's key, rewritten (which restarts its expiry)."""
+    beat = {"epoch": epoch, "at": time.time()}
+    await kv.put(shard_id, json.dumps(beat, separators=(",", ":")).encode())
+
+
+async def live_shards(kv: KeyValue) -> dict[str, str]:
+    """The shards whose key has not expired, with their epochs: one ordered consumer that
+    delivers each key's last value, then stops."""
+    watcher = await kv.watchall()
+    found: dict[str, str] = {}
+    try:
+        async for entry in watcher:
+            if entry is None:  # the end of the current values
+                break
+            if entry.operation not in (KV_DEL, KV_PURGE) and entry.value:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    found[entry.key] = str(json.loads(entry.value)["epoch"])
+    finally:
+        with contextlib.suppress(NatsError):
+            await watcher.stop()
+    return found
+
+
+class Liveness:
+    """The live shards, read from the shards bucket at most once per ``refresh`` seconds.
+    If a read fails the last answer stands: a NATS hiccup must not show the fleet offline."""
+
+    def __init__(self, kv: KeyValue, refresh: float = LIVENESS_REFRESH) -> None:
+        self.kv = kv
+        self.refresh = refresh
+        self._shards: dict[str, str] | None = None
+        self._read_at = 0.0
+
+    async def shards(self) -> Mapping[str, str]:
+        now = time.monotonic()
+        if self._shards is None or now - self._read_at >= self.refresh:
+            try:
+                self._shards = await live_shards(self.kv)
+            except (NatsError, TimeoutError) as exc:
+                log.warning("reading the live shards failed: %s", exc)
+                if self._shards is None:
+                    raise
+            self._read_at = now
+        return self._shards
+
+    @property
+    def last(self) -> Mapping[str, str]:
+        """The last answer, without reading (for synchronous readers such as metrics)."""
+        return self._shards or {}

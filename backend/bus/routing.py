@@ -4,6 +4,13 @@ Requests travel as core NATS request/reply on the shard's own subject (``subject
 as small MessagePack maps. Answers are ``{"ok": True, ...}`` or ``{"error": <reason>,
 "message": <text>}``. A shard that is gone shows up as NATS "no responders", which is as good
 as an "offline" answer: nobody holds the device.
+
+The shard refuses a request for a protocol the device's "accept" did not list ("unsupported",
+with the protocols it serves: ``NotServed`` here), and a request the device answered with a
+control "error" ends with that error ("device_error": ``DeviceError``). The shard holds the
+device's session, so the check costs no round trip beyond the request itself. An operator
+session (shell, port forward, file transfer) gets the device's control error on its relay
+subject: ``relayed_error`` reads it.
 """
 
 from __future__ import annotations
@@ -18,8 +25,17 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.kv import KeyValue
 
 from backend.bus import presence, subjects
-from backend.protocol.errors import DeviceOffline, DeviceTimeout, RoutingError
-from backend.protocol.messages import CommandResult, UpdateOffer
+from backend.protocol import envelope as env
+from backend.protocol.envelope import ProtoMsg
+from backend.protocol.errors import (
+    DeviceError,
+    DeviceOffline,
+    DeviceTimeout,
+    FleetError,
+    RoutingError,
+)
+from backend.protocol.messages import CommandResult, Error, UpdateOffer
+from backend.protocol.session import NotServed
 
 OP_COMMAND = "command"
 OP_DELIVER = "deliver"
@@ -29,6 +45,8 @@ OP_KICK = "kick"
 ERROR_OFFLINE = "offline"
 ERROR_TIMEOUT = "timeout"
 ERROR_BAD_REQUEST = "bad_request"
+ERROR_UNSUPPORTED = "unsupported"
+ERROR_DEVICE = "device_error"
 
 REPLY_MARGIN = 2.0
 """Extra seconds the requester waits beyond the device deadline, for the shard's answer."""
@@ -49,21 +67,45 @@ def ok(**fields: Any) -> bytes:
     return encode({"ok": True, **fields})
 
 
-def error(reason: str, message: str) -> bytes:
-    return encode({"error": reason, "message": message})
+def error(reason: str, message: str, **fields: Any) -> bytes:
+    return encode({"error": reason, "message": message, **fields})
+
+
+def not_served(exc: NotServed) -> bytes:
+    """The shard's answer for a request the device's "accept" rules out."""
+    return error(ERROR_UNSUPPORTED, str(exc), proto=exc.proto, protocols=list(exc.protocols))
+
+
+def relayed_error(device_id: str, msg: ProtoMsg) -> DeviceError | None:
+    """A device's control "error" relayed to an operator session, as the error to end it
+    with; None for any other message."""
+    if msg.proto != env.PROTO_CONTROL or msg.typ != env.TYP_ERROR:
+        return None
+    try:
+        text = Error.from_body(msg.body).err
+    except FleetError:
+        text = "an unreadable error"
+    return DeviceError(f"device {device_id} answered: {text}")
 
 
 class DeviceRouter:
     """Operator-side access to devices through whichever shard holds them."""
 
-    def __init__(self, nc: NATS, kv: KeyValue) -> None:
+    def __init__(self, nc: NATS, kv: KeyValue, liveness: presence.Liveness | None = None) -> None:
         self.nc = nc
         self.kv = kv
+        self.liveness = liveness
 
     async def shard_of(self, device_id: str) -> str:
+        """The shard holding the device; DeviceOffline if none does, or if the one its
+        presence names is dead (``liveness``: a SIGKILLed shard wrote no disconnect)."""
         state, _revision = await presence.lookup(self.kv, device_id)
         if state is None or not state.connected:
             raise DeviceOffline(f"device {device_id} is not connected")
+        if self.liveness is not None:
+            shards = await self.liveness.shards()
+            if not presence.believed(state.shard, state.epoch, shards):
+                raise DeviceOffline(f"device {device_id}: its shard {state.shard} is gone")
         return state.shard
 
     async def run_command(
@@ -115,4 +157,8 @@ def _unwrap(device_id: str, reply: dict[str, Any]) -> dict[str, Any]:
         raise DeviceOffline(message)
     if reason == ERROR_TIMEOUT:
         raise DeviceTimeout(message)
+    if reason == ERROR_DEVICE:
+        raise DeviceError(f"device {device_id} answered: {reply.get('message', '')}")
+    if reason == ERROR_UNSUPPORTED:
+        raise NotServed(int(reply.get("proto", 0)), tuple(reply.get("protocols", ())), device_id)
     raise RoutingError(message)

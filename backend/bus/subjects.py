@@ -20,6 +20,8 @@ UPDATES_STREAM = "FLEET_UPDATES"
 PRESENCE_BUCKET = "fleet-presence"
 DEVICES_BUCKET = "fleet-devices"
 """Per-device fleet state (health, open alerts, last status): ``backend.operator.fleetstate``."""
+SHARDS_BUCKET = "fleet-shards"
+"""One heartbeat key per live shard, expiring (``backend.bus.presence``, shard liveness)."""
 ROLLOUTS_BUCKET = "fleet-rollouts"
 """Update rollouts (request, state, each target's progress): ``backend.operator.rollouts``."""
 
@@ -33,12 +35,16 @@ def bucket_stream(bucket: str) -> str:
 PRESENCE_STREAM = bucket_stream(PRESENCE_BUCKET)
 PRESENCE_SUBJECTS = f"$KV.{PRESENCE_BUCKET}.>"
 ROLLOUTS_STREAM = bucket_stream(ROLLOUTS_BUCKET)
+SHARDS_STREAM = bucket_stream(SHARDS_BUCKET)
 ROLLOUTS_SUBJECTS = f"$KV.{ROLLOUTS_BUCKET}.>"
 
 MSG_ID_HEADER = "Nats-Msg-Id"  # JetStream de-duplicates on it within duplicate_window
 DEVICE_HEADER = "Fleet-Device"
 SHARD_HEADER = "Fleet-Shard"
 UPDATE_HEADER = "Fleet-Update"  # on update progress: the sid of the offer it answers
+RELAY_END_HEADER = "Fleet-Relay-End"
+"""On the shard's own "stop" for an operator session whose device went away (the reason): a
+device can write into its sessions' relay subjects, never NATS headers."""
 
 DEDUP_WINDOW = 120.0
 """Seconds within which a resent alert is recognised (JetStream's default window)."""
@@ -129,6 +135,11 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> KeyValue:
     return await ensure_bucket(js, PRESENCE_BUCKET, replicas)
 
 
+async def ensure_shards_bucket(js: JetStreamContext, ttl: float, replicas: int = 1) -> KeyValue:
+    """The shards' heartbeats: every entry expires ``ttl`` seconds after it was written."""
+    return await ensure_bucket(js, SHARDS_BUCKET, replicas, ttl=ttl)
+
+
 async def ensure_devices_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
     return await ensure_bucket(js, DEVICES_BUCKET, replicas)
 
@@ -137,10 +148,15 @@ async def ensure_rollouts_bucket(js: JetStreamContext, replicas: int = 1) -> Key
     return await ensure_bucket(js, ROLLOUTS_BUCKET, replicas)
 
 
-async def ensure_bucket(js: JetStreamContext, bucket: str, replicas: int) -> KeyValue:
-    """A KV bucket keeping each key's latest value on ``replicas`` nodes; an existing bucket
-    with another replica count is rescaled (its stream updated), not refused."""
-    config = KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE, replicas=replicas)
+async def ensure_bucket(
+    js: JetStreamContext, bucket: str, replicas: int, ttl: float | None = None
+) -> KeyValue:
+    """A KV bucket keeping each key's latest value on ``replicas`` nodes (for ``ttl`` seconds,
+    if given); an existing bucket with another replica count is rescaled (its stream updated),
+    not refused."""
+    config = KeyValueConfig(
+        bucket=bucket, history=1, storage=StorageType.FILE, replicas=replicas, ttl=ttl
+    )
     try:
         return await js.create_key_value(config)
     except BadRequestError:

@@ -175,45 +175,53 @@ def raw_mode(fd: int) -> Iterator[None]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
+EOF_GRACE = 5.0
+"""Seconds ``fleet shell`` waits for the API to close the session after EOF on its input."""
+
+
 def relay_terminal(shell: ClientConnection, stdin: int, stdout: int, size: Size) -> str:
     """Copy ``stdin`` to the shell and its output to ``stdout`` until the session ends
-    (the shell exits, Ctrl-D on an empty line, EOF on ``stdin``); SIGWINCH sends a resize.
-    Returns why it ended (the close reason)."""
+    (the shell exits, Ctrl-D on an empty line, the API closes it because the device ended or
+    lost the session, EOF on ``stdin``); SIGWINCH sends a resize. Returns why it ended (the
+    close reason)."""
     wake_r, wake_w = os.pipe()  # the signal handler and the output thread wake the loop
     previous = signal.signal(signal.SIGWINCH, lambda _signum, _frame: os.write(wake_w, b"w"))
     output = threading.Thread(target=_copy_output, args=(shell, stdout, wake_w), daemon=True)
     output.start()
     try:
-        _copy_input(shell, stdin, wake_r, size)
+        ended = _copy_input(shell, stdin, wake_r, size)
     finally:
         signal.signal(signal.SIGWINCH, previous)
         shell.close()
         output.join()
         os.close(wake_r)
         os.close(wake_w)
-    return shell.close_reason or f"closed ({shell.close_code})"
+    return ended or shell.close_reason or f"closed ({shell.close_code})"
 
 
-def _copy_input(shell: ClientConnection, stdin: int, wake: int, size: Size) -> None:
-    """Until the output thread says the session ended; after EOF only waits for that."""
-    sources = [stdin, wake]
+def _copy_input(shell: ClientConnection, stdin: int, wake: int, size: Size) -> str:
+    """Until the output thread says the session ended (""); after EOF only waits for that,
+    EOF_GRACE at most (then says so)."""
+    sources, timeout = [stdin, wake], None
     try:
         while True:
-            ready, _, _ = select.select(sources, [], [])
+            ready, _, _ = select.select(sources, [], [], timeout)
+            if not ready:
+                return f"the operator API did not close the session within {EOF_GRACE:g}s"
             if wake in ready:
                 woken = os.read(wake, 64)
                 if b"x" in woken:
-                    return
+                    return ""
                 shell.send(json.dumps({"resize": list(size())}))
             if stdin in ready:
                 data = os.read(stdin, 4096)
                 if not data:
                     shell.send(json.dumps({"stop": True}))  # the API closes, with its reason
-                    sources = [wake]
+                    sources, timeout = [wake], EOF_GRACE
                 else:
                     shell.send(data)
     except ConnectionClosed:
-        return
+        return ""
 
 
 def _copy_output(shell: ClientConnection, stdout: int, wake: int) -> None:

@@ -6,6 +6,12 @@ alert outbox lives in the ``DeviceSession``, which outlives each connection: aft
 reconnect the unacked alerts are sent again and the stream's de-duplication keeps them single.
 Shell sessions are served by the line-oriented ``DeviceShells`` (lines run as commands), and
 update offers by ``on_update`` when one is given.
+
+It keeps mender-connect's rules where tests need them: ``protocols`` is what its "accept"
+lists and all it serves (anything else is answered with "no handler registered for
+protocol"), ``handshake=False`` makes it a pre-handshake peer that lists nothing, and its
+shells ping every ``shell_ping_interval`` seconds, die without a pong, and allow
+``sessions_per_user`` sessions per operator.
 """
 
 from __future__ import annotations
@@ -24,10 +30,12 @@ from backend.lifecycle import Service
 from backend.protocol import envelope, messages
 from backend.protocol import session as ps
 from backend.protocol.http import DEVICE_PATH
-from backend.protocol.terminal import DeviceShells
+from backend.protocol.terminal import PING_INTERVAL, SESSIONS_PER_USER, DeviceShells
 
 log = logging.getLogger("fleet.testdevice")
 
+HEALTH_CHECK_TICK = 0.5
+"""Seconds between two looks of the shells' health check."""
 CommandHandler = Callable[[str], tuple[int, bytes] | None]
 """Runs a command: (exit code, output), or None for a command that never finishes."""
 UpdateHandler = Callable[[messages.UpdateOffer], Awaitable[str]]
@@ -56,6 +64,10 @@ class TestDevice(Service):
         on_command: CommandHandler = echo_command,
         on_update: UpdateHandler | None = None,
         offers_lost: int = 0,
+        protocols: tuple[int, ...] = ps.DEVICE_PROTOCOLS,
+        handshake: bool = True,
+        shell_ping_interval: float = PING_INTERVAL,
+        sessions_per_user: int = SESSIONS_PER_USER,
     ) -> None:
         self.device_id = device_id
         self.token = token
@@ -63,9 +75,13 @@ class TestDevice(Service):
         self.on_command = on_command
         self.on_update = on_update
         self.offers_lost = offers_lost  # the first offers go unanswered, as if lost on the way
-        self.shells = DeviceShells()
+        self.shells = DeviceShells(
+            sessions_per_user=sessions_per_user, ping_interval=shell_ping_interval
+        )
         self._updates: set[asyncio.Task[None]] = set()
-        self.session = ps.DeviceSession(ps.Role.DEVICE, device_id=device_id)
+        self.session = ps.DeviceSession(
+            ps.Role.DEVICE, device_id=device_id, protocols=protocols, handshake=handshake
+        )
         self.events: asyncio.Queue[ps.Event] = asyncio.Queue()
         self.acked: set[str] = set()
         self._ack_received = asyncio.Event()
@@ -74,6 +90,7 @@ class TestDevice(Service):
         self.close_reason = ""
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._health: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
         """Open a connection (again); unacked alerts go out again once it is up."""
@@ -86,8 +103,9 @@ class TestDevice(Service):
         )
         self.close_code = None
         self.session.resend_unacked()
-        await self._flush()
+        await self.flush()
         self._reader = asyncio.create_task(self._read())
+        self._health = asyncio.create_task(self._health_check())
 
     async def start(self) -> None:
         await self.connect()
@@ -106,6 +124,10 @@ class TestDevice(Service):
         if self._reader is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
+        if self._health is not None:
+            self._health.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health
 
     async def drop(self) -> None:
         """Vanish without a close handshake, like a gateway losing power."""
@@ -115,11 +137,11 @@ class TestDevice(Service):
 
     async def send_alert(self, alert: messages.Alert) -> None:
         self.session.send_alert(alert)
-        await self._flush()
+        await self.flush()
 
     async def send_status(self, status: messages.Status) -> None:
         self.session.send_status(status)
-        await self._flush()
+        await self.flush()
 
     async def wait_acked(self, alert_id: str) -> None:
         """Wait until the server acked ``alert_id`` (wrap it in ``asyncio.timeout``)."""
@@ -142,6 +164,15 @@ class TestDevice(Service):
                 self.close_code, self.close_reason = received.code, received.reason
             self.session.connection_lost()
             self.shells.close_all()
+            if self._health is not None:
+                self._health.cancel()  # the next connection starts its own
+
+    async def _health_check(self) -> None:
+        """mender-connect's shell health check, while the connection lasts."""
+        while True:
+            await asyncio.sleep(HEALTH_CHECK_TICK)
+            self.shells.tick(self.session, time.monotonic())
+            await self.flush()
 
     async def _handle_events(self) -> None:
         for event in self.session.events_received():
@@ -160,6 +191,7 @@ class TestDevice(Service):
                 case (
                     ps.ProtocolViolation() | ps.ErrorReceived() | ps.PeerClosing()
                     | ps.AlertReceived() | ps.StatusReceived() | ps.CommandCompleted()
+                    | ps.RequestFailed()
                     | ps.UpdateProgressReceived() | ps.Relayed() | ps.MessageReceived()
                     | ps.UpdateOffered() | ps.StrayMessage()
                 ):  # fmt: skip
@@ -167,7 +199,7 @@ class TestDevice(Service):
                 case _:
                     assert_never(event)
             self.events.put_nowait(event)
-        await self._flush()
+        await self.flush()
 
     def _run_command(self, event: ps.CommandRequested) -> None:
         started = time.monotonic()
@@ -178,7 +210,7 @@ class TestDevice(Service):
 
     def _shell_message(self, msg: envelope.ProtoMsg) -> None:
         """Shell lines run through ``on_command``, like commands (a silent one prints nothing)."""
-        for line in self.shells.receive(msg, self.session):
+        for line in self.shells.receive(msg, self.session, time.monotonic()):
             outcome = self.on_command(line.command)
             if outcome is not None:
                 self.shells.output(self.session, line.sid, outcome[1])
@@ -197,9 +229,10 @@ class TestDevice(Service):
         failure = await self.on_update(event.offer)
         final = messages.UpdateProgress("failure" if failure else "success", 100, failure)
         self.session.send_update_progress(event.sid, final)
-        await self._flush()
+        await self.flush()
 
-    async def _flush(self) -> None:
+    async def flush(self) -> None:
+        """Send what the session queued (tests queue messages of their own through it)."""
         if self._ws is None:
             return
         for message in self.session.messages_to_send():

@@ -47,6 +47,7 @@ from backend.operator.errors import (
     BodyTimedOut,
     CommandTimedOut,
     Conflict,
+    DeviceRefused,
     HttpRefused,
     InvalidRollout,
     OfflineDevice,
@@ -55,12 +56,14 @@ from backend.operator.errors import (
     RoutingFailed,
     Unauthenticated,
     UnknownRollout,
+    UnsupportedProtocol,
 )
 from backend.operator.fleetstate import FleetState, wait_for_stop_signal
 from backend.operator.rollouts import Rollouts
 from backend.operator.schema import openapi_document
 from backend.operator.shell import MAX_TERMINAL, ShellRelay
-from backend.protocol.errors import DeviceOffline, DeviceTimeout, RoutingError
+from backend.protocol.errors import DeviceError, DeviceOffline, DeviceTimeout, RoutingError
+from backend.protocol.session import NotServed
 
 log = logging.getLogger("fleet.api")
 
@@ -240,7 +243,8 @@ class ApiMetrics:
         )
         self.shells = Counter(
             "fleet_api_shell_sessions", "Shell sessions by outcome: how they ended (operator, "
-            "device, device_gone, idle, shutdown) or why they did not open", ["outcome"],
+            "device, device_error, device_gone, idle, shutdown) or why they did not open "
+            "(offline, timeout, unsupported, device_error, shell_refused...)", ["outcome"],
             registry=r,
         )  # fmt: skip
         self.open_shells = Gauge(
@@ -263,6 +267,7 @@ class OperatorApi(Service):
         self._devices: KeyValue | None = None
         self._presence: KeyValue | None = None
         self._router: DeviceRouter | None = None
+        self._liveness: presence.Liveness | None = None
         self._runner: web.AppRunner | None = None
         self.rollouts: Rollouts | None = None
         self._shells: set[ShellRelay] = set()
@@ -276,7 +281,9 @@ class OperatorApi(Service):
         replicas = self.config.stream_replicas
         self._presence = await subjects.ensure_streams(js, replicas)
         self._devices = await subjects.ensure_devices_bucket(js, replicas)
-        self._router = DeviceRouter(self.nc, self._presence)
+        shards = await subjects.ensure_shards_bucket(js, presence.SHARD_TTL, replicas)
+        self._liveness = presence.Liveness(shards)
+        self._router = DeviceRouter(self.nc, self._presence, self._liveness)
         self.rollouts = Rollouts(
             self.config, self.nc, self._router, self._devices, self.metrics.registry
         )
@@ -394,15 +401,17 @@ class OperatorApi(Service):
     async def _page(self, query: DeviceQuery) -> tuple[list[dict[str, Any]], str | None]:
         """Devices in id order after the cursor; a filtered page reads at most max_page_scan
         entries, so it may hold fewer than ``limit``: follow next_cursor until it is null."""
-        assert self._devices is not None
+        assert self._devices is not None and self._liveness is not None
         keys = await _sorted_keys(self._devices)
+        shards = await self._liveness.shards()
         start = bisect.bisect_right(keys, query.cursor) if query.cursor else 0
         window = keys[start : start + self.config.max_page_scan]
         found: list[dict[str, Any]] = []
         for offset in range(0, len(window), query.limit):
             chunk = window[offset : offset + query.limit]
             loaded = await asyncio.gather(*(fleetstate.load(self._devices, k) for k in chunk))
-            for key, (state, _revision) in zip(chunk, loaded, strict=True):
+            for key, (stored, _revision) in zip(chunk, loaded, strict=True):
+                state = fleetstate.shown(stored, shards) if stored else None
                 if state is not None and query.matches(state):
                     found.append(state.summary())
                     if len(found) == query.limit:
@@ -411,11 +420,12 @@ class OperatorApi(Service):
         return found, last if last is not None and last != keys[-1] else None
 
     async def get_device(self, request: web.Request) -> web.Response:
-        assert self._devices is not None
+        assert self._devices is not None and self._liveness is not None
         device_id = device_id_of(request)
         state, _revision = await fleetstate.load(self._devices, device_id)
         if state is None:
             raise ResourceNotFound(f"no device {device_id} is known to the fleet")
+        state = fleetstate.shown(state, await self._liveness.shards())
         return web.json_response(state.detail())
 
     async def run_command(self, request: web.Request) -> web.Response:
@@ -428,7 +438,7 @@ class OperatorApi(Service):
                 device_id, command, timeout=timeout, user_id=operator
             )
         except RoutingError as exc:
-            error = await self._routing_error(device_id, exc)
+            error = await self.routing_error(device_id, exc)
             self.metrics.commands.labels(error.reason).inc()
             raise error from None
         self.metrics.commands.labels("ok").inc()
@@ -440,11 +450,17 @@ class OperatorApi(Service):
              "duration": result.duration}
         )  # fmt: skip
 
-    async def _routing_error(
+    async def routing_error(
         self, device_id: str, exc: RoutingError, needs: str = "commands need"
     ) -> ApiError:
+        """The API's answer for a request to a device that failed (``needs``: what the
+        offline answer says needs the device online); every device endpoint uses it."""
         if isinstance(exc, DeviceTimeout):
             return CommandTimedOut(str(exc))
+        if isinstance(exc, NotServed):
+            return UnsupportedProtocol(str(exc))
+        if isinstance(exc, DeviceError):
+            return DeviceRefused(str(exc))
         if not isinstance(exc, DeviceOffline):
             return RoutingFailed(str(exc))
         assert self._presence is not None
@@ -472,7 +488,7 @@ class OperatorApi(Service):
         except RoutingError as exc:
             await relay.close()
             self.metrics.shells.labels(exc.reason).inc()
-            raise await self._routing_error(device_id, exc, "a shell needs") from None
+            raise await self.routing_error(device_id, exc, "a shell needs") from None
         self._shells.add(relay)
         self.metrics.open_shells.inc()
         try:

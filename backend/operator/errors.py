@@ -50,9 +50,22 @@ class RoutingFailed(ApiError):
     reason = "routing"
 
 
+class DeviceRefused(ApiError):
+    """The device answered with a control "error"; the message is its text."""
+
+    status = 502
+    reason = "device_error"
+
+
 class Conflict(ApiError):
     status = 409
     reason = "conflict"
+
+
+class UnsupportedProtocol(Conflict):
+    """The device's "accept" did not list the protocol the request needs."""
+
+    reason = "unsupported"
 
 
 class BodyTimedOut(ApiError):

@@ -15,6 +15,11 @@ Alerts are matched by ``code``: a "raised" alert opens (or replaces) the device'
 with that code, a "cleared" one closes it. A clear carries an id of its own, since the id is
 the stream's de-duplication key (docs/protocol.md, 0x0100). A device is red while any alert
 is open, green otherwise.
+
+A device's stored ``online`` is the last presence event; the fleet view believes it only
+while the shard that wrote it is alive (``presence.Liveness``, ``shown``): a shard killed
+outright writes no disconnects, and its devices read as offline once its heartbeat expired,
+without a write per device.
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import nats
@@ -79,6 +84,7 @@ class DeviceState:
     device: str
     online: bool = False
     shard: str = ""
+    epoch: str = ""  # the run of the shard that recorded the presence
     since: float = 0.0
     presence_rev: int = 0
     firmware: str = ""
@@ -125,7 +131,7 @@ class DeviceState:
         self.presence_rev = revision
         self.online = state is not None and state.connected
         if state is not None:
-            self.shard, self.since = state.shard, state.since
+            self.shard, self.since, self.epoch = state.shard, state.since, state.epoch
         return True
 
     def encode(self) -> bytes:
@@ -152,6 +158,14 @@ class DeviceState:
             for a in sorted(self.alerts.values(), key=lambda a: a.seq)
         ]
         return {**self.summary(), "alerts": alerts, "status": self.status}
+
+
+def shown(state: DeviceState, shards: Mapping[str, str]) -> DeviceState:
+    """The state as the fleet view shows it: offline if the shard that recorded it online is
+    gone (``shards``: the live shards, ``presence.Liveness.shards``)."""
+    if state.online and not presence.believed(state.shard, state.epoch, shards):
+        return replace(state, online=False)
+    return state
 
 
 async def load(kv: KeyValue, device_id: str) -> tuple[DeviceState | None, int]:
@@ -219,25 +233,32 @@ def change_of(kind: str, msg: Msg) -> Change:
 
 
 class FleetSummary(Collector):
-    """``fleet_state_devices{state}``: the fleet by state, from a watch of the devices bucket."""
+    """``fleet_state_devices{state}``: the fleet by state, from a watch of the devices bucket;
+    online only on a live shard (``shards``, kept fresh by the fleet state)."""
 
     def __init__(self) -> None:
-        self.devices: dict[str, tuple[bool, bool]] = {}  # id -> (online, red)
+        # id -> (online on (shard, epoch), or None when offline; red)
+        self.devices: dict[str, tuple[tuple[str, str] | None, bool]] = {}
+        self.shards: Mapping[str, str] = {}
 
     def watched(self, entry: KeyValue.Entry) -> None:
         if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
             self.devices.pop(entry.key, None)
             return
         state = DeviceState.decode(entry.value)
-        self.devices[entry.key] = (state.online, bool(state.alerts))
+        where = (state.shard, state.epoch) if state.online else None
+        self.devices[entry.key] = (where, bool(state.alerts))
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(
             "fleet_state_devices", "Devices by state: online, offline, red, green", labels=["state"]
         )
-        total = len(self.devices)
-        online = sum(on for on, _red in self.devices.values())
-        red = sum(red for _on, red in self.devices.values())
+        total, shards = len(self.devices), self.shards
+        online = sum(
+            where is not None and presence.believed(*where, shards)
+            for where, _red in self.devices.values()
+        )
+        red = sum(red for _where, red in self.devices.values())
         for state, count in (
             ("online", online), ("offline", total - online), (RED, red), (GREEN, total - red),
         ):  # fmt: skip
@@ -276,6 +297,7 @@ class FleetState(Service):
         self.metrics = StateMetrics()
         self.nc: NATS | None = None
         self.kv: KeyValue | None = None
+        self.liveness: presence.Liveness | None = None
         self._watcher: KeyValue.KeyWatcher | None = None
         self._subs: list[PullSubscription] = []
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -290,6 +312,10 @@ class FleetState(Service):
         js = self.nc.jetstream()
         await subjects.ensure_streams(js, self.config.stream_replicas)
         self.kv = await subjects.ensure_devices_bucket(js, self.config.stream_replicas)
+        shards = await subjects.ensure_shards_bucket(
+            js, presence.SHARD_TTL, self.config.stream_replicas
+        )
+        self.liveness = presence.Liveness(shards)
         for source in SOURCES:
             sub = await bind_consumer(
                 js, source.stream, source.subjects, self.config.durable, self.config.ack_wait
@@ -298,6 +324,8 @@ class FleetState(Service):
             self._tasks[source.kind] = asyncio.create_task(self._consume(source.kind, sub))
         self._watcher = await self.kv.watchall()
         self._tasks["summary"] = asyncio.create_task(self._summarise(self._watcher))
+        self._tasks["liveness"] = asyncio.create_task(self._follow_shards(self.liveness))
+        self._idle.add("liveness")  # nothing in hand to finish: cancelled at once on stop
         log.info("fleet state %s consuming as %r", self.config.instance_id, self.config.durable)
 
     async def stop(self) -> None:
@@ -362,6 +390,13 @@ class FleetState(Service):
         if not DEVICE_ID.fullmatch(device_id):
             raise InvalidEvent(f"{device_id!r} is not a device id")
         return await update(self.kv, device_id, change_of(kind, msg), self.metrics)
+
+    async def _follow_shards(self, liveness: presence.Liveness) -> None:
+        """Keeps the summary's live shards fresh (a collector cannot wait for a read)."""
+        while True:
+            with contextlib.suppress(NatsError):
+                self.metrics.summary.shards = await liveness.shards()
+            await asyncio.sleep(liveness.refresh)
 
     async def _summarise(self, watcher: KeyValue.KeyWatcher) -> None:
         async for entry in watcher:

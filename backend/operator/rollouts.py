@@ -439,7 +439,11 @@ class Rollouts(Service):
         except NoKeysError:
             return []
         states = await asyncio.gather(*(fleetstate.load(self.devices, key) for key in keys))
-        return [k for k, (s, _rev) in zip(keys, states, strict=True) if s and selector.matches(s)]
+        live = await self.router.liveness.shards() if self.router.liveness else None
+        return [
+            k for k, (s, _rev) in zip(keys, states, strict=True)
+            if s and selector.matches(s if live is None else fleetstate.shown(s, live))
+        ]  # fmt: skip
 
     # --- storage -------------------------------------------------------------------------------
 

@@ -192,8 +192,11 @@ def _device_paths(config: FleetConfig) -> dict[str, Any]:
             "summary": "WebSocket: an interactive shell on the device (see docs/operator.md)",
             "description": "Binary frames carry terminal bytes both ways; text frames from "
                            'the operator: {"resize": [cols, rows]} or {"stop": true}. Closes '
-                           "1000 when either side stops, 4100 when the device disconnects, "
-                           "4101 after the idle timeout.",
+                           "1000 when either side stops (\"shell exited\" for the device's "
+                           "normal exit), 4100 when the device disconnects, 4101 after the "
+                           "idle timeout, 4102 when the device ends the session otherwise, "
+                           "4103 on a device error. 409 unsupported: the device serves no "
+                           "shell; 502 device_error: the device answered with an error.",
             "parameters": [id_param, *size],
             "responses": {"101": {"description": "the shell is open"}, "400": ERROR,
                           "401": ERROR, "404": ERROR, "409": ERROR, "502": ERROR,

@@ -3,18 +3,29 @@
 ``ShellRelay.open`` starts the shell before the operator's upgrade is answered, so a device
 that cannot give one is an HTTP refusal: Mender's shell "new" with a fresh sid, the
 operator's ``user_id`` (stamped by the shard) and the terminal size, answered by the device's
-"new" with status 1, or 2 and the reason. ``run`` then relays until one side ends it:
+"new" with status 1, or 2 and the reason (e.g. "user has too many open sessions"), or by a
+control "error" (a device without a shell handler). A device whose "accept" did not list the
+shell is refused by its shard before anything is sent (``NotServed``). ``run`` then relays
+until one side ends it:
 
 - operator binary frame -> "shell" (the bytes to type); device "shell" -> binary frame;
 - operator text frame ``{"resize": [cols, rows]}`` -> "resize" (terminal_width/height);
 - operator ``{"stop": true}`` or close -> "stop" to the device, close 1000;
-- device "stop" -> close 1000; the shard's "stop" with status 2 (the device disconnected)
-  -> close ``DEVICE_GONE`` with its reason; no bytes either way for ``idle_timeout`` ->
-  "stop" to the device, close ``IDLE``.
+- device shell "ping" -> "pong" with its sid: mender-connect kills a session whose pong is
+  60 + 5 s late (its health check);
+- device "stop" -> "stop" back (mender-connect keeps the session, and the user's slot,
+  until the server's stop), then close 1000 "shell exited" for a normal exit (the pty's
+  "input/output error"), or ``DEVICE_ENDED`` with the device's text for any other end; a
+  status-2 "shell" (input for a session the device no longer has) ends it the same way;
+- device control "error" for the sid -> close ``DEVICE_ERROR`` with its text;
+- the shard's "stop" (marked ``subjects.RELAY_END_HEADER``: the device disconnected) -> close
+  ``DEVICE_GONE`` with its reason; no bytes either way for ``idle_timeout`` -> "stop" to the
+  device, close ``IDLE``.
 
 Device messages reach us on ``subjects.relay_subject(device_id, sid)`` (the shard writes in the id
 of the device that sent them); ours go through the shard holding the device
-(``DeviceRouter.deliver``), one request per frame, which keeps them in order.
+(``DeviceRouter.deliver``), one request per frame, which keeps them in order. Many relays may
+run at once, for one operator or several, on one device or many: each has its own sid.
 """
 
 from __future__ import annotations
@@ -31,11 +42,12 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
 from backend.bus import subjects
-from backend.bus.routing import DeviceRouter
+from backend.bus.routing import DeviceRouter, relayed_error
 from backend.operator.errors import ShellRefused
 from backend.protocol import envelope as env
 from backend.protocol.envelope import ProtoMsg
@@ -51,6 +63,14 @@ DEVICE_GONE = 4100
 """The device disconnected (or its shard stopped answering) during the session."""
 IDLE = 4101
 """No bytes either way for the idle timeout."""
+DEVICE_ENDED = 4102
+"""The device ended the session other than by a normal exit (its text is the reason)."""
+DEVICE_ERROR = 4103
+"""The device answered the session with a control "error" (its text is the reason)."""
+SHELL_EXITED = "shell exited"
+NORMAL_EXIT_TEXTS = ("input/output error", "EOF")
+"""How a device's last words end when its shell exited normally: mender-connect's pty read
+fails with "read /dev/ptmx: input/output error"."""
 MAX_REASON = 120  # a close reason fits in 123 bytes (RFC 6455 §5.5)
 
 
@@ -99,6 +119,8 @@ class ShellRelay:
                 break
             except FleetError:
                 continue  # undecodable: not the answer
+            if (error := relayed_error(self.device_id, answer)) is not None:
+                raise error
             if answer.typ == env.TYP_SHELL_NEW:
                 if _status(answer) == env.STATUS_ERROR:
                     raise ShellRefused(_text(answer) or "the device refused a shell")
@@ -182,21 +204,42 @@ class ShellRelay:
                 delivered = await self._sub.next_msg(timeout=None)
             except NatsError as exc:
                 return Ending(DEVICE_GONE, f"relay lost: {exc}", "device_gone")
-            self._activity.set()
             try:
                 msg = env.decode(delivered.data)
             except FleetError as exc:
                 log.warning("shell %s: undecodable device message: %s", self.sid, exc)
                 continue
+            if msg.typ == env.TYP_PING:  # the device's health check: not the operator's activity
+                await self._answer_ping()
+                continue
+            self._activity.set()
+            ending = self._device_ending(msg, delivered)
+            if ending is not None:
+                return ending
             if msg.typ == env.TYP_SHELL_DATA:
                 try:
                     await ws.send_bytes(msg.body)
                 except ConnectionError:
                     return Ending(NORMAL, "the operator went away", "operator", True)
-            elif msg.typ == env.TYP_SHELL_STOP:
-                if _status(msg) == env.STATUS_ERROR:
-                    return Ending(DEVICE_GONE, _text(msg) or "device disconnected", "device_gone")
-                return Ending(NORMAL, "the shell ended on the device", "device")
+
+    async def _answer_ping(self) -> None:
+        with contextlib.suppress(RoutingError):  # the device gone: its stop follows
+            await self._send(env.TYP_PONG)
+
+    def _device_ending(self, msg: ProtoMsg, delivered: Msg) -> Ending | None:
+        """How ``msg`` ends the session, if it does."""
+        if (error := relayed_error(self.device_id, msg)) is not None:
+            return Ending(DEVICE_ERROR, str(error), "device_error")
+        if msg.typ == env.TYP_SHELL_STOP and subjects.RELAY_END_HEADER in (delivered.headers or {}):
+            return Ending(DEVICE_GONE, _text(msg) or "device disconnected", "device_gone")
+        refused = msg.typ == env.TYP_SHELL_DATA and _status(msg) == env.STATUS_ERROR
+        if msg.typ != env.TYP_SHELL_STOP and not refused:
+            return None
+        # The device's own end: it keeps the session registered until our "stop".
+        text = _text(msg).strip()
+        if _status(msg) != env.STATUS_ERROR or not text or text.endswith(NORMAL_EXIT_TEXTS):
+            return Ending(NORMAL, SHELL_EXITED, "device", tell_device=True)
+        return Ending(DEVICE_ENDED, f"the device ended the shell: {text}", "device", True)
 
     async def _idle(self) -> Ending:
         """Ends the session after ``idle_timeout`` without a frame either way."""

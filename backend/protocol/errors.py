@@ -30,6 +30,8 @@ in this module unless a module is named (a subtree's classes live where its root
     * RoutingError
         * DeviceOffline
         * DeviceTimeout
+        * DeviceError
+        * NotServed (backend.protocol.session)
         * ShellRefused (backend.operator.errors)
     * ApiError (backend.operator.errors)
         * Unauthenticated
@@ -37,7 +39,9 @@ in this module unless a module is named (a subtree's classes live where its root
         * OfflineDevice
         * CommandTimedOut
         * RoutingFailed
+        * DeviceRefused
         * Conflict
+            * UnsupportedProtocol
         * BodyTimedOut
         * HttpRefused
     * RolloutError (backend.operator.errors)
@@ -246,3 +250,9 @@ class DeviceOffline(RoutingError):
 
 class DeviceTimeout(RoutingError):
     reason = "timeout"
+
+
+class DeviceError(RoutingError):
+    """The device answered the request with a control "error" (its text is the message)."""
+
+    reason = "device_error"

@@ -6,9 +6,15 @@ raises: bad input becomes a control "error" message for the peer plus a
 ``ProtocolViolation`` event telling the driver whether to close (``error.close_code``).
 
 The server opens the handshake (Mender devices never speak first) but never requires it: a
-pre-handshake device is served all the same. On the device side the session outlives each
-connection and keeps the alert outbox: unacked alerts are resent after a reconnect, and the
-server's stream de-duplicates them by alert id.
+pre-handshake device is served all the same. The device's "accept" lists the protocols it
+serves: once it is in, the server side refuses to send anything else (``NotServed``, before
+a byte leaves), and a device's control "error" naming a request's sid ends that request at
+once (``RequestFailed``, or relayed to the operator session of that sid).
+
+On the device side the session outlives each connection and keeps the alert outbox: unacked
+alerts are resent after a reconnect, and the server's stream de-duplicates them by alert id.
+A message for a protocol the device does not serve (``protocols``) is answered as
+mender-connect does, with "no handler registered for protocol".
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from backend.protocol.errors import (
     FleetError,
     MalformedMessage,
     ProtocolError,
+    RoutingError,
     UnexpectedMessage,
     UnknownProtocol,
     UnknownSession,
@@ -47,6 +54,34 @@ class OutboxFull(FleetError):
     """The device holds ``max_outbox`` unacked alerts: refuse new ones rather than drop any."""
 
     reason = "outbox_full"
+
+
+class NotServed(RoutingError):
+    """Server side: the device's "accept" did not list the request's protocol; nothing was
+    sent. ``protocols``: what the device serves. The operator side raises it again from the
+    shard's answer (``backend.bus.routing``)."""
+
+    reason = "unsupported"
+
+    def __init__(self, proto: int, protocols: tuple[int, ...], device_id: str = "") -> None:
+        served = ", ".join(protocol_name(p) for p in protocols) or "nothing"
+        who = f"device {device_id}" if device_id else "the device"
+        super().__init__(f"{who} does not serve {protocol_name(proto)}; it serves {served}")
+        self.proto = proto
+        self.protocols = protocols
+
+
+PROTOCOL_NAMES = {
+    env.PROTO_SHELL: "shell", env.PROTO_FILE_TRANSFER: "file transfer",
+    env.PROTO_PORT_FORWARD: "port forward", env.PROTO_MENDER_CLIENT: "mender client",
+    env.PROTO_MONITOR: "monitoring", env.PROTO_COMMAND: "commands", env.PROTO_UPDATE: "updates",
+}  # fmt: skip
+
+
+def protocol_name(proto: int) -> str:
+    """``"commands (0x0101)"``: a protocol as an operator reads it."""
+    name = PROTOCOL_NAMES.get(proto)
+    return f"{name} ({proto:#06x})" if name else f"{proto:#06x}"
 
 
 # --- events ------------------------------------------------------------------------------
@@ -103,6 +138,15 @@ class CommandCompleted:
 
 
 @dataclass(slots=True, frozen=True)
+class RequestFailed:
+    """Server side: the device answered the request ``sid`` (a command, an update offer...)
+    with a control "error" (e.g. Mender's "no handler registered for protocol")."""
+
+    sid: str
+    error: m.Error
+
+
+@dataclass(slots=True, frozen=True)
 class UpdateOffered:
     sid: str
     offer: m.UpdateOffer
@@ -139,8 +183,8 @@ class StrayMessage:
 
 Event = (
     HandshakeCompleted | ProtocolViolation | ErrorReceived | PeerClosing | AlertReceived
-    | AlertAcked | StatusReceived | CommandRequested | CommandCompleted | UpdateOffered
-    | UpdateProgressReceived | Relayed | MessageReceived | StrayMessage
+    | AlertAcked | StatusReceived | CommandRequested | CommandCompleted | RequestFailed
+    | UpdateOffered | UpdateProgressReceived | Relayed | MessageReceived | StrayMessage
 )  # fmt: skip
 
 # Which side may send which of our message types: (proto, typ) -> sending role.
@@ -164,8 +208,10 @@ class DeviceSession:
         "_pending_commands",
         "_relays",
         "device_id",
+        "handshake",
         "max_message_size",
         "max_outbox",
+        "peer_protocols",
         "peer_version",
         "protocols",
         "role",
@@ -179,13 +225,18 @@ class DeviceSession:
         protocols: tuple[int, ...] = DEVICE_PROTOCOLS,
         max_outbox: int = 1000,
         max_message_size: int = env.DEFAULT_MAX_MESSAGE_SIZE,
+        handshake: bool = True,
     ) -> None:
         self.role = role
         self.device_id = device_id
         self.protocols = protocols
+        # Device side, False: answer "open" as a pre-handshake (version 0) Mender peer does.
+        self.handshake = handshake
         self.max_outbox = max_outbox
         self.max_message_size = max_message_size
         self.peer_version: int | None = None  # None until the handshake completes
+        # What the peer's "accept" listed; None while unknown (no accept yet, or version 0).
+        self.peer_protocols: frozenset[int] | None = None
         # Created on first use: an idle server session holds no containers at all.
         self._events: list[Event] | None = None
         self._outgoing: list[bytes] | None = None
@@ -225,6 +276,7 @@ class DeviceSession:
     def connection_lost(self) -> None:
         """Forget the connection's state; the device's outbox stays for the next one."""
         self.peer_version = None
+        self.peer_protocols = None
         self._pending_commands = None
         self._outgoing = None  # never written; unacked alerts go again via resend_unacked
 
@@ -242,15 +294,34 @@ class DeviceSession:
             self._open_received(msg)
         elif typ == env.TYP_ACCEPT:
             accept = m.Accept.from_body(msg.body)
+            self.peer_protocols = frozenset(accept.protocols)
             self._handshake_done(accept.version, accept.protocols)
         elif typ == env.TYP_ERROR:
-            self._emit(ErrorReceived(m.Error.from_body(msg.body), msg))
+            self._error_received(msg, m.Error.from_body(msg.body))
         elif typ == env.TYP_CLOSE:
             self._emit(PeerClosing())
         elif typ != env.TYP_PONG:
             raise UnexpectedMessage(f"unknown control message type {typ!r}")
 
+    def _error_received(self, msg: ProtoMsg, error: m.Error) -> None:
+        """The real client names the request in the header's sid; ours in ``msgid``."""
+        sid = msg.sid or error.msgid or ""
+        if self.role is Role.DEVICE or not sid:
+            self._emit(ErrorReceived(error, msg))
+        elif self._relays is not None and sid in self._relays:
+            self._end_relay(sid)
+            self._emit(Relayed(ProtoMsg(env.PROTO_CONTROL, env.TYP_ERROR, sid, None, msg.body)))
+        else:
+            if self._pending_commands is not None:
+                self._pending_commands.discard(sid)
+            self._emit(RequestFailed(sid, error))
+
     def _open_received(self, msg: ProtoMsg) -> None:
+        if self.role is Role.DEVICE and not self.handshake:
+            props = {env.PROP_STATUS: env.STATUS_NORMAL}
+            self.send(ProtoMsg(env.PROTO_CONTROL, env.TYP_OPEN, msg.sid, props))
+            self._handshake_done(0, ())
+            return
         if msg.props and msg.props.get(env.PROP_STATUS) == env.STATUS_NORMAL and not msg.body:
             self._handshake_done(0, ())  # Mender: a pre-handshake (version 0) peer
             return
@@ -271,6 +342,8 @@ class DeviceSession:
         proto = msg.proto
         if proto == env.PROTO_CONTROL:
             self._control(msg)
+        elif self.role is Role.DEVICE and proto not in self.protocols:
+            self._no_handler(msg)
         elif proto in env.MENDER_PROTOCOLS:
             if self.role is Role.SERVER:
                 self._relayed(msg)
@@ -314,17 +387,38 @@ class DeviceSession:
         pending.discard(msg.sid)
         self._emit(CommandCompleted(msg.sid, result))
 
+    def _no_handler(self, msg: ProtoMsg) -> None:
+        """Device side: mender-connect's answer to a protocol it has no handler for, at once
+        and to the letter: the request's sid in the header, no code, no msgid."""
+        error = m.Error(
+            err=f"no handler registered for protocol: {msg.proto:#06x}",
+            msgproto=msg.proto, msgtype=msg.typ or None,
+        )  # fmt: skip
+        self.send(ProtoMsg(env.PROTO_CONTROL, env.TYP_ERROR, msg.sid, None, error.to_body()))
+
     def _violation(self, exc: ProtocolError, msg: ProtoMsg | None) -> None:
         self.send(_error_reply(exc, msg))
         self._emit(ProtocolViolation(exc))
 
     # --- operator sessions (Mender's shell, port forward, file transfer) --------------------
 
+    def serves(self, proto: int) -> bool:
+        """Server: whether the device may be sent ``proto``: listed in its "accept", or not
+        known to be unlisted (no accept yet, or a pre-handshake device)."""
+        protocols = self.peer_protocols
+        return protocols is None or proto in protocols or proto == env.PROTO_CONTROL
+
+    def require(self, proto: int) -> None:
+        """Server: NotServed unless the device serves ``proto`` (``serves``)."""
+        if not self.serves(proto):
+            raise NotServed(proto, tuple(sorted(self.peer_protocols or ())))
+
     def deliver(self, msg: ProtoMsg, user_id: str | None = None) -> None:
         """Server: send an operator's message, stamped with the operator's id (as Mender's
         deviceconnect does), and bind its sid to this connection: only this device's answers
         for that sid are relayed. The device's "stop" ends the binding (not the operator's:
-        the device still answers it)."""
+        the device still answers it). NotServed for a protocol the device did not accept."""
+        self.require(msg.proto)
         if user_id:
             msg.props = {**(msg.props or {}), env.PROP_USER_ID: user_id}
         relays = self._relays
@@ -396,6 +490,7 @@ class DeviceSession:
     # --- commands and updates ---------------------------------------------------------------
 
     def send_command(self, sid: str, request: m.CommandRequest, user_id: str | None = None) -> None:
+        self.require(env.PROTO_COMMAND)
         pending = self._pending_commands
         if pending is None:
             pending = self._pending_commands = set()
@@ -413,6 +508,7 @@ class DeviceSession:
         self.send(result.to_msg(sid))
 
     def offer_update(self, sid: str, offer: m.UpdateOffer, user_id: str | None = None) -> None:
+        self.require(env.PROTO_UPDATE)
         self.send(offer.to_msg(sid, _user_props(user_id)))
 
     def send_update_progress(self, sid: str, progress: m.UpdateProgress) -> None:

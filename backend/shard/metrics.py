@@ -110,6 +110,14 @@ class ShardMetrics:
             "fleet_shard_commands", "Operator commands to devices, by outcome", ["outcome"],
             registry=r,
         )  # fmt: skip
+        self.device_errors = Counter(
+            "fleet_shard_device_errors", "Requests the device answered with a control error, "
+            "by the protocol it names", ["proto"], registry=r,
+        )  # fmt: skip
+        self.unsupported = Counter(
+            "fleet_shard_unsupported_requests", "Requests refused before sending: the device's "
+            "accept did not list their protocol", ["proto"], registry=r,
+        )  # fmt: skip
         self.info = Gauge(
             "fleet_shard_info", "Constant 1, labelled with the shard id", ["shard"], registry=r
         )

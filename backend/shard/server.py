@@ -1,8 +1,11 @@
 """The shard: holds device WebSockets and connects them to the rest of the backend via NATS.
 
 Lifecycle (as uvicorn's): ``start`` connects NATS, declares streams, subscribes the shard's
-request subject and listens; ``drain`` stops accepting, closes devices with 1012 and a
-jittered reconnect hint, waits with a timeout, then aborts the rest and closes NATS.
+request subject, starts its heartbeat and listens; ``drain`` stops accepting, closes devices
+with 1012 and a jittered reconnect hint, waits with a timeout, then aborts the rest, removes
+its heartbeat and closes NATS. The heartbeat (``presence.heartbeat``, one KV write per
+``presence.HEARTBEAT_INTERVAL``) is what keeps this shard's devices shown online: when the
+process dies, its key expires and they read as offline (``presence.Liveness``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from backend.protocol import channel as ch
 from backend.protocol import closecodes, envelope, http, messages
 from backend.protocol import session as ps
 from backend.protocol.errors import (
+    DeviceError,
     Draining,
     FleetError,
     HandshakeError,
@@ -46,7 +50,7 @@ from backend.shard.admission import Admission
 from backend.shard.config import ShardConfig
 from backend.shard.connection import INPUT_PUBLISH, DeviceConnection
 from backend.shard.fairqueue import FairQueue, Job
-from backend.shard.metrics import ShardMetrics
+from backend.shard.metrics import PROTO_NAMES, ShardMetrics
 from backend.shard.wheel import TimerWheel
 
 log = logging.getLogger("fleet.shard")
@@ -66,6 +70,7 @@ class Shard(Service):
     def __init__(self, config: ShardConfig) -> None:
         self.config = config
         self.id = config.shard_id
+        self.epoch = presence.new_epoch()  # this run: presence written by another is not ours
         self.metrics = ShardMetrics(self.id)
         self.wheel = TimerWheel()
         self.channel_limits = ch.Limits(config.max_request_size, config.max_message_size)
@@ -79,6 +84,7 @@ class Shard(Service):
         self.nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self._kv: KeyValue | None = None
+        self._shards_kv: KeyValue | None = None
         self._server: asyncio.Server | None = None
         self._commands: dict[tuple[str, str], asyncio.Future[messages.CommandResult]] = {}
         self._publishes: FairQueue[DeviceConnection] = FairQueue(
@@ -95,7 +101,7 @@ class Shard(Service):
 
     async def start(self) -> None:
         await self._connect_nats()
-        for loop_body in (self._run_timers, self._run_publishes):
+        for loop_body in (self._run_timers, self._run_publishes, self._run_heartbeats):
             self._spawn(loop_body())
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
@@ -122,6 +128,10 @@ class Shard(Service):
         self.max_payload = self.nc.max_payload
         self._js = self.nc.jetstream()
         self._kv = await subjects.ensure_streams(self._js, self.config.stream_replicas)
+        self._shards_kv = await subjects.ensure_shards_bucket(
+            self._js, presence.SHARD_TTL, self.config.stream_replicas
+        )
+        await presence.heartbeat(self._shards_kv, self.id, self.epoch)  # alive before any device
         await self.nc.subscribe(subjects.shard_subject(self.id), cb=self._on_request)
         await self.nc.subscribe(subjects.kick_subject(self.id), cb=self._on_kick)
 
@@ -152,6 +162,9 @@ class Shard(Service):
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._shards_kv is not None:  # gone now, not SHARD_TTL later
+            with contextlib.suppress(Exception):
+                await self._shards_kv.delete(self.id)
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.drain()
@@ -222,6 +235,16 @@ class Shard(Service):
         while True:
             await asyncio.sleep(self.wheel.resolution)
             self.wheel.advance(time.monotonic())
+
+    async def _run_heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(presence.HEARTBEAT_INTERVAL)
+            if self._shards_kv is not None and self.nc is not None and self.nc.is_connected:
+                try:
+                    await presence.heartbeat(self._shards_kv, self.id, self.epoch)
+                except Exception as exc:  # NATS trouble: the next beat tries again
+                    self._throttled.warning("heartbeat", "shard %s heartbeat failed: %r",
+                                            self.id, exc)  # fmt: skip
 
     async def _run_publishes(self) -> None:
         while True:
@@ -294,18 +317,20 @@ class Shard(Service):
         assert conn.session is not None
         reason = f"device {conn.device_id} disconnected ({conn.disconnect_reason})".encode()
         props = {envelope.PROP_STATUS: envelope.STATUS_ERROR}
+        headers = {subjects.RELAY_END_HEADER: conn.disconnect_reason}  # not the device's own
         for sid, proto in conn.session.end_relays().items():
-            stop = envelope.ProtoMsg(proto, envelope.TYP_SHELL_STOP, sid, props, reason)
+            stop = envelope.encode(envelope.ProtoMsg(proto, envelope.TYP_SHELL_STOP, sid, props,
+                                                     reason))  # fmt: skip
             subject = subjects.relay_subject(conn.device_id, sid)
             # Behind the device's last output for the session, in its own queue.
-            self._enqueue(conn, "relay", partial(self._publish, subject, envelope.encode(stop)))
+            self._enqueue(conn, "relay", partial(self._publish, subject, stop, headers))
 
     # --- presence ------------------------------------------------------------------------------
 
     async def _register_presence(self, conn: DeviceConnection) -> None:
         assert self._kv is not None
         assert self.nc is not None
-        reg = await presence.register(self._kv, conn.device_id, self.id)
+        reg = await presence.register(self._kv, conn.device_id, self.id, self.epoch)
         conn.registration = reg
         if conn.gone:
             await self._unregister_presence(conn)  # it went away while we registered it
@@ -355,6 +380,8 @@ class Shard(Service):
                 future = self._commands.get((conn.device_id, sid))
                 if future is not None and not future.done():
                     future.set_result(result)
+            case ps.RequestFailed(sid, error):
+                self._request_failed(conn, sid, error)
             case ps.UpdateProgressReceived(sid, progress):
                 headers = {subjects.UPDATE_HEADER: sid}
                 subject = subjects.update_subject(conn.device_id)
@@ -372,6 +399,21 @@ class Shard(Service):
                 pass  # nothing to do on the server, or a device's event only
             case _:
                 assert_never(event)
+
+    def _request_failed(self, conn: DeviceConnection, sid: str, error: messages.Error) -> None:
+        """The device answered a request with a control "error": a command waiting for it
+        ends now with the device's text; an update offer fails (as a failure progress, so
+        the rollout learns it as it learns every outcome)."""
+        self.metrics.device_errors.labels(PROTO_NAMES.get(error.msgproto or 0, "other")).inc()
+        future = self._commands.get((conn.device_id, sid))
+        if future is not None:
+            if not future.done():
+                future.set_exception(DeviceError(error.err))
+        elif error.msgproto == envelope.PROTO_UPDATE:
+            progress = messages.UpdateProgress("failure", 0, f"device error: {error.err}")
+            headers = {subjects.UPDATE_HEADER: sid}
+            subject = subjects.update_subject(conn.device_id)
+            self._publish_soon(conn, "update", progress.to_msg(sid), subject, headers=headers)
 
     def _protocol_error(
         self, conn: DeviceConnection, reason: str, close_code: int | None, text: str
@@ -504,6 +546,9 @@ class Shard(Service):
             return
         try:
             reply = await self._answer(op, device_id, request)
+        except ps.NotServed as exc:  # the device's "accept" rules the request out
+            self.metrics.unsupported.labels(PROTO_NAMES.get(exc.proto, "other")).inc()
+            reply = routing.not_served(exc)
         except (FleetError, ValueError, KeyError, TypeError) as exc:
             reply = routing.error(routing.ERROR_BAD_REQUEST, f"bad {op} request: {exc}")
         await self._reply(msg, reply)
@@ -537,13 +582,13 @@ class Shard(Service):
         sid = str(request.get("sid") or uuid.uuid4().hex)
         timeout = float(request.get("timeout") or self.config.command_timeout)
         key = (conn.device_id, sid)
-        future: asyncio.Future[messages.CommandResult] = asyncio.get_running_loop().create_future()
-        self._commands[key] = future
-        conn.session.send_command(
+        conn.session.send_command(  # first: NotServed leaves nothing behind
             sid,
             messages.CommandRequest(request["command"], timeout),
             request.get("user_id") or None,
         )
+        future: asyncio.Future[messages.CommandResult] = asyncio.get_running_loop().create_future()
+        self._commands[key] = future
         conn.flush()
         try:
             result = await asyncio.wait_for(future, timeout)
@@ -555,6 +600,9 @@ class Shard(Service):
         except ConnectionError as exc:
             self.metrics.commands.labels("offline").inc()
             return routing.error(routing.ERROR_OFFLINE, str(exc))
+        except DeviceError as exc:
+            self.metrics.commands.labels("device_error").inc()
+            return routing.error(routing.ERROR_DEVICE, str(exc))
         finally:
             self._commands.pop(key, None)
         self.metrics.commands.labels("ok").inc()

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from nats.errors import Error as NatsError
 
-from backend.bus import natsauth, subjects
+from backend.bus import natsauth, presence, subjects
 from backend.bus.natsauth import Credentials
 from backend.devstack.natsserver import NatsServer, check_config
 from haproxy.tls import make_local_pki
@@ -134,6 +134,28 @@ async def test_the_api_may_ask_a_shard_and_a_shard_may_answer_and_kick(
     finally:
         await shard.close()
         await api.close()
+    assert errors == []
+
+
+async def test_a_shard_beats_and_the_api_and_the_state_read_the_live_shards(
+    secured: tuple[NatsServer, Seeds],
+) -> None:
+    server, seeds = secured
+    errors: list[Exception] = []
+    clients = {role: await connect_as(server.url, role, seeds[role], errors)
+               for role in natsauth.DEPLOYED_ROLES}  # fmt: skip
+    try:
+        buckets = {
+            role: await subjects.ensure_shards_bucket(nc.jetstream(), presence.SHARD_TTL)
+            for role, nc in clients.items()
+        }
+        await presence.heartbeat(buckets[natsauth.SHARD], "shard-a", "run-1")
+        for role in (natsauth.API, natsauth.STATE):
+            assert await presence.live_shards(buckets[role]) == {"shard-a": "run-1"}
+        await buckets[natsauth.SHARD].delete("shard-a")  # a drained shard's goodbye
+    finally:
+        for nc in clients.values():
+            await nc.close()
     assert errors == []
 
 

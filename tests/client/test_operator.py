@@ -106,6 +106,26 @@ async def test_a_command_and_its_refusals(start_shard: ShardFactory, start_api: 
         await device.close()
 
 
+async def test_fleet_cmd_prints_the_devices_error_and_exits_1_before_its_timeout(
+    start_shard: ShardFactory, start_api: ApiFactory
+) -> None:
+    async with start_shard() as shard, start_api(run_state_service=False) as api:
+        device = await connected("gw-1", shard, protocols=(1, 2, 3, 4), handshake=False)
+        started = time.monotonic()
+        code, output = await fleet_cli("cmd", "gw-1", "--timeout", "30", "--api-url", base(api),
+                                       "--", "uptime")  # fmt: skip
+        assert time.monotonic() - started < 30
+        assert (code, output) == (
+            1, "Error: device gw-1 answered: no handler registered for protocol: 0x0101\n"
+        )  # fmt: skip
+        await device.close()
+        device = await connected("gw-1", shard, protocols=(1, 2, 3, 4))
+        code, output = await fleet_cli("cmd", "gw-1", "--api-url", base(api), "--", "uptime")
+        assert code == 1
+        assert output.startswith("Error: device gw-1 does not serve commands (0x0101); it serves")
+        await device.close()
+
+
 def test_an_api_that_does_not_answer_is_reported() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -193,7 +213,42 @@ async def test_fleet_shell_is_an_interactive_terminal(
             assert await terminal.read_until(b"$ ") == b"echo hi\b \bey\r\nhey\r\n$ "
             terminal.type(b"\x04")  # Ctrl-D on an empty line: the remote shell exits
             assert await asyncio.wait_for(proc.wait(), 20) == 0
-            await terminal.read_until(b"[the shell ended on the device]")
+            await terminal.read_until(b"[shell exited]")
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            os.close(master)
+        await device.close()
+
+
+@pytest.mark.parametrize("lost", ["killed", "forgotten"])
+async def test_fleet_shell_exits_when_the_device_ends_or_lost_the_session(
+    start_shard: ShardFactory, start_api: ApiFactory, lost: str
+) -> None:
+    """Killed: the device's health check fired (it says so); forgotten: the device lost the
+    session without a word, and Ctrl-D finds out."""
+    async with start_shard() as shard, start_api(run_state_service=False) as api:
+        device = await connected("gw-1", shard)
+        master, slave = os.openpty()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "backend.cli", "shell", "gw-1", "--api-url", base(api),
+            "--token", OPERATOR_TOKEN, cwd=ROOT, stdin=slave, stdout=slave, stderr=slave,
+        )  # fmt: skip
+        os.close(slave)
+        terminal = Terminal(master)
+        try:
+            await terminal.read_until(b"$ ")
+            if lost == "killed":
+                device.shells.tick(device.session, time.monotonic() + 3600)
+                await device.flush()
+                shown = b"[the device ended the shell: health check failed"
+            else:
+                device.shells.close_all()
+                terminal.type(b"\x04")
+                shown = b"[the device ended the shell: no such shell session]"
+            assert await asyncio.wait_for(proc.wait(), 20) == 0
+            await terminal.read_until(shown)
         finally:
             if proc.returncode is None:
                 proc.kill()

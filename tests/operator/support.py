@@ -42,12 +42,14 @@ async def connected(
     on_command: CommandHandler = echo_command,
     on_update: UpdateHandler | None = None,
     offers_lost: int = 0,
+    **settings: Any,
 ) -> TestDevice:
-    """A test device connected to ``shard``, handshake done and presence recorded (reachable)."""
+    """A test device connected to ``shard``, handshake done and presence recorded (reachable);
+    ``settings``: TestDevice's other keywords (protocols, shell_ping_interval...)."""
     url = f"ws://127.0.0.1:{shard.port}"
     device = TestDevice(
         device_id, device_token(device_id), url, on_command=on_command, on_update=on_update,
-        offers_lost=offers_lost,
+        offers_lost=offers_lost, **settings,
     )  # fmt: skip
     await device.connect()
     async with asyncio.timeout(10):

@@ -4,12 +4,18 @@ devices, and an HTTP client on a real socket."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from backend.devstack.natsserver import NatsServer
 from backend.devstack.testdevice import TestDevice
 from backend.operator import api as api_module
 from backend.operator.api import MAX_JSON_DEPTH, OperatorApi
@@ -18,7 +24,9 @@ from backend.protocol import messages
 from backend.protocol import session as ps
 from backend.shard import Shard
 from tests.operator.support import AUTH, ApiFactory, base, call, connected
-from tests.support import ShardFactory, until
+from tests.support import JWT_SECRET, ShardFactory, device_token, until, until_true
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def command(
@@ -201,6 +209,54 @@ async def test_a_silent_device_times_out_with_504(
         await device.close()
 
 
+async def test_a_device_error_ends_a_command_at_once_with_its_text(
+    start_shard: ShardFactory, start_api: ApiFactory, http: aiohttp.ClientSession
+) -> None:
+    """A pre-handshake device (its accept unknown) without a handler for 0x0101: mender-connect
+    answers with a control error at once, and the command ends then, not at its timeout."""
+    async with start_shard() as shard, start_api(run_state_service=False) as api:
+        device = await connected("gw-1", shard, protocols=(1, 2, 3, 4), handshake=False)
+        started = time.monotonic()
+        status, body = await command(http, api, "gw-1", command="uptime", timeout=30)
+        assert time.monotonic() - started < 30  # the device's answer, not the deadline
+        assert (status, body) == (
+            502,
+            {
+                "error": "device_error",
+                "message": "device gw-1 answered: no handler registered for protocol: 0x0101",
+            },
+        )
+        assert rejected(api, "device_error") == 1
+        labels = {"outcome": "device_error"}
+        assert api.metrics.registry.get_sample_value("fleet_api_commands_total", labels) == 1
+        await device.close()
+
+
+async def test_a_command_for_a_device_that_does_not_accept_commands_is_refused_with_409(
+    start_shard: ShardFactory, start_api: ApiFactory, http: aiohttp.ClientSession
+) -> None:
+    async with start_shard() as shard, start_api(run_state_service=False) as api:
+        device = await connected("gw-1", shard, protocols=(4, 1, 2, 3))  # the real client's
+        status, body = await command(http, api, "gw-1", command="uptime", timeout=30)
+        assert (status, body) == (
+            409,
+            {
+                "error": "unsupported",
+                "message": "device gw-1 does not serve commands (0x0101); it serves "
+                "shell (0x0001), file transfer (0x0002), port forward (0x0003), "
+                "mender client (0x0004)",
+            },
+        )
+        events = [device.events.get_nowait() for _ in range(device.events.qsize())]
+        assert not [event for event in events if isinstance(event, ps.CommandRequested)]
+        labels = {"proto": "command"}
+        counted = shard.metrics.registry.get_sample_value(
+            "fleet_shard_unsupported_requests_total", labels
+        )
+        assert counted == 1
+        await device.close()
+
+
 async def test_offline_and_unknown_devices_are_told_apart(
     start_shard: ShardFactory, start_api: ApiFactory, http: aiohttp.ClientSession
 ) -> None:
@@ -316,3 +372,48 @@ async def _next_command(device: TestDevice) -> ps.CommandRequested:
             event = await device.events.get()
             if isinstance(event, ps.CommandRequested):
                 return event
+
+
+# --- a shard that dies without a word ---------------------------------------------------------
+
+
+async def test_a_sigkilled_shards_devices_are_shown_offline_within_10s(
+    nats_server: NatsServer, start_api: ApiFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    ready = tmp_path / "ready.json"
+    shard = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "backend.cli", "shard", "--nats-url", nats_server.url,
+        "--port", "0", "--jwt-secret", JWT_SECRET, "--shard-id", "shard-k",
+        "--ready-file", str(ready), cwd=ROOT,
+    )  # fmt: skip
+    devices: list[TestDevice] = []
+    try:
+        async with start_api() as api:
+            await until_true(ready.exists, 30)
+            url = f"ws://127.0.0.1:{json.loads(ready.read_text())['port']}"
+            devices = [TestDevice(f"gw-{n}", device_token(f"gw-{n}"), url) for n in range(3)]
+            for device in devices:
+                await device.connect()
+            await until(lambda: _shown_online(http, api, 3))
+            os.kill(shard.pid, signal.SIGKILL)
+            await until(lambda: _shown_online(http, api, 0), 10)  # the requirement's bound
+            status, page = await call(http, "GET", f"{base(api)}/devices/gw-0")
+            assert (status, page["online"], page["shard"]) == (200, False, "shard-k")
+            status, body = await command(http, api, "gw-0", command="uptime")
+            assert (status, body["error"]) == (409, "offline")
+    finally:
+        if shard.returncode is None:
+            shard.kill()
+        await shard.wait()
+        for device in devices:
+            await device.close()
+
+
+async def _shown_online(http: aiohttp.ClientSession, api: OperatorApi, count: int) -> bool | None:
+    """True once exactly ``count`` devices are online in the device list and in the fleet
+    state's summary."""
+    assert api.state is not None
+    summary = api.state.metrics.registry.get_sample_value(
+        "fleet_state_devices", {"state": "online"}
+    )
+    return (summary == count and len(await listed(http, api, "online=true")) == count) or None

@@ -247,6 +247,28 @@ async def test_an_offer_lost_on_the_way_is_made_again(
         await device.close()
 
 
+async def test_devices_without_updates_fail_with_the_reason_at_once(
+    start_shard: ShardFactory, start_api: ApiFactory, http: aiohttp.ClientSession
+) -> None:
+    """One device's accept lists no updates (refused before the offer is sent); the other
+    (pre-handshake) answers the offer with mender-connect's control error."""
+    async with start_shard() as shard, start_api(run_state_service=False) as api:
+        unlisted = await connected("ru-unlisted", shard, protocols=(1, 2, 3, 4))
+        legacy = await connected("ru-legacy", shard, protocols=(1, 2, 3, 4), handshake=False)
+        created = await create(http, api, **request([unlisted, legacy]))
+        done = await rollout_when(http, api, created["id"], finished, timeout=10)
+        assert sorted(done["failed"], key=lambda f: f["device"]) == [
+            {"device": "ru-legacy",
+             "reason": "device error: no handler registered for protocol: 0x0102"},
+            {"device": "ru-unlisted",
+             "reason": "offer not delivered: device ru-unlisted does not serve updates (0x0102); "
+             "it serves shell (0x0001), file transfer (0x0002), port forward (0x0003), "
+             "mender client (0x0004)"},
+        ]  # fmt: skip
+        for device in (unlisted, legacy):
+            await device.close()
+
+
 async def test_offers_start_no_faster_than_the_rate(
     start_shard: ShardFactory, start_api: ApiFactory, http: aiohttp.ClientSession
 ) -> None:

@@ -220,7 +220,7 @@ def test_unknown_control_type_is_unexpected() -> None:
 
 def test_peer_error_is_reported_not_answered(pair: tuple[DeviceSession, DeviceSession]) -> None:
     server, device = pair
-    device.receive_message(raw(env.PROTO_MONITOR, "alert", "x-1", None, ALERT.to_body()))
+    device.receive_message(raw(env.PROTO_MONITOR, "alert", "", None, ALERT.to_body()))
     device.events_received()
     [error_data] = device.messages_to_send()
     server.receive_message(error_data)
@@ -554,7 +554,7 @@ def test_shell_messages_are_relayed(pair: tuple[DeviceSession, DeviceSession]) -
 
 @pytest.mark.parametrize("proto", sorted(env.MENDER_PROTOCOLS))
 def test_every_mender_protocol_is_passed_through_to_the_device(proto: int) -> None:
-    session = DeviceSession(Role.DEVICE)
+    session = DeviceSession(Role.DEVICE, protocols=tuple(env.MENDER_PROTOCOLS))
     msg = ProtoMsg(proto, "anything", "s-1", {"connection_id": "c"}, b"\x00\x01")
     session.receive_message(encode(msg))
     assert session.events_received() == [ps.MessageReceived(msg)]
@@ -750,3 +750,83 @@ def test_draining_releases_the_queues(pair: tuple[DeviceSession, DeviceSession])
     server.messages_to_send()
     assert server._events is None
     assert server._outgoing is None
+
+
+# --- what the device serves: its "accept", and its control errors ---------------------------
+
+
+def test_the_server_refuses_a_protocol_the_accept_did_not_list_before_sending() -> None:
+    server, _device = connected(protocols=(env.PROTO_SHELL, env.PROTO_MONITOR))
+    shell = ProtoMsg(env.PROTO_SHELL, env.TYP_SHELL_NEW, "s-1")
+    assert server.serves(env.PROTO_SHELL)
+    assert not server.serves(env.PROTO_COMMAND)
+    refusals = (
+        lambda: server.send_command("c-1", REQUEST),
+        lambda: server.offer_update("u-1", OFFER),
+        lambda: server.deliver(ProtoMsg(env.PROTO_PORT_FORWARD, "new", "p-1")),
+    )
+    for refused in refusals:
+        with pytest.raises(ps.NotServed) as caught:
+            refused()
+        assert caught.value.protocols == (env.PROTO_SHELL, env.PROTO_MONITOR)
+    assert str(caught.value) == (
+        "the device does not serve port forward (0x0003); it serves shell (0x0001), "
+        "monitoring (0x0100)"
+    )
+    assert server.messages_to_send() == []
+    server.deliver(shell)
+    assert sent_messages(server) == [shell]
+
+
+def test_before_an_accept_or_from_a_pre_handshake_device_everything_may_be_sent() -> None:
+    server = DeviceSession(Role.SERVER)
+    assert server.serves(env.PROTO_COMMAND)
+    device = DeviceSession(Role.DEVICE, protocols=(env.PROTO_SHELL,), handshake=False)
+    server.start()
+    pump(server, device)
+    assert server.events_received() == [ps.HandshakeCompleted(0, ())]
+    assert server.peer_protocols is None
+    server.send_command("c-1", REQUEST)  # not refused: the device will say
+    assert len(server.messages_to_send()) == 1
+
+
+def test_the_device_answers_a_protocol_it_does_not_serve_as_mender_connect_does() -> None:
+    device = DeviceSession(Role.DEVICE, protocols=(env.PROTO_SHELL,))
+    device.receive_message(raw(env.PROTO_COMMAND, "exec", "c-1", None, REQUEST.to_body()))
+    assert device.events_received() == []
+    [reply] = sent_messages(device)
+    assert (reply.proto, reply.typ, reply.sid, reply.props) == (0xFFFF, "error", "c-1", None)
+    assert msgpack.unpackb(reply.body) == {
+        "err": "no handler registered for protocol: 0x0101", "close": False,
+        "msgproto": 257, "msgtype": "exec",
+    }  # fmt: skip
+
+
+def mender_error(sid: str, proto: int, typ: str) -> bytes:
+    """mender-connect's control error for ``sid``, built as it builds it."""
+    body = pack({"err": f"no handler registered for protocol: {proto:#06x}", "close": False,
+                 "msgproto": proto, "msgtype": typ})  # fmt: skip
+    return raw(env.PROTO_CONTROL, env.TYP_ERROR, sid, None, body)
+
+
+def test_a_device_error_for_a_command_ends_it_at_once() -> None:
+    server = DeviceSession(Role.SERVER)
+    server.send_command("c-1", REQUEST)
+    server.messages_to_send()
+    server.receive_message(mender_error("c-1", env.PROTO_COMMAND, "exec"))
+    [event] = server.events_received()
+    assert isinstance(event, ps.RequestFailed)
+    assert (event.sid, event.error.err) == ("c-1", "no handler registered for protocol: 0x0101")
+    server.receive_message(encode(RESULT.to_msg("c-1")))  # no longer waited for
+    assert isinstance(server.events_received()[0], ps.StrayMessage)
+
+
+def test_a_device_error_for_an_operator_session_is_relayed_and_unbinds_it() -> None:
+    server = DeviceSession(Role.SERVER)
+    server.deliver(ProtoMsg(env.PROTO_FILE_TRANSFER, "stat", "f-1"))
+    server.messages_to_send()
+    server.receive_message(mender_error("f-1", env.PROTO_FILE_TRANSFER, "stat"))
+    [event] = server.events_received()
+    assert isinstance(event, ps.Relayed)
+    assert (event.msg.proto, event.msg.typ, event.msg.sid) == (0xFFFF, "error", "f-1")
+    assert server.end_relays() == {}

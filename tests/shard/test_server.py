@@ -421,7 +421,7 @@ async def test_a_device_cannot_write_into_another_devices_session(
             reply = await error_reply(attacker)
             assert (reply.error.code, reply.error.msgid) == (404, "sess-b")
         owner.session.send(envelope.ProtoMsg(envelope.PROTO_SHELL, "shell", "sess-b", None, b"ok"))
-        await owner._flush()
+        await owner.flush()
         relayed = []  # the owner's "new" answer (its shell started), then its "ok"
         while not relayed or relayed[-1][1] != b"ok":
             msg = await everything.next_msg(timeout=5)

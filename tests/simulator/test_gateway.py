@@ -251,6 +251,7 @@ async def operator_shell(stack: LocalStack, device_id: str) -> tuple[bytes, str]
         ran, _typ = await read_until(f"{device_id}\r\n$ ".encode())
         await send(env.TYP_SHELL_DATA, b"exit\r")
         ended, last = await read_until(b"never printed")
+        await send(env.TYP_SHELL_STOP)  # as the relay does: the gateway keeps it until then
         return started + ran + ended, last
     finally:
         await nc.close()
@@ -263,7 +264,8 @@ def test_a_gateway_serves_a_shell_session(stack: LocalStack) -> None:
         answer = operator.submit(asyncio.run, operator_shell(stack, gateway.device_id))
         wait_until(answer.done, 30, "the shell session")
         output, last = answer.result()
-        assert gateway.shells is None  # the session ended: the gateway holds nothing for it
+        # The server's stop ended it: the gateway holds nothing for the session.
+        wait_until(lambda: gateway.shells is None, 10, "the session forgotten")
     assert output == f"$ hostname\r\n{gateway.device_id}\r\n$ exit\r\n".encode()
     assert last == env.TYP_SHELL_STOP
 
