@@ -113,23 +113,27 @@ export class DevicePanel {
 
   commandForm(device) {
     const input = el("input", { name: "command", "aria-label": "Command", placeholder: "e.g. uptime", required: "" });
+    const timeout = el("input", {
+      name: "timeout", type: "number", min: "1", max: "300", value: String(COMMAND_TIMEOUT),
+      "aria-label": "Timeout in seconds", title: "Timeout (s)", class: "timeout",
+    });
     const output = el("pre", { class: "output", "aria-live": "polite" });
-    const form = el("form", { class: "command" }, input, el("button", { type: "submit" }, "Run"), output);
+    const form = el("form", { class: "command" }, input, timeout, el("button", { type: "submit" }, "Run"), output);
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
-      await this.run(device.id, input.value, output);
+      await this.run(device.id, input.value, Number(timeout.value) || COMMAND_TIMEOUT, output);
     });
     return form;
   }
 
-  async run(id, command, output) {
+  async run(id, command, timeout, output) {
     output.classList.remove("error");
     const started = Date.now();
     const tick = () => (output.textContent = `$ ${command}\nrunning… ${Math.round((Date.now() - started) / 1000)} s`);
     tick();
     const timer = setInterval(tick, 1000);
     try {
-      const result = await runCommand(id, command, COMMAND_TIMEOUT);
+      const result = await runCommand(id, command, timeout);
       output.textContent = `$ ${command}\n${result.output}[exit ${result.exit_code}, ${result.duration.toFixed(2)} s]`;
     } catch (error) {
       report(error, output);
