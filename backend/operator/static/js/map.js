@@ -14,6 +14,30 @@ const SHAPES = {
 };
 const LABELS = { green: "no open alert", red: "open alerts", grey: "offline" };
 
+// Natural Earth cuts the polygons that cross the antimeridian (Russia, Fiji) with points at
+// -180 and 180 side by side; drawn as they are, those edges run across the whole map. Each
+// ring is unwrapped instead, so that no edge spans more than half the globe. Antarctica,
+// whose ring runs round the pole, is left out: no house stands there.
+const ANTARCTICA = "010";
+
+function unwrap(ring) {
+  let previous = null;
+  return ring.map(([lon, lat]) => {
+    let x = lon;
+    while (previous !== null && x - previous > 180) x -= 360;
+    while (previous !== null && x - previous < -180) x += 360;
+    previous = x;
+    return [x, lat];
+  });
+}
+
+function unwrapped(geometry) {
+  const { type, coordinates } = geometry;
+  if (type === "Polygon") return { type, coordinates: coordinates.map(unwrap) };
+  if (type === "MultiPolygon") return { type, coordinates: coordinates.map((p) => p.map(unwrap)) };
+  return geometry;
+}
+
 function markIcon(kind, selected) {
   return L.divIcon({
     className: `mark mark-${kind}${selected ? " selected" : ""}`,
@@ -47,7 +71,9 @@ export class FleetMap {
   async loadBasemap(url) {
     const response = await fetch(url);
     const world = await response.json();
-    const countries = topojson.feature(world, world.objects.countries);
+    const countries = topojson.feature(world, world.objects.countries).features
+      .filter((country) => country.id !== ANTARCTICA)
+      .map((country) => ({ ...country, geometry: unwrapped(country.geometry) }));
     L.geoJSON(countries, {
       renderer: L.canvas({ padding: 0.5 }),
       interactive: false,
