@@ -1,9 +1,14 @@
 // The list beside the map: the devices in view that pass the filters, red first, at most
-// MAX_SHOWN of them. A listbox: arrow keys, Home and End move, Enter opens the device.
+// MAX_SHOWN of them (main.js picks them). A listbox: arrow keys, Home and End move, Enter opens the device.
 import { markOf } from "./fleet.js";
 
-const MAX_SHOWN = 200;
+export const MAX_SHOWN = 200;
 const ORDER = { red: 0, grey: 1, green: 2 };
+
+// Red first, then grey, then green; by id within each.
+export function inListOrder(a, b) {
+  return ORDER[markOf(a)] - ORDER[markOf(b)] || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0);
+}
 
 export class DeviceList {
   constructor(element, note, { onOpen }) {
@@ -19,16 +24,14 @@ export class DeviceList {
     });
   }
 
-  show(rows, total, selected) {
-    const sorted = rows
-      .sort((a, b) => ORDER[markOf(a)] - ORDER[markOf(b)] || (a[0] < b[0] ? -1 : 1))
-      .slice(0, MAX_SHOWN);
-    this.ids = sorted.map((row) => row[0]);
-    this.element.replaceChildren(...sorted.map((row) => this.item(row, row[0] === selected)));
+  // rows: the first devices in view, in list order; count: all in view; total: the fleet.
+  show(rows, count, total, selected) {
+    this.ids = rows.map((row) => row[0]);
+    this.element.replaceChildren(...rows.map((row) => this.item(row, row[0] === selected)));
     this.active = this.ids.indexOf(selected);
     this.mark();
-    const more = rows.length > MAX_SHOWN ? `; the first ${MAX_SHOWN} shown, zoom in or filter for the rest` : "";
-    this.note.textContent = `${rows.length} of ${total} devices in view${more}`;
+    const more = count > rows.length ? `; the first ${rows.length} shown, zoom in or filter for the rest` : "";
+    this.note.textContent = `${count} of ${total} devices in view${more}`;
   }
 
   item(row, selected) {

@@ -1,7 +1,7 @@
 // The fleet map page: the live feed fills the fleet; the filters choose what the map and the
 // list show; a mark or a list item opens the device panel.
 import { Fleet, markOf, matcher } from "./fleet.js";
-import { DeviceList } from "./list.js";
+import { DeviceList, MAX_SHOWN, inListOrder } from "./list.js";
 import { LiveFeed } from "./live.js";
 import { FleetMap } from "./map.js";
 import { DevicePanel } from "./panel.js";
@@ -47,10 +47,24 @@ function showCounts() {
   $("counts").dataset.grey = all.grey;
 }
 
+// The devices in view, in list order (``filtered`` is kept sorted), the first MAX_SHOWN of
+// them, and how many there are: one pass of number comparisons, as it runs after every move.
 function showList() {
-  const bounds = map.bounds();
-  const inView = filtered.filter((row) => row[1] === null || bounds.contains([row[1], row[2]]));
-  list.show(inView, fleet.rows.size, selected);
+  const b = map.bounds();
+  const [south, north, west, east] = [b.getSouth(), b.getNorth(), b.getWest(), b.getEast()];
+  const wraps = east - west >= 360;
+  const shown = [];
+  let count = 0;
+  for (const row of filtered) {
+    const lat = row[1];
+    if (lat !== null) {
+      const lon = ((((row[2] - west) % 360) + 360) % 360) + west; // into the view's longitudes
+      if (lat < south || lat > north || (!wraps && lon > east)) continue;
+    }
+    count += 1;
+    if (shown.length < MAX_SHOWN) shown.push(row);
+  }
+  list.show(shown, count, fleet.rows.size, selected);
 }
 
 function showFirmwares() {
@@ -65,7 +79,7 @@ function reindex() {
   reindexTimer = null;
   lastReindex = performance.now();
   const match = matcher(filter());
-  filtered = [...fleet.rows.values()].filter(match);
+  filtered = [...fleet.rows.values()].filter(match).sort(inListOrder);
   map.setRows(filtered);
   showCounts();
   showList();

@@ -53,6 +53,11 @@ function clusterIcon(counts) {
   return L.divIcon({ className: "cluster", html: parts.join(""), iconSize: null });
 }
 
+function markKey(feature) {
+  const p = feature.properties;
+  return p.cluster ? `c${p.cluster_id}:${p.green}/${p.red}/${p.grey}` : `p${p.id}:${p.kind}`;
+}
+
 export class FleetMap {
   constructor(element, { onSelect, onMove, rowOf }) {
     this.onSelect = onSelect;
@@ -62,6 +67,7 @@ export class FleetMap {
     this.layer = L.layerGroup().addTo(this.map);
     this.index = null;
     this.selected = null;
+    this.drawn = new Map(); // key (markKey) -> marker on the map
     this.map.on("moveend", () => {
       this.draw();
       onMove();
@@ -93,7 +99,7 @@ export class FleetMap {
       });
     }
     this.index = new Supercluster({
-      radius: 50,
+      radius: 80,
       maxZoom: MAX_CLUSTER_ZOOM,
       map: (p) => ({ green: p.kind === "green" ? 1 : 0, red: p.kind === "red" ? 1 : 0, grey: p.kind === "grey" ? 1 : 0 }),
       reduce: (sum, p) => {
@@ -103,6 +109,8 @@ export class FleetMap {
       },
     });
     this.index.load(points);
+    this.layer.clearLayers(); // a new index: its cluster ids mean other clusters
+    this.drawn = new Map();
     this.draw();
   }
 
@@ -117,11 +125,21 @@ export class FleetMap {
     const east = Math.min(180, b.getEast());
     const zoom = Math.round(this.map.getZoom());
     const features = this.index.getClusters([west, Math.max(-85, b.getSouth()), east, Math.min(85, b.getNorth())], zoom);
-    const marks = features.map((feature) => this.mark(feature));
+    // Marks already on the map stay (a pan redraws few): only the ones that left or changed go.
+    const drawn = new Map();
+    for (const feature of features) {
+      const key = markKey(feature);
+      drawn.set(key, this.drawn.get(key) || this.mark(feature));
+    }
     const selected = this.selectedMark();
-    if (selected) marks.push(selected);
-    this.layer.clearLayers();
-    for (const mark of marks) this.layer.addLayer(mark);
+    if (selected) drawn.set("selected", selected);
+    for (const [key, mark] of this.drawn) {
+      if (drawn.get(key) !== mark) this.layer.removeLayer(mark);
+    }
+    for (const [key, mark] of drawn) {
+      if (this.drawn.get(key) !== mark) this.layer.addLayer(mark);
+    }
+    this.drawn = drawn;
   }
 
   // The selected house is always drawn on its own, on top, even inside a cluster.
