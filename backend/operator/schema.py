@@ -226,6 +226,15 @@ def _device_paths(config: FleetConfig) -> dict[str, Any]:
                 "504": ERROR,
             },
         }},
+        "/fleet/live": {"get": {
+            "summary": "WebSocket: the fleet map's live feed (see docs/operator.md)",
+            "description": 'Text frames: {"type": "fleet", "fields": [...], "rows": [...]} '
+                           'once, then {"type": "delta", "rows": [...], "removed": [...]}; a '
+                           "row is [id, lat, lon, flags (1 online, 2 red), firmware, address, "
+                           "open alerts]. Closes 4002 when the client falls behind.",
+            "responses": {"101": {"description": "the feed is open"}, "400": ERROR,
+                          "401": ERROR},
+        }},
     }  # fmt: skip
 
 
