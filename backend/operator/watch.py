@@ -75,6 +75,7 @@ class FleetFeed:
         self._watcher: KeyValue.KeyWatcher | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._starting = asyncio.Lock()
+        self._stopped = False
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(heartbeat=30.0, compress=True)
@@ -95,6 +96,8 @@ class FleetFeed:
                 ]
 
     async def stop(self) -> None:
+        self._stopped = True
+        self.ready.set()  # a page still waiting for the first fleet is let go
         for page in list(self._pages):
             _close(page, GOING_AWAY)
         if self._watcher is not None:
@@ -110,6 +113,9 @@ class FleetFeed:
     async def serve(self, ws: web.WebSocketResponse) -> None:
         """The fleet, then its deltas, until the page closes or lags behind."""
         await self.ready.wait()
+        if self._stopped:
+            await ws.close(code=GOING_AWAY, message=CLOSE_REASONS[GOING_AWAY])
+            return
         queue: asyncio.Queue[str | int] = asyncio.Queue(MAX_BEHIND)
         self._pages.add(queue)  # before the fleet message: no delta can fall between
         try:

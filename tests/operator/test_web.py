@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aiohttp
 import pytest
 
@@ -122,3 +124,13 @@ async def test_a_cookie_websocket_must_come_from_the_page_s_own_origin(
         async with http.ws_connect(url, origin=base(api)) as ws:
             message = await ws.receive_json(timeout=10)
         assert message["type"] == "fleet"
+
+
+async def test_without_the_libraries_the_page_says_how_to_install_them(
+    start_api: ApiFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(web_module, "VENDOR_DIR", tmp_path / "vendor")
+    async with start_api() as api, signed_in(api) as (http, _signed):
+        resp = await http.get(f"{base(api)}/")
+        assert resp.status == 503
+        assert "run scripts/vendor.sh" in await resp.text()
