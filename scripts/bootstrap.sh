@@ -36,6 +36,7 @@ if [ ${#missing[@]} -gt 0 ]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
             "${missing[@]}" >/dev/null
         for package in "${missing[@]}"; do
+            case "$package" in haproxy | prometheus) ;; *) continue ;; esac
             systemctl disable --now "$package" || service "$package" stop
         done >/dev/null 2>&1 || true
     else
