@@ -292,6 +292,67 @@ async def test_a_shell_typed_into_shows_the_echo(
         await v.shot("shell")
 
 
+async def test_filters_search_and_the_keyboard_list(
+    nc: NATS, start_shard: ShardFactory, start_api: ApiFactory, visit: Any
+) -> None:
+    async with (
+        start_shard(shard_id="a") as shard,
+        start_api() as api,
+        houses(shard, nc),
+        visit(api) as v,
+    ):
+        await v.sign_in()
+        await ready(v)
+        items = v.page.locator("#list li")
+        await expect(items).to_have_count(3)
+        await expect(items.first).to_have_attribute("data-id", "gw-red")  # red first
+        await v.page.select_option("#state", "red")
+        await expect(v.page.locator("#map .mark")).to_have_count(1)
+        await expect(v.page.locator("#map .mark-red")).to_have_count(1)
+        await v.page.select_option("#state", "")
+        await v.page.select_option("#online", "false")
+        await expect(items).to_have_count(1)
+        await expect(items.first).to_have_attribute("data-id", "gw-grey")
+        await v.page.select_option("#online", "")
+        await v.page.fill("#search", "stockholm")  # by address
+        await expect(items).to_have_count(1)
+        await v.page.fill("#search", "")
+        await expect(items).to_have_count(3)
+        await v.page.focus("#list")
+        for key in ("ArrowDown", "ArrowDown", "ArrowUp", "End", "Enter"):
+            await v.page.keyboard.press(key)
+        last = await items.last.get_attribute("data-id")
+        await expect(v.page.locator("#panel h2")).to_have_text(last or "")
+        await v.shot("keyboard")
+
+
+async def test_an_update_rolls_out_to_the_selection_from_the_panel(
+    nc: NATS, start_shard: ShardFactory, start_api: ApiFactory, visit: Any
+) -> None:
+    async with (
+        start_shard(shard_id="a") as shard,
+        start_api() as api,
+        houses(shard, nc),
+        visit(api) as v,
+    ):
+        await v.sign_in()
+        await ready(v)
+        await v.page.select_option("#online", "true")
+        await v.open_device("gw-green")
+        form = v.page.locator("#panel form.rollout")
+        await expect(form.locator("button")).to_have_text("Roll out to 2 devices")
+        await form.locator("input[name=version]").fill("2.0.0")
+        await form.locator("input[name=artifact_url]").fill("http://127.0.0.1:1/fw-2.0.0.bin")
+        await form.locator("input[name=checksum]").fill("ab" * 32)
+        await form.locator("input[name=size]").fill("1000")
+        await form.locator("button").click()
+        await expect(form.locator("p")).to_contain_text("started for 2 devices")
+        assert api.rollouts is not None
+        [rollout] = await api.rollouts.all()
+        assert sorted(rollout.devices) == ["gw-green", "gw-red"]
+        await v.shot("rollout")
+
+
 async def test_a_wrong_token_is_refused(start_api: ApiFactory, visit: Any) -> None:
     async with start_api() as api, visit(api) as v:
         await v.sign_in("not-an-operator-token")
