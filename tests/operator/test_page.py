@@ -226,7 +226,7 @@ async def test_sign_in_and_the_marks_match_the_fleet_state(
         await v.shot("fleet")
 
 
-async def test_an_alert_turns_the_mark_red_with_description_and_fix_in_the_panel(
+async def test_an_alert_turns_the_mark_red_with_description_and_fix_then_offline_grey(
     nc: NATS, start_shard: ShardFactory, start_api: ApiFactory, visit: Any
 ) -> None:
     async with (
@@ -249,6 +249,9 @@ async def test_an_alert_turns_the_mark_red_with_description_and_fix_in_the_panel
         await expect(panel).to_contain_text("Suggested fix: Close the main valve")
         await expect(panel).to_contain_text("Since ")
         await v.shot("red-panel")
+        await devices["gw-green"].close()  # gone: grey, whatever its alerts
+        await expect(selected).to_have_class(re.compile(r"\bmark-grey\b"), timeout=10000)
+        await expect(panel).to_contain_text("Offline since")
 
 
 async def test_a_command_from_the_panel_shows_its_output(
