@@ -15,7 +15,8 @@ that reported no location, flags bit 0 online, bit 1 red (an open alert). Rows a
 arrays, not objects, so field names are not repeated 100,000 times, and the WebSocket is
 compressed (permessage-deflate, RFC 7692), which shrinks the repeated firmware strings and
 address suffixes further. A page that falls behind by ``MAX_BEHIND`` deltas is closed with
-``LAGGING``; it reconnects and starts again from a fresh fleet message.
+``LAGGING``, and every page with ``WATCH_LOST`` if the watch fails (NATS trouble); they
+reconnect and start again from a fresh fleet message.
 """
 
 from __future__ import annotations
@@ -44,7 +45,12 @@ MAX_BEHIND = 64
 LAGGING = 4002
 """Close code for a page that did not keep up; it reconnects and gets the fleet again."""
 GOING_AWAY = 1001
-CLOSE_REASONS = {LAGGING: b"fell behind the fleet's changes", GOING_AWAY: b"the API is stopping"}
+WATCH_LOST = 1011
+CLOSE_REASONS = {
+    LAGGING: b"fell behind the fleet's changes",
+    GOING_AWAY: b"the API is stopping",
+    WATCH_LOST: b"the feed lost its watch of the fleet state",
+}
 
 Row = list[Any]
 
@@ -76,6 +82,7 @@ class FleetFeed:
         self._tasks: list[asyncio.Task[None]] = []
         self._starting = asyncio.Lock()
         self._stopped = False
+        self._flusher: asyncio.Task[None] | None = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(heartbeat=30.0, compress=True)
@@ -90,10 +97,10 @@ class FleetFeed:
         async with self._starting:
             if self._watcher is None:
                 self._watcher = await self.kv.watchall()
-                self._tasks = [
-                    asyncio.create_task(self._watch(self._watcher)),
-                    asyncio.create_task(self._flush_every()),
-                ]
+                self._tasks.append(asyncio.create_task(self._watch(self._watcher)))
+            if self._flusher is None:
+                self._flusher = asyncio.create_task(self._flush_every())
+                self._tasks.append(self._flusher)
 
     async def stop(self) -> None:
         self._stopped = True
@@ -113,8 +120,9 @@ class FleetFeed:
     async def serve(self, ws: web.WebSocketResponse) -> None:
         """The fleet, then its deltas, until the page closes or lags behind."""
         await self.ready.wait()
-        if self._stopped:
-            await ws.close(code=GOING_AWAY, message=CLOSE_REASONS[GOING_AWAY])
+        if self._stopped or self._watcher is None:  # stopping, or the watch was lost
+            code = GOING_AWAY if self._stopped else WATCH_LOST
+            await ws.close(code=code, message=CLOSE_REASONS[code])
             return
         queue: asyncio.Queue[str | int] = asyncio.Queue(MAX_BEHIND)
         self._pages.add(queue)  # before the fleet message: no delta can fall between
@@ -141,12 +149,26 @@ class FleetFeed:
     # --- the watch --------------------------------------------------------------------------
 
     async def _watch(self, watcher: KeyValue.KeyWatcher) -> None:
-        async for entry in watcher:
-            if entry is None:  # the end of the initial values
-                self.ready.set()
-                log.info("fleet feed: %d devices", len(self.rows))
-                continue
-            self._apply(entry)
+        try:
+            async for entry in watcher:
+                if entry is None:  # the end of the initial values
+                    self.ready.set()
+                    log.info("fleet feed: %d devices", len(self.rows))
+                    continue
+                self._apply(entry)
+        except NatsError as exc:
+            log.warning("fleet feed: the watch of the devices bucket failed: %s", exc)
+        if not self._stopped:
+            self._lost()
+
+    def _lost(self) -> None:
+        """The watch ended: the pages are closed (they reconnect) and the next one that
+        connects starts a new watch, which reads the bucket afresh."""
+        self._watcher, self.rows, self._changed = None, {}, {}
+        waited, self.ready = self.ready, asyncio.Event()
+        waited.set()  # pages still waiting for the first fleet are let go (and closed)
+        for page in list(self._pages):
+            _close(page, WATCH_LOST)
 
     def _apply(self, entry: KeyValue.Entry) -> None:
         key = entry.key
@@ -154,7 +176,11 @@ class FleetFeed:
             if self.rows.pop(key, None) is not None and self.ready.is_set():
                 self._changed[key] = None
             return
-        row = row_of(DeviceState.decode(entry.value))
+        try:
+            row = row_of(DeviceState.decode(entry.value))
+        except (ValueError, KeyError, TypeError) as exc:  # not one the fleet state wrote
+            log.warning("fleet feed: skipping unreadable entry %s: %s", key, exc)
+            return
         if self.rows.get(key) == row:
             return  # a change the map does not show (a status reading, a timestamp)
         self.rows[key] = row

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
 from nats.js.kv import KV_DEL, KeyValue
 
 from backend.bus import subjects
@@ -83,6 +85,26 @@ async def test_a_page_that_falls_behind_is_closed_to_start_again() -> None:
     assert page.get_nowait() == watch.LAGGING
     assert page.empty()
     assert page not in feed._pages
+
+
+async def test_a_failed_watch_closes_the_pages_and_the_next_page_starts_afresh() -> None:
+    feed, page = feed_with_page()
+
+    async def failing() -> AsyncIterator[KeyValue.Entry | None]:
+        yield entry(red())
+        yield None
+        raise NatsError("connection lost")
+
+    await feed._watch(failing())  # type: ignore[arg-type]
+    assert page.get_nowait() == watch.WATCH_LOST
+    assert (feed.rows, feed.ready.is_set(), feed._watcher) == ({}, False, None)
+
+
+def test_an_unreadable_entry_is_skipped() -> None:
+    feed, _page = feed_with_page()
+    feed._apply(KeyValue.Entry("b", "gw-9", b"not json", 1, 0, 0, None))
+    feed._apply(entry(red()))
+    assert list(feed.rows) == ["gw-1"]
 
 
 # --- through the API ---------------------------------------------------------------------------
