@@ -115,15 +115,12 @@ def up(
     port: int,
     **options: Any,
 ) -> None:
-    """Run a local stack (NATS, shards, HAProxy, the operator API and its fleet map) in the
-    foreground until Ctrl-C or fleet down."""
+    """Run a local stack (NATS, shards, HAProxy) in the foreground until Ctrl-C or fleet down."""
     run_dir = run_dir or stackctl.RUNS / time.strftime("stack-%Y%m%d-%H%M%S")
     try:
-        # With the operator API: its fleet map is what a person opens first.
         config = StackConfig.sized(
-            run_dir, connections, shards, haproxies, public_port=port, operator_api=True,
-            **options,
-        )  # fmt: skip
+            run_dir, connections, shards, haproxies, public_port=port, **options
+        )
         stackctl.serve(config, click.echo)
     except (ValueError, OSError, RuntimeError, stackctl.StackError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -104,10 +104,6 @@ def stack_state(stack: LocalStack) -> dict[str, Any]:
         "ca_file": str(stack.ca_file) if stack.ca_file else None,
         "prometheus_url": stack.prometheus_url,
         "jwt_secret": stack.jwt_secret,
-        "api_url": stack.api_url,
-        "operator_tokens_file": str(stack.run_dir.resolve() / "operator-tokens.json")
-        if stack.api_url
-        else None,
     }
 
 
@@ -149,7 +145,7 @@ def summary(state: dict[str, Any]) -> str:
         *(f"  haproxy stats       {h['stats_url']}/stats" for h in state["haproxies"]),
         f"  nats                {' '.join(state['nats_urls'])}",
         f"  a device token      fleet token gw-1 --jwt-secret {state['jwt_secret']}",
-        *_api_lines(state),
+        f"  operator API        {state['api_command']}",
         f"  nats credentials    {Path(state['nats_credentials'][API]).parent} (one per role)",
     ]
     if state["ca_file"]:
@@ -163,16 +159,6 @@ def summary(state: dict[str, Any]) -> str:
         "fleet status shows it; Ctrl-C or fleet down stops it.",
     ]
     return "\n".join(lines)
-
-
-def _api_lines(state: dict[str, Any]) -> list[str]:
-    """The running operator API and its fleet map, or how to run one."""
-    if not state.get("api_url"):
-        return [f"  operator API        {state['api_command']}"]
-    return [
-        f"  fleet map           {state['api_url']}/  (open it in a browser)",
-        f"  operator token      in {state['operator_tokens_file']} (sign in with it)",
-    ]
 
 
 def serve(config: StackConfig, echo: Callable[[str], None]) -> None:
