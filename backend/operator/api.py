@@ -282,11 +282,11 @@ class OperatorApi(Service):
         self._presence = await subjects.ensure_streams(js, replicas)
         self._devices = await subjects.ensure_devices_bucket(js, replicas)
         self._router = DeviceRouter(self.nc, self._presence)
-        self.feed = FleetFeed(self._devices)
         self.rollouts = Rollouts(
             self.config, self.nc, self._router, self._devices, self.metrics.registry
         )
         await self.rollouts.start()
+        self.feed = FleetFeed(self._devices)
         if self.state is not None:
             await self.state.start()
         self._runner = web.AppRunner(self.app(), access_log=None, keepalive_timeout=HEAD_TIMEOUT)

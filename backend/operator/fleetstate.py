@@ -143,10 +143,10 @@ class DeviceState:
             return False
         self.presence_rev = revision
         self.online = state is not None and state.connected
+        shard = state.shard if state is not None else self.shard
+        self.history = [*self.history, (time.time(), self.online, shard)][-MAX_HISTORY:]
         if state is not None:
             self.shard, self.since = state.shard, state.since
-        change = (time.time(), self.online, self.shard)
-        self.history = [*self.history, change][-MAX_HISTORY:]
         return True
 
     def encode(self) -> bytes:
