@@ -22,7 +22,7 @@ format: $(INSTALLED)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-$(INSTALLED): pyproject.toml scripts/bootstrap.sh
+$(INSTALLED): pyproject.toml package-lock.json scripts/bootstrap.sh scripts/vendor.sh
 	PYTHON=$(PYTHON) scripts/bootstrap.sh $(VENV)
 	touch $@
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates the virtualenv given as $1 and installs fleetharness into it with its dev tools,
-# and HAProxy and Prometheus from the system packages when they are missing.
+# HAProxy, Prometheus and Chromium (the fleet map's browser tests) from the system packages
+# when they are missing, and the fleet map's browser libraries from npm (scripts/vendor.sh).
 set -euo pipefail
 venv=${1:-.venv}
 python=${PYTHON:-python3}
@@ -19,11 +20,13 @@ echo "bootstrap: creating $venv and installing fleetharness (first run only)"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 "$venv/bin/python" -m pip install --quiet -e '.[dev]'
 
-# HAProxy (the proxy tier in front of the shards) and Prometheus (scrapes the stack for the
-# dashboards) come from the system's packages. The stack runs its own processes of both, so
-# the services the packages start are stopped: they would only hold ports (Prometheus: 9090).
+# HAProxy (the proxy tier in front of the shards), Prometheus (scrapes the stack for the
+# dashboards), Chromium (drives the fleet map in its tests; Playwright is told to use it, so
+# no browser is downloaded) and npm (the map's libraries) come from the system's packages.
+# The stack runs its own processes of HAProxy and Prometheus, so the services the packages
+# start are stopped: they would only hold ports (Prometheus: 9090).
 missing=()
-for package in haproxy prometheus; do
+for package in haproxy prometheus chromium npm; do
     command -v "$package" >/dev/null || [ -x "/usr/sbin/$package" ] || missing+=("$package")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -33,9 +36,12 @@ if [ ${#missing[@]} -gt 0 ]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
             "${missing[@]}" >/dev/null
         for package in "${missing[@]}"; do
+            case "$package" in haproxy | prometheus) ;; *) continue ;; esac
             systemctl disable --now "$package" || service "$package" stop
         done >/dev/null 2>&1 || true
     else
         echo "bootstrap: ${missing[*]} missing; install (Debian): sudo apt-get install ${missing[*]}" >&2
     fi
 fi
+
+scripts/vendor.sh

@@ -38,6 +38,7 @@ from backend.protocol.errors import FleetError, HandshakeError, UpgradeRejected
 from backend.protocol.terminal import DeviceShells
 from simulator.backoff import Backoff
 from simulator.behaviour import INSTALL_FAILURES, pick_problem, run_command
+from simulator.places import house_location
 
 if TYPE_CHECKING:
     from simulator.fleet import Fleet, Target
@@ -474,7 +475,8 @@ class VirtualGateway:
         fleet = self.fleet
         rng = fleet.rng
         values = {"temperature": round(rng.gauss(21.0, 2.0), 1), "rssi": rng.randrange(-95, -45)}
-        self.session.send_status(m.Status(self.firmware, values, time.time()))
+        inventory = house_location(self.device_id)
+        self.session.send_status(m.Status(self.firmware, values, time.time(), inventory))
         fleet.stats.request("status", 0.0)
         self.next_status = now + fleet.behaviour.status_interval * rng.uniform(0.9, 1.1)
 

@@ -39,13 +39,14 @@ fleet_option = functools.partial(config_option, FleetConfig)
 # The negation of run_state_service: a flag for the case that is not the default.
 @click.option("--no-state", is_flag=True, help="Run no fleet state instance in this process.")
 @fleet_option("shell_idle_timeout", "Close a shell with no bytes either way this long (s).")
+@fleet_option("session_ttl", "How long a sign-in to the fleet map lasts (s).")
 @fleet_option("max_rollout_devices", "Devices one rollout may target.")
 @fleet_option("rollout_offer_timeout", "Offer again to a device silent this long (s).")
 @fleet_option("rollout_offer_attempts", "Offers made before a silent device fails.")
 @fleet_option("rollout_device_timeout", "Fail a device with no result this long (s).")
 @verbose_option
 def api(verbose: int, operator_tokens_file: Path, no_state: bool, **options: Any) -> None:
-    """Run the operator API (devices, commands; OpenAPI at /openapi.json)."""
+    """Run the operator API (devices, commands; OpenAPI at /openapi.json) and its fleet map (/)."""
     logs.setup(verbose)
     try:
         tokens = load_operator_tokens(operator_tokens_file)

@@ -1,9 +1,10 @@
 """The operator API: the fleet's state, commands and shells on devices (``backend.operator.shell``),
 and update rollouts (``backend.operator.rollouts``), over HTTP (aiohttp).
 
-Every endpoint but ``/healthz``, ``/metrics`` and ``/openapi.json`` takes an operator's bearer
-token (``FleetConfig.operator_tokens``); the operator's id is stamped as ``user_id`` into what
-reaches the device, as Mender's deviceconnect does. Errors are JSON
+Every endpoint but ``/healthz``, ``/metrics``, ``/openapi.json`` and the fleet map's pages
+(``backend.operator.web``) takes an operator's bearer token (``FleetConfig.operator_tokens``)
+or the map's session cookie; the operator's id is stamped as ``user_id`` into what reaches
+the device, as Mender's deviceconnect does. Errors are JSON
 ``{"error": <reason>, "message": <text>, "field": <name, for bad input>}``; each is counted in
 ``fleet_api_rejected_total{reason,field}``.
 """
@@ -62,6 +63,8 @@ from backend.operator.fleetstate import FleetState, wait_for_stop_signal
 from backend.operator.rollouts import Rollouts
 from backend.operator.schema import openapi_document
 from backend.operator.shell import MAX_TERMINAL, ShellRelay
+from backend.operator.watch import FleetFeed
+from backend.operator.web import SESSION_COOKIE, WebPages, is_public
 from backend.protocol.errors import DeviceError, DeviceOffline, DeviceTimeout, RoutingError
 from backend.protocol.session import NotServed
 
@@ -271,6 +274,8 @@ class OperatorApi(Service):
         self._runner: web.AppRunner | None = None
         self.rollouts: Rollouts | None = None
         self._shells: set[ShellRelay] = set()
+        self.pages = WebPages(config, self._rejected)
+        self.feed: FleetFeed | None = None
 
     async def start(self) -> None:
         self.nc = await nats.connect(
@@ -288,6 +293,7 @@ class OperatorApi(Service):
             self.config, self.nc, self._router, self._devices, self.metrics.registry
         )
         await self.rollouts.start()
+        self.feed = FleetFeed(self._devices)
         if self.state is not None:
             await self.state.start()
         self._runner = web.AppRunner(self.app(), access_log=None, keepalive_timeout=HEAD_TIMEOUT)
@@ -299,6 +305,8 @@ class OperatorApi(Service):
             log.warning("no operator tokens configured: every device request will get 401")
 
     async def stop(self) -> None:
+        if self.feed is not None:
+            await self.feed.stop()  # closes the map pages' live feeds
         if self._runner is not None:
             await self._runner.cleanup()  # ends shells, finishes the requests in flight
         if self.rollouts is not None:
@@ -328,6 +336,8 @@ class OperatorApi(Service):
         app.router.add_post("/rollouts", self.create_rollout)
         app.router.add_get("/rollouts/{rid}", self.get_rollout)
         app.router.add_post("/rollouts/{rid}/{action:pause|resume|abort}", self.control_rollout)
+        app.router.add_get("/fleet/live", self._live)
+        self.pages.add_routes(app)
         app.on_shutdown.append(self._end_shells)
         return app
 
@@ -349,8 +359,11 @@ class OperatorApi(Service):
         self.metrics.latency.labels(route).observe(time.monotonic() - started)
         return response
 
+    def _rejected(self, reason: str, field: str) -> None:
+        self.metrics.rejected.labels(reason, field).inc()
+
     def _refusal(self, exc: ApiError) -> web.Response:
-        self.metrics.rejected.labels(exc.reason, exc.field or "").inc()
+        self._rejected(exc.reason, exc.field or "")
         body: dict[str, Any] = {"error": exc.reason, "message": str(exc)}
         if exc.field is not None:
             body["field"] = exc.field
@@ -362,13 +375,21 @@ class OperatorApi(Service):
 
     @web.middleware
     async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in PUBLIC_PATHS:
-            request[OPERATOR] = self._operator(request.headers.get("Authorization", ""))
+        if request.path not in PUBLIC_PATHS and not is_public(request.path):
+            request[OPERATOR] = self._operator(request)
         return await handler(request)
 
-    def _operator(self, authorization: str) -> str:
+    def _operator(self, request: web.Request) -> str:
+        """The operator of a bearer token or, without one, of the fleet map's session cookie."""
+        authorization = request.headers.get("Authorization")
+        if authorization is None and SESSION_COOKIE in request.cookies:
+            return self.pages.operator_of(request)
+        authorization = authorization or ""
         if authorization[: len(BEARER)].lower() != BEARER:
-            raise Unauthenticated("missing 'Authorization: Bearer <operator token>' header")
+            raise Unauthenticated(
+                "missing 'Authorization: Bearer <operator token>' header (or, in a browser, "
+                "sign in at /signin)"
+            )
         operator = self.config.operator_of(authorization[len(BEARER) :].strip())
         if operator is None:
             raise Unauthenticated("unknown operator token")
@@ -468,6 +489,10 @@ class OperatorApi(Service):
         if known is None:
             return ResourceNotFound(f"no device {device_id} has ever connected")
         return OfflineDevice(f"device {device_id} is not connected; {needs} it online")
+
+    async def _live(self, request: web.Request) -> web.StreamResponse:
+        assert self.feed is not None
+        return await self.feed.handle(request)
 
     # --- shell ---------------------------------------------------------------------------------
 

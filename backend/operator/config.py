@@ -73,6 +73,8 @@ class FleetConfig:
     """How often a rollout driver looks for devices to offer (also after every progress batch)."""
     max_rollout_devices: int = 5000
     """Devices one rollout may target: its whole state is one KV entry (under 1 MiB)."""
+    session_ttl: float = 8 * 3600.0
+    """How long a sign-in to the fleet map lasts (its session cookie), in seconds."""
     run_state_service: bool = True
     """Also run a fleet state instance in the API process (a small fleet needs no more)."""
 
@@ -94,7 +96,7 @@ class FleetConfig:
             raise ValueError("command_timeout must be in (0, max_command_timeout]")
         if not 0 < self.page_limit <= self.max_page_limit:
             raise ValueError("page_limit must be in (0, max_page_limit]")
-        for name in ("shell_idle_timeout", "shell_start_timeout", "rollout_tick",
+        for name in ("shell_idle_timeout", "shell_start_timeout", "rollout_tick", "session_ttl",
                      "rollout_device_timeout", "rollout_offer_timeout",
                      "rollout_offer_attempts"):  # fmt: skip
             if not getattr(self, name) > 0:

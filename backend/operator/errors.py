@@ -28,6 +28,13 @@ class Unauthenticated(ApiError):
     reason = "unauthorized"
 
 
+class SessionExpired(Unauthenticated):
+    """The page's session cookie names a session that ended (expired, signed out, or opened
+    by an API process that has restarted since)."""
+
+    reason = "session_expired"
+
+
 class ResourceNotFound(ApiError):
     """No device or rollout by that id."""
 

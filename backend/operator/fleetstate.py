@@ -52,7 +52,7 @@ from backend.lifecycle import Service
 from backend.operator.config import FleetConfig
 from backend.operator.errors import InvalidEvent, StateConflict
 from backend.protocol.errors import FleetError
-from backend.protocol.messages import Alert, Status
+from backend.protocol.messages import GEO_ADDRESS, GEO_LAT, GEO_LON, Alert, Status
 
 log = logging.getLogger("fleet.state")
 
@@ -60,6 +60,8 @@ RED = "red"
 GREEN = "green"
 MAX_CLEARED = 32
 """Cleared alert codes remembered per device (to ignore a raise older than its clear)."""
+MAX_HISTORY = 10
+"""Presence changes remembered per device, newest last: its recent connection history."""
 
 Change = Callable[["DeviceState"], bool]
 PullSubscription = JetStreamContext.PullSubscription
@@ -93,10 +95,25 @@ class DeviceState:
     alerts: dict[str, OpenAlert] = field(default_factory=dict)
     cleared: dict[str, int] = field(default_factory=dict)
     updated: float = 0.0
+    inventory: dict[str, Any] = field(default_factory=dict)
+    history: list[tuple[float, bool, str]] = field(default_factory=list)
+    """(when applied, online, shard) of the last MAX_HISTORY presence changes."""
 
     @property
     def health(self) -> str:
         return RED if self.alerts else GREEN
+
+    @property
+    def location(self) -> dict[str, Any] | None:
+        """``{"lat", "lon", "address"}`` from the inventory, or None if it names no valid one."""
+        lat, lon = self.inventory.get(GEO_LAT), self.inventory.get(GEO_LON)
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (lat, lon)):
+            return None
+        assert isinstance(lat, int | float) and isinstance(lon, int | float)
+        if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+            return None
+        address = self.inventory.get(GEO_ADDRESS)
+        return {"lat": lat, "lon": lon, "address": address if isinstance(address, str) else ""}
 
     def apply_alert(self, alert: Alert, seq: int) -> bool:
         """Open or close the alert of ``alert.code``, unless a later event did already."""
@@ -122,6 +139,8 @@ class DeviceState:
         self.status_seq = seq
         self.firmware = status.firmware
         self.status = {"values": status.values, "ts": status.ts}
+        if status.inventory:  # a status without one keeps the last reported
+            self.inventory = dict(status.inventory)
         return True
 
     def apply_presence(self, state: presence.Presence | None, revision: int) -> bool:
@@ -130,6 +149,8 @@ class DeviceState:
             return False
         self.presence_rev = revision
         self.online = state is not None and state.connected
+        shard = state.shard if state is not None else self.shard
+        self.history = [*self.history, (time.time(), self.online, shard)][-MAX_HISTORY:]
         if state is not None:
             self.shard, self.since, self.epoch = state.shard, state.since, state.epoch
         return True
@@ -141,23 +162,31 @@ class DeviceState:
     def decode(cls, data: bytes) -> DeviceState:
         fields = json.loads(data)
         alerts = {code: OpenAlert(**a) for code, a in fields.pop("alerts").items()}
-        return cls(**fields, alerts=alerts)
+        history = [(ts, online, shard) for ts, online, shard in fields.pop("history", [])]
+        return cls(**fields, alerts=alerts, history=history)
 
     def summary(self) -> dict[str, Any]:
         """What a device listing shows."""
         return {
             "id": self.device, "online": self.online, "health": self.health,
             "firmware": self.firmware, "open_alerts": len(self.alerts), "shard": self.shard,
-            "since": self.since, "updated": self.updated,
+            "since": self.since, "updated": self.updated, "location": self.location,
         }  # fmt: skip
 
     def detail(self) -> dict[str, Any]:
-        """What a device's own page shows: the summary, its open alerts and last status."""
+        """What a device's own page shows: the summary, its open alerts, last status,
+        inventory and recent connection history."""
         alerts = [
             {k: v for k, v in asdict(a).items() if k != "seq"}
             for a in sorted(self.alerts.values(), key=lambda a: a.seq)
         ]
-        return {**self.summary(), "alerts": alerts, "status": self.status}
+        history = [
+            {"ts": ts, "online": online, "shard": shard} for ts, online, shard in self.history
+        ]
+        return {
+            **self.summary(), "alerts": alerts, "status": self.status,
+            "inventory": self.inventory, "history": history,
+        }  # fmt: skip
 
 
 def shown(state: DeviceState, shards: Mapping[str, str]) -> DeviceState:

@@ -27,6 +27,10 @@ def _schemas() -> dict[str, Any]:
         "shard": {"type": "string", "description": "the shard holding (or last holding) it"},
         "since": {**number, "description": "Unix time of the last connect or disconnect"},
         "updated": {**number, "description": "Unix time of the last change of this entry"},
+        "location": {
+            "type": ["object", "null"], "description": "the house, from the geo-* inventory",
+            "properties": {"lat": number, "lon": number, "address": string},
+        },
     }  # fmt: skip
     alert_fields = {
         "id": string, "code": string, "severity": {"enum": ["info", "warning", "critical"]},
@@ -46,6 +50,19 @@ def _schemas() -> dict[str, Any]:
                 "status": {
                     "type": ["object", "null"],
                     "properties": {"values": {"type": "object"}, "ts": number},
+                },
+                "inventory": {"type": "object", "description": "the last reported attributes"},
+                "history": {
+                    "type": "array",
+                    "description": "the last presence changes, oldest first",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "ts": number,
+                            "online": {"type": "boolean"},
+                            "shard": string,
+                        },
+                    },
                 },
             },
         },
@@ -211,6 +228,15 @@ def _device_paths(config: FleetConfig) -> dict[str, Any]:
                 "400": ERROR, "401": ERROR, "404": ERROR, "409": ERROR, "502": ERROR,
                 "504": ERROR,
             },
+        }},
+        "/fleet/live": {"get": {
+            "summary": "WebSocket: the fleet map's live feed (see docs/operator.md)",
+            "description": 'Text frames: {"type": "fleet", "fields": [...], "rows": [...]} '
+                           'once, then {"type": "delta", "rows": [...], "removed": [...]}; a '
+                           "row is [id, lat, lon, flags (1 online, 2 red), firmware, address, "
+                           "open alerts]. Closes 4002 when the client falls behind.",
+            "responses": {"101": {"description": "the feed is open"}, "400": ERROR,
+                          "401": ERROR},
         }},
     }  # fmt: skip
 

@@ -35,6 +35,7 @@ in this module unless a module is named (a subtree's classes live where its root
         * ShellRefused (backend.operator.errors)
     * ApiError (backend.operator.errors)
         * Unauthenticated
+            * SessionExpired
         * ResourceNotFound
         * OfflineDevice
         * CommandTimedOut

@@ -23,6 +23,10 @@ SEVERITIES = frozenset({"info", "warning", "critical"})
 ALERT_STATES = frozenset({"raised", "cleared"})
 UPDATE_STATES = ("downloading", "installing", "rebooting", "success", "failure")
 UPDATE_FINAL_STATES = frozenset({"success", "failure"})
+MAX_INVENTORY = 64
+"""Inventory attributes one status may carry."""
+# Where the device's house is: inventory attributes named like mender-inventory-geo's geo-*.
+GEO_LAT, GEO_LON, GEO_ADDRESS = "geo-lat", "geo-lon", "geo-address"
 
 
 def _map(items: list[tuple[str, bytes]]) -> bytes:
@@ -168,22 +172,45 @@ class Error(Body):
 
 @dataclass(slots=True, frozen=True)
 class Status(Body):
-    """Periodic device status: firmware version and a small map of readings."""
+    """Periodic device status: firmware version, a small map of readings and, optionally, the
+    device's inventory attributes (name -> value; on the wire a list of ``{"name", "value"}``
+    maps, the shape Mender devices report inventory in)."""
 
     PROTO = env.PROTO_MONITOR
     TYP = "status"
     firmware: str
     values: dict[str, Any] = field(default_factory=dict)
     ts: float = 0.0
+    inventory: dict[str, Any] = field(default_factory=dict)
 
     def to_body(self) -> bytes:
-        return _PACK.pack({"firmware": self.firmware, "values": self.values, "ts": self.ts})
+        fields: dict[str, Any] = {"firmware": self.firmware, "values": self.values, "ts": self.ts}
+        if self.inventory:  # left out when empty: the body stays what older peers send
+            attributes = [{"name": k, "value": v} for k, v in self.inventory.items()]
+            fields["inventory"] = attributes
+        return _PACK.pack(fields)
 
     @classmethod
     def from_body(cls, body: bytes) -> Self:
         fields = _unpack(body, "status")
         values = _take(fields, "values", dict, {})
-        return cls(_take(fields, "firmware", str), values, _number(fields, "ts"))
+        return cls(
+            _take(fields, "firmware", str), values, _number(fields, "ts"), _inventory(fields)
+        )
+
+
+def _inventory(fields: dict[str, Any]) -> dict[str, Any]:
+    """Mender's inventory attributes, ``[{"name": str, "value": scalar or list}]``."""
+    attributes = _take(fields, "inventory", list, [])
+    if len(attributes) > MAX_INVENTORY:
+        raise MalformedMessage(f"field 'inventory' has more than {MAX_INVENTORY} attributes")
+    inventory: dict[str, Any] = {}
+    for attribute in attributes:
+        name = attribute.get("name") if isinstance(attribute, dict) else None
+        if not isinstance(name, str) or not name or "value" not in attribute:
+            raise MalformedMessage("field 'inventory' must list {name: str, value} maps")
+        inventory[name] = attribute["value"]
+    return inventory
 
 
 @dataclass(slots=True, frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -25,6 +25,20 @@ AUTH = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 
 def base(api: OperatorApi) -> str:
     return f"http://127.0.0.1:{api.port}"
+
+
+@contextlib.asynccontextmanager
+async def signed_in(
+    api: OperatorApi,
+) -> AsyncIterator[tuple[aiohttp.ClientSession, aiohttp.ClientResponse]]:
+    """An HTTP client signed in to the fleet map (its cookie jar holds the session), and the
+    sign-in's answer."""
+    # unsafe: the jar keeps cookies of an IP address host such as 127.0.0.1.
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        form = {"token": OPERATOR_TOKEN}
+        async with http.post(f"{base(api)}/signin", data=form, allow_redirects=False) as answer:
+            await answer.read()
+        yield http, answer
 
 
 async def call(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
@@ -46,6 +47,19 @@ def devices_gauge(service: FleetState, state: str) -> float | None:
 
 async def devices_kv(nc: NATS) -> KeyValue:
     return await subjects.ensure_devices_bucket(nc.jetstream())
+
+
+async def test_a_device_reports_where_its_house_is_through_the_shard(
+    nc: NATS, start_shard: ShardFactory, start_fleet_state: FleetStateFactory
+) -> None:
+    async with start_shard(shard_id="a") as shard, start_fleet_state():
+        kv = await devices_kv(nc)
+        device = await connected("gw-1", shard)
+        house = {"geo-lat": 59.33, "geo-lon": 18.07, "geo-address": "house 3, Stockholm, SE"}
+        await device.send_status(messages.Status("1.0", inventory=house))
+        state = await state_when(kv, "gw-1", lambda s: s.location is not None)
+        assert state.location == {"lat": 59.33, "lon": 18.07, "address": "house 3, Stockholm, SE"}
+        assert [h["online"] for h in state.detail()["history"]] == [True]
 
 
 async def test_an_alert_turns_a_device_red_and_its_clear_green_again(
@@ -225,4 +239,40 @@ def test_remembered_clears_are_bounded() -> None:
 def test_the_state_survives_encoding() -> None:
     state = DeviceState("gw-1", online=True, shard="a", firmware="1.0")
     state.apply_alert(raised("a-1"), seq=3)
+    state.apply_presence(presence.Presence("a", True, 1, 1.0), revision=4)
     assert DeviceState.decode(state.encode()) == state
+
+
+def test_an_entry_written_before_inventory_and_history_still_decodes() -> None:
+    state = DeviceState("gw-1")
+    fields = json.loads(state.encode())
+    del fields["inventory"], fields["history"]
+    assert DeviceState.decode(json.dumps(fields).encode()) == state
+
+
+def test_the_location_comes_from_the_geo_inventory_attributes() -> None:
+    state = DeviceState("gw-1")
+    located = {"geo-lat": 45.76, "geo-lon": 4.83, "geo-address": "12 rue X, Lyon, FR"}
+    assert state.apply_status(messages.Status("1.0", inventory=located), seq=1)
+    assert state.summary()["location"] == {
+        "lat": 45.76,
+        "lon": 4.83,
+        "address": "12 rue X, Lyon, FR",
+    }
+    state.apply_status(messages.Status("1.1"), seq=2)  # no inventory: the last one stays
+    assert state.location is not None
+    for bad in ({"geo-lat": 91.0, "geo-lon": 0}, {"geo-lat": "45", "geo-lon": 4}, {"geo-lat": 1}):
+        state.inventory = bad
+        assert state.location is None, bad
+
+
+def test_presence_changes_make_a_bounded_connection_history() -> None:
+    state = DeviceState("gw-1")
+    for revision in range(1, fleetstate.MAX_HISTORY + 4):
+        connected = revision % 2 == 1
+        state.apply_presence(presence.Presence(f"s{revision}", connected, revision, 1.0), revision)
+    state.apply_presence(None, revision=100)
+    history = state.detail()["history"]
+    assert len(history) == fleetstate.MAX_HISTORY
+    assert history[-1]["online"] is False
+    assert [h["shard"] for h in history[-3:-1]] == ["s12", "s13"]

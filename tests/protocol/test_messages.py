@@ -26,6 +26,7 @@ BODIES: list[m.Body] = [
     m.Error("session timeout", True, 409, 0x0100, "alert", "a-1"),
     m.Status("1.2.3"),
     m.Status("1.2.3", {"cpu": 0.5, "temp": 41, "ok": True, "tags": ["a"]}, 1700000000.25),
+    m.Status("1.2.3", {}, 1.0, {"geo-lat": 52.37, "geo-lon": 4.89, "geo-address": "Amsterdam"}),
     m.Alert("a-1", "disk_full", "critical", "raised"),
     m.Alert("a-2", "disk_full", "info", "cleared", "disk at 91%", "rm -rf /tmp/*", 1.5),
     m.AlertAck("a-1"),
@@ -191,6 +192,12 @@ BAD_VALUES: list[tuple[type[Any], str, Any]] = [
     (m.Status, "ts", True),
     (m.Status, "ts", INF),
     (m.Status, "ts", NAN),
+    (m.Status, "inventory", {"geo-lat": 1.0}),
+    (m.Status, "inventory", [{"value": 1.0}]),
+    (m.Status, "inventory", [{"name": "", "value": 1.0}]),
+    (m.Status, "inventory", [{"name": "geo-lat"}]),
+    (m.Status, "inventory", ["geo-lat"]),
+    (m.Status, "inventory", [{"name": f"a{n}", "value": n} for n in range(65)]),
     (m.Alert, "id", ""),
     (m.Alert, "id", 7),
     (m.Alert, "code", 7),
@@ -280,10 +287,22 @@ def test_optional_fields_take_defaults() -> None:
     assert parse(m.Alert, {"id": "a", "code": "c", "severity": "warning", "state": "cleared"}) == (
         m.Alert("a", "c", "warning", "cleared", "", "", 0.0)
     )
-    assert parse(m.Status, {"firmware": "1"}) == m.Status("1", {}, 0.0)
+    assert parse(m.Status, {"firmware": "1"}) == m.Status("1", {}, 0.0, {})
     assert parse(m.CommandResult, {"exit_code": 3}) == m.CommandResult(3, b"", 0.0)
     assert parse(m.UpdateProgress, {"state": "downloading"}) == m.UpdateProgress("downloading")
     assert parse(m.Error, {"err": "e"}) == m.Error("e", False, None, None, None, None)
+
+
+def test_inventory_travels_as_mender_attributes_and_is_left_out_when_empty() -> None:
+    """Mender devices report inventory as a list of {name, value} attributes; a status without
+    one encodes exactly as before the field existed."""
+    status = m.Status("1.0", {}, 1.0, {"geo-lat": 48.85, "geo-address": "Paris, FR"})
+    body = msgpack.unpackb(status.to_body())
+    assert body["inventory"] == [
+        {"name": "geo-lat", "value": 48.85},
+        {"name": "geo-address", "value": "Paris, FR"},
+    ]
+    assert "inventory" not in msgpack.unpackb(m.Status("1.0").to_body())
 
 
 def test_integer_numbers_are_accepted_as_floats() -> None:

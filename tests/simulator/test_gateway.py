@@ -19,6 +19,7 @@ from pathlib import Path
 
 import gevent
 import pytest
+from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from backend.bus import presence, subjects
@@ -27,14 +28,15 @@ from backend.bus.routing import DeviceRouter
 from backend.devstack.stack import LocalStack, StackConfig, fetch_metrics, metric_sum
 from backend.protocol import closecodes
 from backend.protocol import envelope as env
-from backend.protocol.messages import CommandResult, UpdateOffer, UpdateProgress
+from backend.protocol.messages import CommandResult, Status, UpdateOffer, UpdateProgress
 from simulator.audit import audit_stream
 from simulator.behaviour import Behaviour
 from simulator.gateway import VirtualGateway
 from simulator.network import PROFILES, NetworkMix, NetworkProfile
+from simulator.places import house_location
 from tests.natsauth_support import connect_as
 from tests.simulator.support import NO_FAULTS, Event, new_fleet, only
-from tests.support import running, wait_until
+from tests.support import running, until, wait_until
 
 pytestmark = pytest.mark.integration  # every test here runs real servers
 
@@ -268,6 +270,34 @@ def test_a_gateway_serves_a_shell_session(stack: LocalStack) -> None:
         wait_until(lambda: gateway.shells is None, 10, "the session forgotten")
     assert output == f"$ hostname\r\n{gateway.device_id}\r\n$ exit\r\n".encode()
     assert last == env.TYP_SHELL_STOP
+
+
+async def last_status(stack: LocalStack, device_id: str) -> Status:
+    """The device's latest status once the stream keeps one (the shard publishes it soon
+    after the gateway sent it)."""
+    nc = await connect_as(stack.nats_url, ADMIN, stack.nats_credentials[ADMIN], [])
+    js = nc.jetstream()
+
+    async def stored() -> Status | None:
+        subject = subjects.status_subject(device_id)
+        try:
+            return Status.from_body((await js.get_last_msg(subjects.STATUS_STREAM, subject)).data)
+        except NotFoundError:
+            return None
+
+    try:
+        return await until(stored)
+    finally:
+        await nc.close()
+
+
+def test_a_gateway_reports_its_house_as_inventory_with_its_status(stack: LocalStack) -> None:
+    fleet, events = new_fleet(stack, only(PROFILES["lte"].with_overrides(**NO_FAULTS)))
+    with running(fleet, 1) as (gateway,), ThreadPoolExecutor(1) as reader:
+        wait_until(lambda: times_of(events, "status"), 10, "a status sent")
+        status = reader.submit(asyncio.run, last_status(stack, gateway.device_id))
+        wait_until(status.done, 20, "the stored status")
+    assert status.result().inventory == house_location(gateway.device_id)
 
 
 async def offered_update(stack: LocalStack, device_id: str, offer: UpdateOffer) -> list[str]:
