@@ -184,6 +184,8 @@ OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
      {"default": "auto", **_HIDDEN}),
     ("--tls", "the embedded stack's HAProxy terminates TLS (wss://), with a local CA that "
      "gateways trust", {"action": "store_true", "default": False, **_HIDDEN}),
+    ("--operator-api", "the embedded stack also runs the operator API: its fleet map's URL "
+     "and token are printed", {"action": "store_true", "default": False, **_HIDDEN}),
     ("--run-dir", "where logs, NATS storage and summary.json go (default runs/sim-<time>)",
      {"default": "", **_HIDDEN}),
     ("--drain-timeout", "at the end, seconds to wait for outstanding alert acks",
@@ -355,7 +357,8 @@ def start_embedded_stack(environment: Environment) -> None:
             count_or_auto(options.haproxies),
             shard_options=dict(state.shard_options),
             tls=options.tls,
-            operator_api=any(getattr(c, "operator_api", False) for c in environment.user_classes),
+            operator_api=options.operator_api
+            or any(getattr(c, "operator_api", False) for c in environment.user_classes),
         )
     except ValueError as exc:
         sys.exit(f"the embedded stack cannot start: {exc}")
@@ -373,6 +376,9 @@ def start_embedded_stack(environment: Environment) -> None:
     if stack.ca_file is not None:
         options.ca_file = str(stack.ca_file)
     log.info("embedded stack ready: %s", environment.host)
+    if stack.api_url:
+        log.info("fleet map: %s/ (sign in with the operator token %s)", stack.api_url,
+                 stack.operator_token)  # fmt: skip
 
 
 def _key_value(item: str) -> tuple[str, str]:

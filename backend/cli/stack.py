@@ -38,7 +38,8 @@ run_dir_option = click.option(
 def demo(
     gateways: int, spawn_rate: float, duration: str, alerts_per_hour: float, run_dir: Path | None
 ) -> None:
-    """A short headless Locust run of every scenario on an embedded stack (NATS + 2 shards).
+    """A short headless Locust run of every scenario on an embedded stack (NATS + 2 shards,
+    HAProxy, the operator API: its fleet map's URL is printed at the start).
 
     Prints the connection gauge, reconnects and alert accounting; exits non-zero when the
     run's verdict fails. Ctrl-C stops it early, with the summary."""
@@ -47,6 +48,7 @@ def demo(
         sys.executable, "-m", "locust", "-f", str(SCENARIOS), "--headless",
         "-u", str(gateways), "-r", str(spawn_rate), "-t", duration,
         "--alerts-per-hour", str(alerts_per_hour), "--run-dir", str(run_dir), "--only-summary",
+        "--operator-api",  # the fleet map to watch the run on
     ]  # fmt: skip
     # Python leaves SIGINT ignored when it started ignored (a background job): Ctrl-C, or
     # SIGINT from a supervisor, must still stop the run.

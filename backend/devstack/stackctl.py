@@ -147,6 +147,7 @@ def _api_lines(state: dict[str, Any]) -> list[str]:
     return [
         f"  operator API        {state['api_url']}, token {state['operator_token']}",
         "                      (fleet devices, cmd, shell and rollout use both by default)",
+        f"  fleet map           {state['api_url']}/ in a browser: sign in with that token",
     ]
 
 

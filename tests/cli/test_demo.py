@@ -26,6 +26,7 @@ def test_demo_prints_fleet_figures_and_writes_the_summary(tmp_path: Path) -> Non
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     assert "fleet summary" in run.stdout
+    assert "fleet map: http://127.0.0.1:" in run.stderr  # to watch the run on
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["gateways"]["peak_connected"] == 20
     assert summary["alerts"]["acked"] > 0
