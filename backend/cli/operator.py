@@ -39,6 +39,7 @@ fleet_option = functools.partial(config_option, FleetConfig)
 # The negation of run_state_service: a flag for the case that is not the default.
 @click.option("--no-state", is_flag=True, help="Run no fleet state instance in this process.")
 @fleet_option("shell_idle_timeout", "Close a shell with no bytes either way this long (s).")
+@fleet_option("forward_idle_timeout", "Close a port forward idle this long (s).")
 @fleet_option("max_rollout_devices", "Devices one rollout may target.")
 @fleet_option("rollout_offer_timeout", "Offer again to a device silent this long (s).")
 @fleet_option("rollout_offer_attempts", "Offers made before a silent device fails.")

@@ -94,7 +94,7 @@ class OperatorClient:
                 compression=None, open_timeout=self.timeout,
             )  # fmt: skip
         except InvalidStatus as exc:
-            raise _answer_refusal(exc.response.status_code, exc.response.body or b"") from None
+            raise answer_refusal(exc.response.status_code, exc.response.body or b"") from None
         except (OSError, TimeoutError) as exc:
             raise OperatorError(f"no answer from {self.url}: {exc}", status=0) from None
 
@@ -134,10 +134,10 @@ class OperatorClient:
 
 
 def _refusal(exc: urllib.error.HTTPError) -> OperatorError:
-    return _answer_refusal(exc.code, exc.read())
+    return answer_refusal(exc.code, exc.read())
 
 
-def _answer_refusal(status: int, answer: bytes | bytearray) -> OperatorError:
+def answer_refusal(status: int, answer: bytes | bytearray) -> OperatorError:
     """The API's ``{"error", "message", "field"}`` answer as an OperatorError."""
     try:
         body = json.loads(answer)

@@ -20,8 +20,10 @@ from typing import assert_never
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from backend.devstack.devforward import DeviceForwards
 from backend.lifecycle import Service
 from backend.protocol import envelope, messages
+from backend.protocol import portforward as pf
 from backend.protocol import session as ps
 from backend.protocol.http import DEVICE_PATH
 from backend.protocol.terminal import DeviceShells
@@ -56,6 +58,8 @@ class TestDevice(Service):
         on_command: CommandHandler = echo_command,
         on_update: UpdateHandler | None = None,
         offers_lost: int = 0,
+        forward_window: int = pf.MENDER_WINDOW,
+        forward_chunk: int = pf.MENDER_CHUNK,
     ) -> None:
         self.device_id = device_id
         self.token = token
@@ -65,7 +69,10 @@ class TestDevice(Service):
         self.offers_lost = offers_lost  # the first offers go unanswered, as if lost on the way
         self.shells = DeviceShells()
         self._updates: set[asyncio.Task[None]] = set()
-        self.session = ps.DeviceSession(ps.Role.DEVICE, device_id=device_id)
+        # Port forwards as mender-connect serves them unless told a larger window and chunk.
+        self.forwards = DeviceForwards(self._send, window=forward_window, chunk=forward_chunk)
+        protocols = (*ps.DEVICE_PROTOCOLS, envelope.PROTO_PORT_FORWARD)
+        self.session = ps.DeviceSession(ps.Role.DEVICE, device_id=device_id, protocols=protocols)
         self.events: asyncio.Queue[ps.Event] = asyncio.Queue()
         self.acked: set[str] = set()
         self._ack_received = asyncio.Event()
@@ -73,6 +80,7 @@ class TestDevice(Service):
         self.close_code: int | None = None
         self.close_reason = ""
         self._ws: ClientConnection | None = None
+        self._sending = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
@@ -142,6 +150,7 @@ class TestDevice(Service):
                 self.close_code, self.close_reason = received.code, received.reason
             self.session.connection_lost()
             self.shells.close_all()
+            self.forwards.close_all()
 
     async def _handle_events(self) -> None:
         for event in self.session.events_received():
@@ -155,6 +164,8 @@ class TestDevice(Service):
                     self._run_command(event)
                 case ps.MessageReceived() if event.msg.proto == envelope.PROTO_SHELL:
                     self._shell_message(event.msg)
+                case ps.MessageReceived() if event.msg.proto == envelope.PROTO_PORT_FORWARD:
+                    await self.forwards.receive(event.msg)
                 case ps.UpdateOffered() if self.on_update is not None:
                     self._start_update(event)
                 case (
@@ -199,11 +210,19 @@ class TestDevice(Service):
         self.session.send_update_progress(event.sid, final)
         await self._flush()
 
+    async def _send(self, msgs: list[envelope.ProtoMsg]) -> None:
+        for msg in msgs:
+            self.session.send(msg)
+        await self._flush()
+
     async def _flush(self) -> None:
         if self._ws is None:
             return
-        for message in self.session.messages_to_send():
-            try:
-                await self._ws.send(message)
-            except ConnectionClosed:
-                return  # kept in the outbox; resent after the next connect
+        # One flush at a time: the forwards' pumps flush too, and a message taken by one
+        # flush must not be overtaken by the next one's (a "stop" before the last "forward").
+        async with self._sending:
+            for message in self.session.messages_to_send():
+                try:
+                    await self._ws.send(message)
+                except ConnectionClosed:
+                    return  # kept in the outbox; resent after the next connect

@@ -57,9 +57,11 @@ from backend.operator.errors import (
     UnknownRollout,
 )
 from backend.operator.fleetstate import FleetState, wait_for_stop_signal
+from backend.operator.portforward import ForwardMetrics, ForwardRelay, require_protocol, target_of
 from backend.operator.rollouts import Rollouts
 from backend.operator.schema import openapi_document
 from backend.operator.shell import MAX_TERMINAL, ShellRelay
+from backend.protocol import envelope as env
 from backend.protocol.errors import DeviceOffline, DeviceTimeout, RoutingError
 
 log = logging.getLogger("fleet.api")
@@ -266,6 +268,8 @@ class OperatorApi(Service):
         self._runner: web.AppRunner | None = None
         self.rollouts: Rollouts | None = None
         self._shells: set[ShellRelay] = set()
+        self._forwards: set[ForwardRelay] = set()
+        self.forward_metrics = ForwardMetrics(self.metrics.registry)
 
     async def start(self) -> None:
         self.nc = await nats.connect(
@@ -317,11 +321,13 @@ class OperatorApi(Service):
         app.router.add_get("/devices/{id}", self.get_device)
         app.router.add_post("/devices/{id}/commands", self.run_command)
         app.router.add_get("/devices/{id}/shell", self.open_shell)
+        app.router.add_get("/devices/{id}/port-forward", self.open_port_forward)
         app.router.add_get("/rollouts", self.list_rollouts)
         app.router.add_post("/rollouts", self.create_rollout)
         app.router.add_get("/rollouts/{rid}", self.get_rollout)
         app.router.add_post("/rollouts/{rid}/{action:pause|resume|abort}", self.control_rollout)
         app.on_shutdown.append(self._end_shells)
+        app.on_shutdown.append(self._end_forwards)
         return app
 
     # --- middlewares ---------------------------------------------------------------------------
@@ -490,6 +496,39 @@ class OperatorApi(Service):
 
     async def _end_shells(self, app: web.Application) -> None:
         for relay in self._shells:
+            relay.shutdown()
+
+    # --- port forward -------------------------------------------------------------------------
+
+    async def open_port_forward(self, request: web.Request) -> web.StreamResponse:
+        """A WebSocket carrying connections to one target of the device
+        (``backend.operator.portforward``); an offline device is refused before the upgrade."""
+        assert self.nc is not None and self._router is not None
+        device_id = device_id_of(request)
+        target = target_of(request.query)
+        ws = web.WebSocketResponse(heartbeat=30.0)
+        if not ws.can_prepare(request).ok:
+            raise bad_field("upgrade", "GET /devices/{id}/port-forward takes a WebSocket upgrade")
+        try:
+            await require_protocol(self._router, device_id, env.PROTO_PORT_FORWARD)
+        except RoutingError as exc:
+            raise await self._routing_error(device_id, exc, "a port forward needs") from None
+        relay = ForwardRelay(
+            self.nc, self._router, device_id, request[OPERATOR], target,
+            self.config.forward_idle_timeout, self.forward_metrics,
+        )  # fmt: skip
+        self._forwards.add(relay)
+        try:
+            await ws.prepare(request)
+            outcome = await relay.run(ws)
+        finally:
+            self._forwards.discard(relay)
+            await relay.close()
+        self.forward_metrics.forwards.labels(outcome).inc()
+        return ws
+
+    async def _end_forwards(self, app: web.Application) -> None:
+        for relay in self._forwards:
             relay.shutdown()
 
     # --- rollouts ------------------------------------------------------------------------------

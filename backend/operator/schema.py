@@ -167,6 +167,12 @@ def _device_paths(config: FleetConfig) -> dict[str, Any]:
             "type": "integer", "minimum": 1, "maximum": MAX_TERMINAL, "default": default}}
         for name, default in (("cols", 80), ("rows", 24))
     ]  # fmt: skip
+    forward = [
+        {"name": "host", "in": "query", "required": True, "schema": {"type": "string"}},
+        {"name": "port", "in": "query", "required": True, "schema": {
+            "type": "integer", "minimum": 1, "maximum": 65535}},
+        {"name": "protocol", "in": "query", "schema": {"enum": ["tcp", "udp"], "default": "tcp"}},
+    ]  # fmt: skip
     command = {
         "type": "object",
         "required": ["command"],
@@ -198,6 +204,17 @@ def _device_paths(config: FleetConfig) -> dict[str, Any]:
             "responses": {"101": {"description": "the shell is open"}, "400": ERROR,
                           "401": ERROR, "404": ERROR, "409": ERROR, "502": ERROR,
                           "504": ERROR},
+        }},
+        "/devices/{id}/port-forward": {"get": {
+            "summary": "WebSocket: connections to host:port as the device sees it "
+                       "(see docs/operator.md)",
+            "description": 'Text frames {"op": "open"|"close"|"ack", "id": C} from the operator, '
+                           '{"op": "opened"|"ack"|"closed", "id": C, ...} back; binary frames '
+                           "[len(C)] C <bytes> both ways. Closes 1000 when the operator ends it, "
+                           "4100 when the device disconnects, 4101 after the idle timeout.",
+            "parameters": [id_param, *forward],
+            "responses": {"101": {"description": "the forward is open"}, "400": ERROR,
+                          "401": ERROR, "404": ERROR, "409": ERROR},
         }},
         "/devices/{id}/commands": {"post": {
             "summary": "Run a command on a connected device and wait for its result",

@@ -349,7 +349,9 @@ class DeviceSession:
             # write into another device's session by naming its sid.
             raise UnknownSession(f"no open session {msg.sid!r} for proto {msg.proto}")
         refused = (msg.props or {}).get(env.PROP_STATUS) == env.STATUS_ERROR
-        if msg.typ == env.TYP_SHELL_STOP or (msg.typ == env.TYP_SHELL_NEW and refused):
+        # A port forward's "stop" ends one of the sid's connections, not the sid.
+        shell = msg.proto == env.PROTO_SHELL
+        if shell and (msg.typ == env.TYP_SHELL_STOP or (msg.typ == env.TYP_SHELL_NEW and refused)):
             self._end_relay(msg.sid)
         self._emit(Relayed(msg))
 

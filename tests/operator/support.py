@@ -42,12 +42,14 @@ async def connected(
     on_command: CommandHandler = echo_command,
     on_update: UpdateHandler | None = None,
     offers_lost: int = 0,
+    **options: Any,
 ) -> TestDevice:
-    """A test device connected to ``shard``, handshake done and presence recorded (reachable)."""
+    """A test device connected to ``shard``, handshake done and presence recorded (reachable);
+    ``options`` go to ``TestDevice`` (its port forwards' window and chunk...)."""
     url = f"ws://127.0.0.1:{shard.port}"
     device = TestDevice(
         device_id, device_token(device_id), url, on_command=on_command, on_update=on_update,
-        offers_lost=offers_lost,
+        offers_lost=offers_lost, **options,
     )  # fmt: skip
     await device.connect()
     async with asyncio.timeout(10):
