@@ -84,6 +84,15 @@ class DeviceRouter:
             device_id, {"op": OP_DELIVER, "message": message, "user_id": user_id}, 5.0
         )
 
+    async def deliver_many(
+        self, device_id: str, messages: list[bytes], *, user_id: str = ""
+    ) -> None:
+        """Push encoded ProtoMsgs to the device in one request, in order (a stream's backlog:
+        one round trip for what queued while the previous one was out)."""
+        await self._request(
+            device_id, {"op": OP_DELIVER, "messages": messages, "user_id": user_id}, 5.0
+        )
+
     async def offer_update(
         self, device_id: str, sid: str, offer: UpdateOffer, *, user_id: str = ""
     ) -> None:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from backend.protocol import portforward as pf
 from backend.protocol.envelope import ProtoMsg
@@ -26,7 +27,6 @@ class _Link:
     close: Callable[[], None]
     drain: Callable[[], Awaitable[None]]
     acked: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
 
 
 class DeviceForwards:
@@ -36,6 +36,7 @@ class DeviceForwards:
         self.chunk = chunk
         self.forwards: dict[str, pf.PortForward] = {}
         self._links: dict[tuple[str, str], _Link] = {}
+        self._pumps: set[asyncio.Task[None]] = set()  # held: a task outlives its link entry
 
     async def receive(self, msg: ProtoMsg) -> None:
         forward = self.forwards.get(msg.sid)
@@ -51,8 +52,8 @@ class DeviceForwards:
         """The device's connection is gone: so are its forwards (Mender ends them too)."""
         for link in self._links.values():
             link.close()
-            if link.task is not None:
-                link.task.cancel()
+        for task in self._pumps:
+            task.cancel()
         self._links.clear()
         self.forwards.clear()
 
@@ -87,7 +88,7 @@ class DeviceForwards:
                     target.remote_host, target.remote_port
                 )
                 link = _Link(writer.write, writer.close, writer.drain)
-                link.task = asyncio.create_task(self._pump(forward, cid, reader, link))
+                self._spawn(self._pump(forward, cid, reader, link))
         except OSError as exc:
             # mender-connect answers with the dial's error text, e.g. "dial tcp ...: connect:
             # connection refused"; ours is the OS's.
@@ -111,8 +112,12 @@ class DeviceForwards:
 
     def _datagram(self, forward: pf.PortForward, cid: str, data: bytes) -> None:
         forward.send(cid, data)
-        task = asyncio.ensure_future(self._flush(forward))
-        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+        self._spawn(self._flush(forward))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._pumps.add(task)
+        task.add_done_callback(self._pumps.discard)
 
     async def _pump(
         self, forward: pf.PortForward, cid: str, reader: asyncio.StreamReader, link: _Link

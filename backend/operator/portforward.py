@@ -50,7 +50,8 @@ MAX_ID = 64
 MAX_QUEUED = 4 << 20
 """Bytes of one connection waiting for the device's window: beyond it the operator ignored
 the window (it is told so and the connection ends)."""
-POLICY = 1008
+MAX_BATCH = 256 * 1024
+"""Bytes of device messages one NATS request carries at most (NATS' default limit: 1 MiB)."""
 
 
 def target_of(query: Any) -> pf.Target:
@@ -260,11 +261,16 @@ class ForwardRelay:
         await ws.send_json({"op": "closed", "id": cid, "reason": text or "stopped"})
 
     async def _deliver(self) -> tuple[int, str, str]:
-        """Messages to the device, one request at a time, in order."""
+        """Messages to the device in order, one request at a time, each carrying all that
+        queued meanwhile (up to ``MAX_BATCH`` bytes)."""
         while True:
-            msg = await self._to_device.get()
+            batch = [env.encode(await self._to_device.get())]
+            size = len(batch[0])
+            while not self._to_device.empty() and size < MAX_BATCH:
+                batch.append(env.encode(self._to_device.get_nowait()))
+                size += len(batch[-1])
             try:
-                await self.router.deliver(self.device_id, env.encode(msg), user_id=self.operator)
+                await self.router.deliver_many(self.device_id, batch, user_id=self.operator)
             except RoutingError as exc:
                 return DEVICE_GONE, f"device unreachable: {exc}", "device_gone"
 
