@@ -26,6 +26,8 @@ for _command in (
     client.shell,
     client.rollout,
     remote.port_forward,
+    remote.cp,
+    remote.stat,
     tools.token,
     tools.capacity,
     tools.check,

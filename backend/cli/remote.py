@@ -1,15 +1,22 @@
-"""Remote access to a device through the operator API: ``fleet port-forward``."""
+"""Remote access to a device through the operator API: ``fleet port-forward``, ``cp`` and
+``stat``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path, PurePosixPath
 
 import click
 
 from backend.cli.client import api_error, api_url_option, token_option
-from backend.client.operator import OperatorError
+from backend.cli.root import json_option
+from backend.client.files import download, format_stat, upload
+from backend.client.operator import OperatorClient, OperatorError
 from backend.client.portforward import ForwardSpec, forward, open_forward
 
 
@@ -63,3 +70,70 @@ async def _forward(
         with contextlib.suppress(Exception):
             await ws.close()
         return None
+
+
+def remote_path(text: str) -> tuple[str, str] | None:
+    """``DEVICE:PATH`` as (device, path); None for a local path (no colon before a slash)."""
+    device, colon, path = text.partition(":")
+    if not colon or "/" in device or not device or not path:
+        return None
+    return device, path
+
+
+@click.command("cp")
+@click.argument("source")
+@click.argument("target")
+@api_url_option
+@token_option
+def cp(source: str, target: str, api_url: str, token: str) -> None:
+    """Copy a file from or to a device: fleet cp DEVICE:PATH LOCAL, or fleet cp LOCAL
+    DEVICE:PATH. The sha256 of what was written is checked against what was read."""
+    client = OperatorClient(api_url, token)
+    down, up = remote_path(source), remote_path(target)
+    if (down is None) == (up is None):
+        raise click.UsageError("exactly one of SOURCE and TARGET is DEVICE:PATH")
+    try:
+        if down is not None:
+            local = Path(target)
+            if local.is_dir():
+                local = local / PurePosixPath(down[1]).name
+            size = client.stat_file(*down)["size"]
+            with _progress(size, f"{source} -> {local}") as bar:
+                done = download(client, down[0], down[1], local, bar)
+        else:
+            assert up is not None
+            local = Path(source)
+            if not local.is_file():
+                raise click.UsageError(f"{source} is not a file")
+            with _progress(local.stat().st_size, f"{source} -> {target}") as bar:
+                done = upload(client, local, up[0], up[1], bar)
+    except OperatorError as exc:
+        raise api_error(exc) from None
+    click.echo(f"{done['size']} bytes, sha256 {done['sha256']}", err=True)
+
+
+@click.command("stat")
+@click.argument("remote", metavar="DEVICE:PATH")
+@api_url_option
+@token_option
+@json_option
+def stat(remote: str, api_url: str, token: str, as_json: bool) -> None:
+    """A file's size, mode, owner and modification time on the device."""
+    parsed = remote_path(remote)
+    if parsed is None:
+        raise click.BadParameter("give DEVICE:PATH", param_hint="DEVICE:PATH")
+    try:
+        info = OperatorClient(api_url, token).stat_file(*parsed)
+    except OperatorError as exc:
+        raise api_error(exc) from None
+    click.echo(json.dumps(info) if as_json else format_stat(info))
+
+
+@contextlib.contextmanager
+def _progress(total: int, label: str) -> Iterator[Callable[[int], None]]:
+    """A progress bar on a terminal's stderr; nothing when stderr is not one."""
+    if not sys.stderr.isatty():
+        yield lambda _n: None
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+        yield bar.update

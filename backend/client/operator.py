@@ -98,6 +98,11 @@ class OperatorClient:
         except (OSError, TimeoutError) as exc:
             raise OperatorError(f"no answer from {self.url}: {exc}", status=0) from None
 
+    def stat_file(self, device_id: str, path: str) -> dict[str, Any]:
+        """The device's file_info of ``path`` (Mender file transfer)."""
+        query = urllib.parse.urlencode({"path": path})
+        return self._call("GET", f"/devices/{urllib.parse.quote(device_id)}/files/stat?{query}")
+
     def create_rollout(self, spec: dict[str, Any]) -> dict[str, Any]:
         return self._call("POST", "/rollouts", spec)
 

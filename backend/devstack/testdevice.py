@@ -15,11 +15,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import assert_never
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from backend.devstack.devfiles import DeviceFiles
 from backend.devstack.devforward import DeviceForwards
 from backend.lifecycle import Service
 from backend.protocol import envelope, messages
@@ -60,6 +62,8 @@ class TestDevice(Service):
         offers_lost: int = 0,
         forward_window: int = pf.MENDER_WINDOW,
         forward_chunk: int = pf.MENDER_CHUNK,
+        files_root: Path | None = None,
+        max_file_size: int = 1 << 30,
     ) -> None:
         self.device_id = device_id
         self.token = token
@@ -71,7 +75,12 @@ class TestDevice(Service):
         self._updates: set[asyncio.Task[None]] = set()
         # Port forwards as mender-connect serves them unless told a larger window and chunk.
         self.forwards = DeviceForwards(self._send, window=forward_window, chunk=forward_chunk)
-        protocols = (*ps.DEVICE_PROTOCOLS, envelope.PROTO_PORT_FORWARD)
+        protocols: tuple[int, ...] = (*ps.DEVICE_PROTOCOLS, envelope.PROTO_PORT_FORWARD)
+        # File transfer on a directory, when given one (a real device serves its file system).
+        self.files: DeviceFiles | None = None
+        if files_root is not None:
+            self.files = DeviceFiles(self._send, files_root, max_size=max_file_size)
+            protocols = (*protocols, envelope.PROTO_FILE_TRANSFER)
         self.session = ps.DeviceSession(ps.Role.DEVICE, device_id=device_id, protocols=protocols)
         self.events: asyncio.Queue[ps.Event] = asyncio.Queue()
         self.acked: set[str] = set()
@@ -151,6 +160,8 @@ class TestDevice(Service):
             self.session.connection_lost()
             self.shells.close_all()
             self.forwards.close_all()
+            if self.files is not None:
+                self.files.close_all()
 
     async def _handle_events(self) -> None:
         for event in self.session.events_received():
@@ -166,6 +177,10 @@ class TestDevice(Service):
                     self._shell_message(event.msg)
                 case ps.MessageReceived() if event.msg.proto == envelope.PROTO_PORT_FORWARD:
                     await self.forwards.receive(event.msg)
+                case ps.MessageReceived() if (
+                    event.msg.proto == envelope.PROTO_FILE_TRANSFER and self.files is not None
+                ):
+                    await self.files.receive(event.msg)
                 case ps.UpdateOffered() if self.on_update is not None:
                     self._start_update(event)
                 case (

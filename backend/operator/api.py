@@ -56,8 +56,10 @@ from backend.operator.errors import (
     Unauthenticated,
     UnknownRollout,
 )
+from backend.operator.files import FileMetrics, FileRelay, path_of, put_request
 from backend.operator.fleetstate import FleetState, wait_for_stop_signal
-from backend.operator.portforward import ForwardMetrics, ForwardRelay, require_protocol, target_of
+from backend.operator.portforward import ForwardMetrics, ForwardRelay, target_of
+from backend.operator.relay import require_protocol
 from backend.operator.rollouts import Rollouts
 from backend.operator.schema import openapi_document
 from backend.operator.shell import MAX_TERMINAL, ShellRelay
@@ -270,6 +272,7 @@ class OperatorApi(Service):
         self._shells: set[ShellRelay] = set()
         self._forwards: set[ForwardRelay] = set()
         self.forward_metrics = ForwardMetrics(self.metrics.registry)
+        self.file_metrics = FileMetrics(self.metrics.registry)
 
     async def start(self) -> None:
         self.nc = await nats.connect(
@@ -322,6 +325,9 @@ class OperatorApi(Service):
         app.router.add_post("/devices/{id}/commands", self.run_command)
         app.router.add_get("/devices/{id}/shell", self.open_shell)
         app.router.add_get("/devices/{id}/port-forward", self.open_port_forward)
+        app.router.add_get("/devices/{id}/files/stat", self.stat_file)
+        app.router.add_get("/devices/{id}/files/download", self.download_file)
+        app.router.add_get("/devices/{id}/files/upload", self.upload_file)
         app.router.add_get("/rollouts", self.list_rollouts)
         app.router.add_post("/rollouts", self.create_rollout)
         app.router.add_get("/rollouts/{rid}", self.get_rollout)
@@ -509,10 +515,7 @@ class OperatorApi(Service):
         ws = web.WebSocketResponse(heartbeat=30.0)
         if not ws.can_prepare(request).ok:
             raise bad_field("upgrade", "GET /devices/{id}/port-forward takes a WebSocket upgrade")
-        try:
-            await require_protocol(self._router, device_id, env.PROTO_PORT_FORWARD)
-        except RoutingError as exc:
-            raise await self._routing_error(device_id, exc, "a port forward needs") from None
+        await self._online(device_id, env.PROTO_PORT_FORWARD, "a port forward needs")
         relay = ForwardRelay(
             self.nc, self._router, device_id, request[OPERATOR], target,
             self.config.forward_idle_timeout, self.forward_metrics,
@@ -530,6 +533,74 @@ class OperatorApi(Service):
     async def _end_forwards(self, app: web.Application) -> None:
         for relay in self._forwards:
             relay.shutdown()
+
+    # --- file transfer ------------------------------------------------------------------------
+
+    async def stat_file(self, request: web.Request) -> web.Response:
+        device_id, path = device_id_of(request), path_of(request.query)
+        async with self._file_relay(request, device_id) as relay:
+            await self._online(device_id, env.PROTO_FILE_TRANSFER, "a file transfer needs")
+            try:
+                info = await relay.stat(path)
+            except ApiError:
+                self.file_metrics.transfers.labels("stat", "refused").inc()
+                raise
+        self.file_metrics.transfers.labels("stat", "ok").inc()
+        return web.json_response(
+            {"path": info.path, "size": info.size, "mode": info.mode, "uid": info.uid,
+             "gid": info.gid, "modtime": info.modtime}
+        )  # fmt: skip
+
+    async def download_file(self, request: web.Request) -> web.StreamResponse:
+        device_id, path = device_id_of(request), path_of(request.query)
+        ws = await self._transfer_socket(request, device_id)
+        async with self._file_relay(request, device_id) as relay:
+            await ws.prepare(request)
+            await self._transfer(
+                ws, "download", relay.download(ws, path, self.config.max_transfer_bytes)
+            )
+        return ws
+
+    async def upload_file(self, request: web.Request) -> web.StreamResponse:
+        device_id = device_id_of(request)
+        put = put_request(request.query, self.config.max_transfer_bytes)
+        ws = await self._transfer_socket(request, device_id)
+        async with self._file_relay(request, device_id) as relay:
+            await ws.prepare(request)
+            await self._transfer(ws, "upload", relay.upload(ws, put))
+        return ws
+
+    def _file_relay(self, request: web.Request, device_id: str) -> FileRelay:
+        assert self.nc is not None and self._router is not None
+        return FileRelay(self.nc, self._router, device_id, request[OPERATOR],
+                         self.config.transfer_timeout)  # fmt: skip
+
+    async def _transfer_socket(self, request: web.Request, device_id: str) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=4 << 20)
+        if not ws.can_prepare(request).ok:
+            raise bad_field("upgrade", f"{request.path} takes a WebSocket upgrade")
+        await self._online(device_id, env.PROTO_FILE_TRANSFER, "a file transfer needs")
+        return ws
+
+    async def _transfer(self, ws: web.WebSocketResponse, kind: str, moving: Awaitable[int]) -> None:
+        try:
+            size = await moving
+        except ConnectionError:  # the operator went away
+            self.file_metrics.transfers.labels(kind, "failed").inc()
+        except (ValueError, RoutingError) as exc:
+            self.file_metrics.transfers.labels(kind, "failed").inc()
+            await ws.send_json({"op": "error", "message": f"{kind} failed: {exc}"})
+        else:
+            self.file_metrics.transfers.labels(kind, "ok").inc()
+            self.file_metrics.bytes.labels(kind).inc(size)
+        await ws.close()
+
+    async def _online(self, device_id: str, proto: int, needs: str) -> None:
+        assert self._router is not None
+        try:
+            await require_protocol(self._router, device_id, proto)
+        except RoutingError as exc:
+            raise await self._routing_error(device_id, exc, needs) from None
 
     # --- rollouts ------------------------------------------------------------------------------
 

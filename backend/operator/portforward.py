@@ -30,17 +30,15 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 from nats.aio.client import Client as NATS
-from nats.aio.subscription import Subscription
-from nats.errors import Error as NatsError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from backend.bus import subjects
 from backend.bus.routing import DeviceRouter
 from backend.operator.errors import ApiError
+from backend.operator.relay import DeviceRelay, Gone
 from backend.operator.shell import DEVICE_GONE, GOING_AWAY, IDLE, MAX_REASON, NORMAL
 from backend.protocol import envelope as env
 from backend.protocol import portforward as pf
-from backend.protocol.errors import FleetError, MalformedMessage, RoutingError
+from backend.protocol.errors import MalformedMessage, RoutingError
 
 log = logging.getLogger("fleet.portforward")
 
@@ -91,13 +89,6 @@ class ForwardMetrics:
         )  # fmt: skip
 
 
-async def require_protocol(router: DeviceRouter, device_id: str, proto: int) -> None:
-    """Refuse before the upgrade what the device cannot serve. Today: that it is online
-    (DeviceOffline); the check of its "accept" list (409 unsupported) belongs here too."""
-    del proto  # the device's served protocols are not recorded yet
-    await router.shard_of(device_id)
-
-
 class ForwardRelay:
     """One operator WebSocket's port forward to one device target."""
 
@@ -119,16 +110,16 @@ class ForwardRelay:
         self.idle_timeout = idle_timeout
         self.metrics = metrics
         self.sid = uuid.uuid4().hex
+        self.relay = DeviceRelay(nc, router, device_id, operator, self.sid)
         self.forward = pf.PortForward(self.sid, pf.Role.SERVER)
         self._to_device: asyncio.Queue[env.ProtoMsg] = asyncio.Queue()
         self._activity = asyncio.Event()
         self._shutdown = asyncio.Event()
-        self._sub: Subscription | None = None
         self._dialled: set[str] = set()  # connections the device dialled
 
     async def run(self, ws: web.WebSocketResponse) -> str:
         """Relay until one side ends the forward; returns its outcome (for metrics)."""
-        self._sub = await self.nc.subscribe(subjects.relay_subject(self.device_id, self.sid))
+        await self.relay.open()
         tasks = [
             asyncio.create_task(self._from_operator(ws)),
             asyncio.create_task(self._from_device(ws)),
@@ -154,10 +145,7 @@ class ForwardRelay:
         self._shutdown.set()
 
     async def close(self) -> None:
-        if self._sub is not None:
-            with contextlib.suppress(NatsError):
-                await self._sub.unsubscribe()
-            self._sub = None
+        await self.relay.close()
 
     # --- the directions ---------------------------------------------------------------------
 
@@ -209,19 +197,11 @@ class ForwardRelay:
         self.forward.open(cid, self.target)
 
     async def _from_device(self, ws: web.WebSocketResponse) -> tuple[int, str, str]:
-        assert self._sub is not None
         while True:
-            try:
-                delivered = await self._sub.next_msg(timeout=None)
-                msg = env.decode(delivered.data)
-            except NatsError as exc:
-                return DEVICE_GONE, f"relay lost: {exc}", "device_gone"
-            except FleetError as exc:
-                log.warning("port forward %s: undecodable device message: %s", self.sid, exc)
-                continue
+            msg = await self.relay.receive()
+            if isinstance(msg, Gone):
+                return DEVICE_GONE, msg.reason, "device_gone"
             self._activity.set()
-            if _device_gone(msg):
-                return DEVICE_GONE, msg.body.decode(errors="replace"), "device_gone"
             self.forward.receive(msg)
             try:
                 await self._handle_events(ws)
@@ -264,13 +244,13 @@ class ForwardRelay:
         """Messages to the device in order, one request at a time, each carrying all that
         queued meanwhile (up to ``MAX_BATCH`` bytes)."""
         while True:
-            batch = [env.encode(await self._to_device.get())]
-            size = len(batch[0])
+            batch = [await self._to_device.get()]
+            size = len(batch[0].body)
             while not self._to_device.empty() and size < MAX_BATCH:
-                batch.append(env.encode(self._to_device.get_nowait()))
-                size += len(batch[-1])
+                batch.append(self._to_device.get_nowait())
+                size += len(batch[-1].body)
             try:
-                await self.router.deliver_many(self.device_id, batch, user_id=self.operator)
+                await self.relay.send(batch)
             except RoutingError as exc:
                 return DEVICE_GONE, f"device unreachable: {exc}", "device_gone"
 
@@ -300,18 +280,5 @@ class ForwardRelay:
         if outcome != "device_gone":
             for cid in list(self.forward.connections):
                 self.forward.stop(cid)
-            for msg in self.forward.outgoing():
-                with contextlib.suppress(RoutingError):
-                    await self.router.deliver(
-                        self.device_id, env.encode(msg), user_id=self.operator
-                    )
-
-
-def _device_gone(msg: env.ProtoMsg) -> bool:
-    """The shard's "stop" with status 2 for the whole sid: the device disconnected."""
-    props = msg.props or {}
-    return (
-        msg.typ == pf.TYP_STOP
-        and pf.PROP_CONNECTION_ID not in props
-        and props.get(env.PROP_STATUS) == env.STATUS_ERROR
-    )
+            with contextlib.suppress(RoutingError):
+                await self.relay.send(self.forward.outgoing())

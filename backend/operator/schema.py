@@ -173,6 +173,7 @@ def _device_paths(config: FleetConfig) -> dict[str, Any]:
             "type": "integer", "minimum": 1, "maximum": 65535}},
         {"name": "protocol", "in": "query", "schema": {"enum": ["tcp", "udp"], "default": "tcp"}},
     ]  # fmt: skip
+    path = {"name": "path", "in": "query", "required": True, "schema": {"type": "string"}}
     command = {
         "type": "object",
         "required": ["command"],
@@ -215,6 +216,32 @@ def _device_paths(config: FleetConfig) -> dict[str, Any]:
             "parameters": [id_param, *forward],
             "responses": {"101": {"description": "the forward is open"}, "400": ERROR,
                           "401": ERROR, "404": ERROR, "409": ERROR},
+        }},
+        "/devices/{id}/files/stat": {"get": {
+            "summary": "Mender file transfer: the device's file_info of path",
+            "parameters": [id_param, path],
+            "responses": {"200": {"description": "path, size, mode, uid, gid, modtime"},
+                          "400": ERROR, "401": ERROR, "404": ERROR, "409": ERROR,
+                          "502": ERROR, "504": ERROR},
+        }},
+        "/devices/{id}/files/download": {"get": {
+            "summary": "WebSocket: the file in binary frames, then "
+                       '{"op": "done", "size", "sha256"} or {"op": "error", "message"}',
+            "parameters": [id_param, path],
+            "responses": {"101": {"description": "the transfer runs"}, "400": ERROR,
+                          "401": ERROR, "404": ERROR, "409": ERROR},
+        }},
+        "/devices/{id}/files/upload": {"get": {
+            "summary": 'WebSocket: after {"op": "ready"} binary frames, then {"op": "end"}; '
+                       'answered {"op": "done", "size", "sha256"} or {"op": "error", "message"}',
+            "parameters": [id_param, path,
+                           {"name": "size", "in": "query", "required": True,
+                            "schema": {"type": "integer", "minimum": 0,
+                                       "maximum": config.max_transfer_bytes}},
+                           {"name": "mode", "in": "query",
+                            "schema": {"type": "integer", "default": 420}}],
+            "responses": {"101": {"description": "the transfer runs"}, "400": ERROR,
+                          "401": ERROR, "404": ERROR, "409": ERROR, "413": ERROR},
         }},
         "/devices/{id}/commands": {"post": {
             "summary": "Run a command on a connected device and wait for its result",

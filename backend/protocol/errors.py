@@ -39,6 +39,8 @@ in this module unless a module is named (a subtree's classes live where its root
         * RoutingFailed
         * Conflict
         * BodyTimedOut
+        * TransferRefused
+        * TooLarge
         * HttpRefused
     * RolloutError (backend.operator.errors)
         * InvalidRollout
