@@ -28,8 +28,9 @@ MAX_FILE = 4 * 2**20
 MAX_BYTES = 64 * 2**20
 """Largest ``/bytes/<n>`` answer."""
 LOG = b"".join(f"boot {n}: ok\n".encode() for n in range(200))
-WINDOW, CHUNK = 8, 16 * 1024
-"""What a simulated gateway announces for its forwards (a Mender device: 1 x 4 KiB)."""
+WINDOW, CHUNK = 4, 4096
+"""What a simulated gateway announces for its forwards (a Mender device: 1 x 4 KiB): small,
+so that on a slow link the first bytes come before the rest (a flush crosses the link whole)."""
 
 
 def page_bytes(n: int) -> bytes:

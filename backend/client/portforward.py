@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import re
+import time
 import urllib.parse
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect as connect_sync
 
 from backend.client.operator import OperatorError, answer_refusal
 from backend.protocol import portforward as pf
@@ -264,3 +266,53 @@ async def forward(
         return await forwarder.run()
     finally:
         closer()
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """One forwarded connection's exchange: the answer, and when its first byte came."""
+
+    answer: bytes
+    first_byte_s: float
+    seconds: float
+
+
+def fetch_once(
+    api_url: str, token: str, device_id: str, target: tuple[str, int], request: bytes,
+    timeout: float = 30.0,
+) -> Fetched:  # fmt: skip
+    """Blocking: one connection to ``target`` on the device, ``request`` sent, everything the
+    target answers until it closes (an operator's browser fetching one page; the scenarios
+    use it from gevent). OperatorError with the reason if it fails."""
+    query = urllib.parse.urlencode({"host": target[0], "port": target[1]})
+    path = f"/devices/{urllib.parse.quote(device_id)}/port-forward?{query}"
+    url = "ws" + api_url.rstrip("/").removeprefix("http") + path
+    started = time.monotonic()
+    try:
+        ws = connect_sync(url, additional_headers={"Authorization": f"Bearer {token}"},
+                          compression=None, open_timeout=timeout)  # fmt: skip
+    except InvalidStatus as exc:
+        raise answer_refusal(exc.response.status_code, exc.response.body or b"") from None
+    except (OSError, TimeoutError) as exc:
+        raise OperatorError(f"no answer from {api_url}: {exc}", status=0) from None
+    answer, first = b"", 0.0
+    try:
+        with ws:
+            ws.send(json.dumps({"op": "open", "id": "c1"}))
+            while True:
+                frame = ws.recv(timeout=max(0.0, started + timeout - time.monotonic()))
+                if isinstance(frame, bytes):
+                    first = first or time.monotonic() - started
+                    answer += pf.split_frame(frame)[1]
+                    ws.send(json.dumps({"op": "ack", "id": "c1"}))
+                    continue
+                message = json.loads(frame)
+                if message.get("op") == "opened":
+                    ws.send(pf.data_frame("c1", request))
+                elif message.get("op") == "closed":
+                    if not answer:
+                        reason = message.get("reason")
+                        raise OperatorError(f"connection refused: {reason}", status=0)
+                    return Fetched(answer, first, time.monotonic() - started)
+    except (ConnectionClosed, TimeoutError) as exc:
+        raise OperatorError(f"the forward ended early: {exc}", status=0) from None
