@@ -127,15 +127,19 @@ class ForwardRelay:
             asyncio.create_task(self._idle()),
             asyncio.create_task(self._stopping()),
         ]
+        reader = tasks[0]
         try:
             done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
+            for task in tasks[1:]:
                 task.cancel()
+            code, reason, outcome = next(iter(done)).result()
+            await self._stop_all(outcome)
+            # Closed while the operator's reader still runs: it reads the close answer (a
+            # reader cancelled first leaves aiohttp's close waiting out its 10 s timeout).
+            await ws.close(code=code, message=reason[:MAX_REASON].encode())
+        finally:
+            reader.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        code, reason, outcome = next(iter(done)).result()
-        await self._stop_all(outcome)
-        await ws.close(code=code, message=reason[:MAX_REASON].encode())
         target = f"{self.target.remote_host}:{self.target.remote_port}"
         log.info("port forward %s of %s to %s %s ended: %s", self.sid, self.operator,
                  self.device_id, target, reason)  # fmt: skip
