@@ -12,7 +12,14 @@ device requests travel to shard b over NATS).
 - new connections per second: connections opened, one 100-byte round trip, closed, by 20
   workers for ``--seconds``, through one forward; baseline: the same directly.
 
-    python bench/streams.py --megabytes 32 --devices 100 --per-device 10 --seconds 5
+- command round trips (``--command-gateways N``, 0: skipped): a local stack of processes
+  (NATS, shards, the operator API) holding N idle gateways (``bench/command_fleet.py``, in
+  Locust processes of at most 10,000 each), ``--command-rate`` commands a second for
+  ``--command-seconds`` through the API (``POST /devices/{id}/commands``, ``echo``, random
+  gateways, open loop); baseline: ``GET /healthz`` of the same API at the same rate.
+
+    python bench/streams.py --megabytes 32 --devices 100 --per-device 10 --seconds 5 \
+        --command-gateways 20000 --command-rate 1000 --command-seconds 20
 """
 
 from __future__ import annotations
@@ -20,16 +27,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import random
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import uvloop
 
 from backend.bus.auth import issue_device_token
+from backend.client.operator import OperatorClient
 from backend.client.portforward import ForwardSpec, forward, open_forward
+from backend.devstack import process
 from backend.devstack.natsserver import NatsServer
+from backend.devstack.stack import LocalStack, StackConfig
 from backend.devstack.testdevice import TestDevice
 from backend.operator.api import OperatorApi
 from backend.operator.config import FleetConfig
@@ -112,8 +126,8 @@ async def device(shard: Shard, device_id: str, window: int, chunk: int) -> TestD
     return dev
 
 
-def line(what: str, ours: str, baseline: str) -> None:
-    print(f"{what:<46} {ours:>22}   direct TCP: {baseline}")
+def line(what: str, ours: str, baseline: str, against: str = "direct TCP") -> None:
+    print(f"{what:<46} {ours:>22}   {against}: {baseline}")
 
 
 async def throughput(api: OperatorApi, shard: Shard, args: argparse.Namespace) -> None:
@@ -197,7 +211,7 @@ async def rate(api: OperatorApi, shard: Shard, args: argparse.Namespace) -> None
     server.close()
 
 
-async def main(args: argparse.Namespace) -> None:
+async def streams(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp, NatsServer(Path(tmp) / "nats") as nats_server:
         urls = (nats_server.url,)
         shard_a = Shard(ShardConfig(shard_id="a", port=0, nats_urls=urls, jwt_secret=SECRET))
@@ -210,6 +224,111 @@ async def main(args: argparse.Namespace) -> None:
                 await step(api, shard_b, args)
 
 
+# --- command round trips with many gateways connected ---------------------------------------
+
+
+def commands(args: argparse.Namespace) -> None:
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-commands-"))
+    per_process = 10_000
+    processes = -(-args.command_gateways // per_process)
+    config = StackConfig(run_dir, shards=max(2, processes), operator_api=True)
+    with LocalStack(config) as stack:
+        fleets = []
+        try:
+            for n in range(processes):
+                users = min(per_process, args.command_gateways - n * per_process)
+                fleets.append(spawn_fleet(stack, run_dir, f"gw{n}", users))
+            wait_connected(stack, args.command_gateways, fleets)
+            ids = online_ids(stack, args.command_gateways)
+            base = uvloop.run(paced(stack, ids, args, command=False))
+            ours = uvloop.run(paced(stack, ids, args, command=True))
+        finally:
+            for proc in fleets:
+                process.stop(proc)
+    for name, figures in (("commands", ours), ("GET /healthz", base)):
+        print(f"{name} at {args.command_rate:g}/s for {args.command_seconds:g}s with "
+              f"{len(ids)} gateways: {figures}")  # fmt: skip
+    line(
+        f"command round trip, {len(ids)} gateways, {args.command_rate:g}/s",
+        f"p50 {ours['p50']:.1f} p99 {ours['p99']:.1f} ms",
+        f"p99 {base['p99']:.1f} ms",
+        "GET /healthz",
+    )
+
+
+def spawn_fleet(stack: LocalStack, run_dir: Path, prefix: str, users: int) -> Any:
+    argv = [
+        sys.executable, "-m", "locust", "-f", str(Path(__file__).with_name("command_fleet.py")),
+        "--headless", "-u", str(users), "-r", "500", "--host", ",".join(stack.shard_urls),
+        "--jwt-secret", stack.jwt_secret, "--fleet-prefix", prefix,
+        "--run-dir", str(run_dir / f"sim-{prefix}"),
+    ]  # fmt: skip
+    return process.spawn(argv, run_dir / f"{prefix}-locust.log")
+
+
+def wait_connected(stack: LocalStack, want: int, fleets: list[Any]) -> None:
+    deadline = time.monotonic() + 600
+    while (count := stack.connections()) < want:
+        if time.monotonic() > deadline or any(p.poll() is not None for p in fleets):
+            raise RuntimeError(f"only {count}/{want} gateways connected")
+        time.sleep(1.0)
+
+
+def online_ids(stack: LocalStack, want: int) -> list[str]:
+    """The gateways the API knows online (its fleet state lags the connections a little)."""
+    client = OperatorClient(stack.api_url, stack.operator_token)
+    deadline = time.monotonic() + 120
+    while True:
+        ids = [d["id"] for d in client.all_devices(online=True)]
+        if len(ids) >= want or time.monotonic() > deadline:
+            return ids
+        time.sleep(2.0)
+
+
+async def paced(
+    stack: LocalStack, ids: list[str], args: argparse.Namespace, *, command: bool
+) -> dict[str, float]:
+    """Open loop: one request every 1/rate s whatever the answers do; latency figures in ms."""
+    headers = {"Authorization": f"Bearer {stack.operator_token}"}
+    rng = random.Random(1)
+    latencies: list[float] = []
+    failures = 0
+    total = int(args.command_rate * args.command_seconds)
+    connector = aiohttp.TCPConnector(limit=2000)
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as http:
+
+        async def one(device_id: str) -> None:
+            nonlocal failures
+            started = time.perf_counter()
+            try:
+                if command:
+                    url = f"{stack.api_url}/devices/{device_id}/commands"
+                    async with http.post(url, json={"command": "echo hi"}) as resp:
+                        ok = resp.status == 200 and (await resp.json())["output"] == "hi\n"
+                else:
+                    async with http.get(f"{stack.api_url}/healthz") as resp:
+                        ok = resp.status == 200
+                        await resp.read()
+            except aiohttp.ClientError:
+                ok = False
+            latencies.append((time.perf_counter() - started) * 1000)
+            failures += not ok
+
+        started = time.perf_counter()
+        tasks = []
+        for n in range(total):
+            await asyncio.sleep(max(0.0, started + n / args.command_rate - time.perf_counter()))
+            tasks.append(asyncio.create_task(one(rng.choice(ids))))
+        await asyncio.gather(*tasks)
+        achieved = total / (time.perf_counter() - started)
+    latencies.sort()
+    return {
+        "sent": total, "failed": failures, "achieved_per_s": round(achieved, 1),
+        "p50": latencies[len(latencies) // 2], "p99": latencies[int(len(latencies) * 0.99)],
+        "max": latencies[-1],
+    }  # fmt: skip
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--megabytes", type=int, default=32)
@@ -218,4 +337,10 @@ if __name__ == "__main__":
     parser.add_argument("--devices", type=int, default=100)
     parser.add_argument("--per-device", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=5.0)
-    uvloop.run(main(parser.parse_args()))
+    parser.add_argument("--command-gateways", type=int, default=0)
+    parser.add_argument("--command-rate", type=float, default=1000.0)
+    parser.add_argument("--command-seconds", type=float, default=20.0)
+    arguments = parser.parse_args()
+    uvloop.run(streams(arguments))
+    if arguments.command_gateways:
+        commands(arguments)
