@@ -17,7 +17,6 @@ from aiohttp import web
 from backend.client.operator import OperatorError
 from backend.client.portforward import ForwardSpec, forward, open_forward
 from backend.operator.api import OperatorApi
-from backend.protocol import portforward as pf
 from tests.operator.support import OPERATOR_TOKEN, ApiFactory, base, connected
 from tests.support import ShardFactory, until_true
 
@@ -251,13 +250,3 @@ async def test_udp_datagrams_go_both_ways(start_shard: ShardFactory, start_api: 
             assert await answers.get() == b"HELLO"
         client.close()
     echo.close()
-
-
-def test_forward_specs_parse_as_ssh_l_does() -> None:
-    assert ForwardSpec.parse("8080:127.0.0.1:80") == ForwardSpec("127.0.0.1", 8080, "127.0.0.1", 80)
-    assert ForwardSpec.parse("0.0.0.0:2222:[::1]:22") == ForwardSpec("0.0.0.0", 2222, "::1", 22)
-    with pytest.raises(ValueError, match="LOCAL_PORT:REMOTE_HOST:REMOTE_PORT"):
-        ForwardSpec.parse("8080:80")
-    with pytest.raises(ValueError, match=r"1\.\.65535"):
-        ForwardSpec.parse("8080:host:0")
-    assert pf.split_frame(pf.data_frame("c1", b"x")) == ("c1", b"x")
