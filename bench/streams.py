@@ -39,7 +39,6 @@ import aiohttp
 import uvloop
 
 from backend.bus.auth import issue_device_token
-from backend.client.operator import OperatorClient
 from backend.client.portforward import ForwardSpec, forward, open_forward
 from backend.devstack import process
 from backend.devstack.natsserver import NatsServer
@@ -233,13 +232,13 @@ def commands(args: argparse.Namespace) -> None:
     processes = -(-args.command_gateways // per_process)
     config = StackConfig(run_dir, shards=max(2, processes), operator_api=True)
     with LocalStack(config) as stack:
-        fleets = []
+        fleets, ids = [], []
         try:
             for n in range(processes):
                 users = min(per_process, args.command_gateways - n * per_process)
                 fleets.append(spawn_fleet(stack, run_dir, f"gw{n}", users))
+                ids += gateway_ids(f"gw{n}", users)
             wait_connected(stack, args.command_gateways, fleets)
-            ids = online_ids(stack, args.command_gateways)
             base = uvloop.run(paced(stack, ids, args, command=False))
             ours = uvloop.run(paced(stack, ids, args, command=True))
         finally:
@@ -274,15 +273,10 @@ def wait_connected(stack: LocalStack, want: int, fleets: list[Any]) -> None:
         time.sleep(1.0)
 
 
-def online_ids(stack: LocalStack, want: int) -> list[str]:
-    """The gateways the API knows online (its fleet state lags the connections a little)."""
-    client = OperatorClient(stack.api_url, stack.operator_token)
-    deadline = time.monotonic() + 120
-    while True:
-        ids = [d["id"] for d in client.all_devices(online=True)]
-        if len(ids) >= want or time.monotonic() > deadline:
-            return ids
-        time.sleep(2.0)
+def gateway_ids(prefix: str, users: int) -> list[str]:
+    """The ids a Locust process of ``bench/command_fleet.py`` gives its gateways
+    (``simulator.fleet``: prefix, scenario class, worker, index)."""
+    return [f"{prefix}-commandfleet-w0-{index:06d}" for index in range(users)]
 
 
 async def paced(

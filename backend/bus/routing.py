@@ -25,6 +25,7 @@ OP_COMMAND = "command"
 OP_DELIVER = "deliver"
 OP_OFFER = "offer"
 OP_KICK = "kick"
+OP_RELEASE = "release"
 
 ERROR_OFFLINE = "offline"
 ERROR_TIMEOUT = "timeout"
@@ -92,6 +93,10 @@ class DeviceRouter:
         await self._request(
             device_id, {"op": OP_DELIVER, "messages": messages, "user_id": user_id}, 5.0
         )
+
+    async def release(self, device_id: str, sid: str) -> None:
+        """The operator session ``sid`` is over: the shard forgets its binding."""
+        await self._request(device_id, {"op": OP_RELEASE, "sid": sid}, 5.0)
 
     async def offer_update(
         self, device_id: str, sid: str, offer: UpdateOffer, *, user_id: str = ""

@@ -89,6 +89,8 @@ class FileRelay:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self.transfer.phase is not ft.Phase.IDLE:  # something went out for the sid
+            await self.relay.release()
         await self.relay.close()
 
     async def flush(self) -> None:

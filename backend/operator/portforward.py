@@ -282,7 +282,13 @@ class ForwardRelay:
         self.metrics.connections.labels(gone).inc(len(self._dialled))
         self._dialled.clear()
         if outcome != "device_gone":
-            for cid in list(self.forward.connections):
+            # Connections still open get a "stop"; their answers would come after a release
+            # (and be refused as for no session), so the binding then waits for the device's
+            # disconnect or a newer binding to push it out.
+            open_connections = list(self.forward.connections)
+            for cid in open_connections:
                 self.forward.stop(cid)
             with contextlib.suppress(RoutingError):
                 await self.relay.send(self.forward.outgoing())
+            if not open_connections:
+                await self.relay.release()

@@ -16,7 +16,7 @@ from nats.errors import Error as NatsError
 from backend.bus import subjects
 from backend.bus.routing import DeviceRouter
 from backend.protocol import envelope as env
-from backend.protocol.errors import FleetError
+from backend.protocol.errors import FleetError, RoutingError
 
 log = logging.getLogger("fleet.relay")
 
@@ -76,6 +76,12 @@ class DeviceRelay:
         if msgs:
             encoded = [env.encode(msg) for msg in msgs]
             await self.router.deliver_many(self.device_id, encoded, user_id=self.operator)
+
+    async def release(self) -> None:
+        """The session is over: the device's shard forgets the sid (best effort: a device
+        gone or unreachable has forgotten it already)."""
+        with contextlib.suppress(RoutingError):
+            await self.router.release(self.device_id, self.sid)
 
     async def close(self) -> None:
         if self._sub is not None:

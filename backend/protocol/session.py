@@ -336,6 +336,12 @@ class DeviceSession:
             relays[msg.sid] = msg.proto
         self.send(msg)
 
+    def release(self, sid: str) -> None:
+        """Server: the operator's session on ``sid`` is over (a file transfer or port forward
+        ended): forget its binding now rather than when the connection closes or the oldest
+        binding is pushed out by a newer one (it could be a live shell's)."""
+        self._end_relay(sid)
+
     def end_relays(self) -> dict[str, int]:
         """Server: the operator sessions still open (sid -> proto), forgotten now: the
         driver tells their operators that the device is gone."""

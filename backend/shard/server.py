@@ -519,6 +519,9 @@ class Shard(Service):
                 conn.session.deliver(envelope.decode(encoded), request.get("user_id") or None)
             conn.flush()
             reply = routing.ok()
+        elif op == routing.OP_RELEASE:
+            conn.session.release(str(request["sid"]))
+            reply = routing.ok()
         elif op == routing.OP_OFFER:
             offer = messages.UpdateOffer.from_body(request["offer"])
             conn.session.offer_update(request["sid"], offer, request.get("user_id") or None)

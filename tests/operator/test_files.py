@@ -57,6 +57,9 @@ async def test_a_file_put_and_got_back_has_equal_checksums_across_two_shards(
         back = local / "back.bin"
         got = await asyncio.to_thread(download, client(api), "gw-1", "/fw.bin", back, ignore)
         assert got["sha256"] == sha256(back) == sha256(original)
+        session = shard_b.devices["gw-1"].session
+        assert session is not None
+        await until_true(lambda: session.end_relays() == {})  # each transfer's sid released
         assert not partials(local)
         assert not partials(root)
 
