@@ -39,6 +39,7 @@ import aiohttp
 import uvloop
 
 from backend.bus.auth import issue_device_token
+from backend.client.operator import OperatorClient
 from backend.client.portforward import ForwardSpec, forward, open_forward
 from backend.devstack import process
 from backend.devstack.natsserver import NatsServer
@@ -239,6 +240,7 @@ def commands(args: argparse.Namespace) -> None:
                 fleets.append(spawn_fleet(stack, run_dir, f"gw{n}", users))
                 ids += gateway_ids(f"gw{n}", users)
             wait_connected(stack, args.command_gateways, fleets)
+            settle(stack, args.command_gateways)
             base = uvloop.run(paced(stack, ids, args, command=False))
             ours = uvloop.run(paced(stack, ids, args, command=True))
         finally:
@@ -271,6 +273,18 @@ def wait_connected(stack: LocalStack, want: int, fleets: list[Any]) -> None:
         if time.monotonic() > deadline or any(p.poll() is not None for p in fleets):
             raise RuntimeError(f"only {count}/{want} gateways connected")
         time.sleep(1.0)
+
+
+def settle(stack: LocalStack, want: int, timeout: float = 300.0) -> None:
+    """Wait until the API's fleet state (in the same process) has taken in every gateway's
+    connect: measured during that catch-up, commands would queue behind it."""
+    client = OperatorClient(stack.api_url, stack.operator_token)
+    deadline = time.monotonic() + timeout
+    while sum(1 for _ in client.all_devices(online=True)) < want:
+        if time.monotonic() > deadline:
+            print(f"the fleet state did not list all {want} gateways online within {timeout:g}s")
+            return
+        time.sleep(5.0)
 
 
 def gateway_ids(prefix: str, users: int) -> list[str]:
