@@ -75,7 +75,7 @@ def pack(fields: dict[str, Any]) -> bytes:
     return _PACK.pack(fields)
 
 
-# The helpers, for the bodies of the other protocols' modules (port forward, file transfer).
+# For the bodies of the other protocols' modules (port forward, file transfer).
 unpack = _unpack
 take = _take
 
