@@ -205,6 +205,25 @@ def day_checks(record: RunRecord) -> list[Check]:
     ]
 
 
+def remote_checks(record: RunRecord) -> list[Check]:
+    """Operators' streams into houses on flaky links: most succeed, none delivers wrong
+    bytes, and the first byte comes soon (a GPRS or satellite link's latency included)."""
+    remote = record.summary.get("remote") or {}
+    streams = remote.get("streams")
+    success = 100.0 * (streams - remote["failed"]) / streams if streams else None
+    first_byte = record.latency("remote first byte", "p99")
+    return [
+        peak_connected(record, share=0.95),
+        # A device can go offline between being listed and being reached, or stay in an
+        # offline spell past the transfer's deadline: those streams fail, with a reason.
+        check(record, "stream_success_pct", success, ">=", 90, "%"),
+        check(record, "streams_corrupt", remote.get("corrupt") if streams else None, "<=", 0),
+        check(record, "first_byte_p99_ms", first_byte, "<=", 10_000, "ms"),
+        *no_loss(record),
+        *fleet_checks(record),
+    ]
+
+
 def _operator_failed_pct(record: RunRecord) -> float | None:
     operator = record.summary.get("operator") or {}
     actions = operator.get("actions")

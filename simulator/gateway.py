@@ -38,6 +38,7 @@ from backend.protocol.errors import FleetError, HandshakeError, UpgradeRejected
 from backend.protocol.terminal import DeviceShells
 from simulator.backoff import Backoff
 from simulator.behaviour import INSTALL_FAILURES, pick_problem, run_command
+from simulator.house import House
 from simulator.places import house_location
 
 if TYPE_CHECKING:
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("fleet.simulator")
 
 RECV_SIZE = 65536
+_HOUSE_PROTOCOLS = frozenset({env.PROTO_FILE_TRANSFER, env.PROTO_PORT_FORWARD})
+GATEWAY_PROTOCOLS = (*ps.DEVICE_PROTOCOLS, *sorted(_HOUSE_PROTOCOLS))
 _RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 _timer_seq = itertools.count()
 _Timer = tuple[float, int, Callable[[Any, float], None], Any]  # (due, tie-breaker, action, arg)
@@ -96,6 +99,7 @@ class VirtualGateway:
         "fault_kind",
         "firmware",
         "fleet",
+        "house",
         "inbound",
         "index",
         "last_heard",
@@ -124,8 +128,9 @@ class VirtualGateway:
         self.index = index
         self.network: NetworkProfile = fleet.mix.profile_for(index)
         self.session = ps.DeviceSession(
-            ps.Role.DEVICE, device_id=device_id, max_outbox=behaviour.max_outbox
-        )
+            ps.Role.DEVICE, device_id=device_id, max_outbox=behaviour.max_outbox,
+            protocols=GATEWAY_PROTOCOLS,
+        )  # fmt: skip
         self.backoff = Backoff(behaviour.reconnect_base, behaviour.reconnect_cap)
         self.firmware = behaviour.firmware
         self.sock: Any = None
@@ -147,6 +152,7 @@ class VirtualGateway:
         self.update_sid: str | None = None  # the update being downloaded or installed
         self.reboot_update: str | None = None  # sid of an update that rebooted the gateway
         self.shells: DeviceShells | None = None  # created by the first shell session
+        self.house: House | None = None  # web page and files: made on first use, then kept
         self.silent_ended = False  # a blackhole just ended: a drop now is its consequence
         self.link_down = False  # in a blackhole or offline spell of its simulated link
         self._schedule_alert(time.monotonic())
@@ -227,6 +233,8 @@ class VirtualGateway:
         self.ping_sent = None
         self.timers = None
         self.shells = None  # a shell lives as long as its connection
+        if self.house is not None:
+            self.house.connection_lost()
         self.inbound = self.outbound = None
         self.silent_ended = False
 
@@ -364,6 +372,8 @@ class VirtualGateway:
                 self._update_offered(event, now)
             case ps.MessageReceived(msg) if msg.proto == env.PROTO_SHELL:
                 self._shell_message(msg, now)
+            case ps.MessageReceived(msg) if msg.proto in _HOUSE_PROTOCOLS:
+                self._house_message(msg)
             case ws.Pong(payload):
                 self._pong_received(payload, now)
             case ws.Closed(code, reason):
@@ -576,6 +586,14 @@ class VirtualGateway:
             self._after(now + latency, self._shell_output, (line.sid, output))
         if not shells.open_sessions:
             self.shells = None
+
+    def _house_message(self, msg: env.ProtoMsg) -> None:
+        """Port forwards to the gateway's web page and file transfers on its files."""
+        house = self.house
+        if house is None:
+            house = self.house = House(self.device_id, self.firmware)
+        for answer in house.receive(msg):
+            self.session.send(answer)
 
     def _shell_output(self, arg: tuple[str, bytes], now: float) -> None:
         if self.shells is not None:

@@ -48,6 +48,8 @@ from simulator.fleet import Fleet, parse_targets, source_addresses
 from simulator.metrics import SimulatorMetrics
 from simulator.network import load_profiles, scenario_mix
 from simulator.operator import REQUEST_TYPE as OPERATOR
+from simulator.remote import CORRUPT
+from simulator.remote import REQUEST_TYPE as REMOTE
 from simulator.stats import (
     REQUEST_TYPE,
     FleetStats,
@@ -610,6 +612,7 @@ def build_summary(environment: Environment, *, audit: bool = True) -> dict[str, 
         "updates": fleet["updates"],
         "rollout": _rollout_figures(state.rollout, fleet),
         "operator": _operator_figures(environment),
+        "remote": _remote_figures(environment),
         "workers": worker_figures(environment),
         "requests": {"count": stats.num_requests, "failures": stats.num_failures},
         "latency_ms": _latencies(environment),
@@ -651,6 +654,18 @@ def _operator_figures(environment: Environment) -> dict[str, int]:
     return {
         "actions": sum(entry.num_requests for entry in entries),
         "failed": sum(entry.num_failures for entry in entries),
+    }
+
+
+def _remote_figures(environment: Environment) -> dict[str, int]:
+    """Operators' port-forward pages and file copies: how many, failed, corrupt."""
+    streams = [e for (name, kind), e in environment.stats.entries.items()
+               if kind == REMOTE and name in ("remote page", "remote copy")]  # fmt: skip
+    errors = environment.stats.errors.values()
+    return {
+        "streams": sum(entry.num_requests for entry in streams),
+        "failed": sum(entry.num_failures for entry in streams),
+        "corrupt": sum(e.occurrences for e in errors if CORRUPT in str(e.error)),
     }
 
 

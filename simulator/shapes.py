@@ -27,6 +27,7 @@ from simulator import plugin
 from simulator.checks import ROLLOUT_CREATED, ROLLOUT_FINISHED, SHARD_KILLED
 from simulator.operator import OperatorActivity
 from simulator.plugin import RunState
+from simulator.remote import RemoteActivity
 from simulator.rollout import RolloutPlan, RolloutWatch
 
 log = logging.getLogger("fleet.simulator")
@@ -225,6 +226,32 @@ class DayShape(FleetShape):
             plan = RolloutPlan(percent=20, max_concurrent=20, rate=5)
             self.rolling_out = try_rollout(state, plan) is not None
         return (round(users * 0.7), rate) if 0.5 <= share < 0.7 else base
+
+
+class RemoteShape(FleetShape):
+    """Ramp and hold; from 10% of ``-t`` ``OPERATORS`` operators each fetch pages through port
+    forwards and copy files on random online gateways, one stream after another."""
+
+    abstract = True
+    REMOTE_FROM = 0.1
+    OPERATORS = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.operating = False
+
+    def tick(self) -> Tick:
+        _users, _rate, run_time = self.users()
+        base = super().tick()
+        due = bool(run_time) and self.get_run_time() >= self.REMOTE_FROM * run_time
+        if base is not None and due and not self.operating:
+            self.operating = True
+            state = plugin.run_state(self.environment)
+            for _ in range(self.OPERATORS):
+                fire = events.request.fire
+                activity = RemoteActivity(stack_operator(state), fire, random.Random())
+                state.start_scenario_task(activity.run)
+        return base
 
 
 def start_operator(state: RunState) -> None:

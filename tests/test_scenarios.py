@@ -103,6 +103,19 @@ def test_a_day_in_the_life_has_an_operator_and_a_rollout(tmp_path: Path) -> None
     assert result.returncode == (0 if summary["verdict"]["ok"] else 1), result.stderr[-3000:]
 
 
+def test_remote_access_fetches_pages_and_copies_files_intact(tmp_path: Path) -> None:
+    result = run_locust(
+        tmp_path,
+        *("-f", "scenarios/remote_access.py", "--headless", "-u", "30", "-r", "30", "-t", "40s"),
+        timeout=90,
+    )
+    summary = summary_of(tmp_path)
+    assert summary["remote"]["streams"] >= 10  # three operators from 4 s on
+    assert summary["remote"]["corrupt"] == 0
+    assert {"remote page", "remote first byte", "remote copy"} <= summary["latency_ms"].keys()
+    assert result.returncode == (0 if summary["verdict"]["ok"] else 1), result.stderr[-3000:]
+
+
 def test_an_alert_burst_counts_what_the_stream_stored_and_misses_the_goal(
     tmp_path: Path,
 ) -> None:

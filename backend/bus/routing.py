@@ -41,6 +41,8 @@ OP_COMMAND = "command"
 OP_DELIVER = "deliver"
 OP_OFFER = "offer"
 OP_KICK = "kick"
+OP_RELEASE = "release"
+OP_SERVES = "serves"  # does the device serve a protocol: asked once per forward or transfer
 
 ERROR_OFFLINE = "offline"
 ERROR_TIMEOUT = "timeout"
@@ -125,6 +127,25 @@ class DeviceRouter:
         await self._request(
             device_id, {"op": OP_DELIVER, "message": message, "user_id": user_id}, 5.0
         )
+
+    async def deliver_many(
+        self, device_id: str, messages: list[bytes], *, user_id: str = ""
+    ) -> None:
+        """Push encoded ProtoMsgs to the device in one request, in order (a stream's backlog:
+        one round trip for what queued while the previous one was out)."""
+        await self._request(
+            device_id, {"op": OP_DELIVER, "messages": messages, "user_id": user_id}, 5.0
+        )
+
+    async def require(self, device_id: str, proto: int) -> None:
+        """NotServed unless the device's "accept" lists ``proto``; DeviceOffline if it is not
+        connected. One round trip, before a session of ``proto`` starts (a port forward or a
+        file transfer, whose first message goes out only after the operator's upgrade)."""
+        await self._request(device_id, {"op": OP_SERVES, "proto": proto}, 5.0)
+
+    async def release(self, device_id: str, sid: str) -> None:
+        """The operator session ``sid`` is over: the shard forgets its binding."""
+        await self._request(device_id, {"op": OP_RELEASE, "sid": sid}, 5.0)
 
     async def offer_update(
         self, device_id: str, sid: str, offer: UpdateOffer, *, user_id: str = ""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from backend.bus import exporter, natsauth
-from backend.cli import client, operator, shard, stack, tools
+from backend.cli import client, operator, remote, shard, stack, tools
 from backend.cli.root import main
 
 __all__ = ["main"]
@@ -25,6 +25,9 @@ for _command in (
     client.cmd,
     client.shell,
     client.rollout,
+    remote.port_forward,
+    remote.cp,
+    remote.stat,
     tools.token,
     tools.capacity,
     tools.check,

@@ -94,9 +94,14 @@ class OperatorClient:
                 compression=None, open_timeout=self.timeout,
             )  # fmt: skip
         except InvalidStatus as exc:
-            raise _answer_refusal(exc.response.status_code, exc.response.body or b"") from None
+            raise answer_refusal(exc.response.status_code, exc.response.body or b"") from None
         except (OSError, TimeoutError) as exc:
             raise OperatorError(f"no answer from {self.url}: {exc}", status=0) from None
+
+    def stat_file(self, device_id: str, path: str) -> dict[str, Any]:
+        """The device's file_info of ``path`` (Mender file transfer)."""
+        query = urllib.parse.urlencode({"path": path})
+        return self._call("GET", f"/devices/{urllib.parse.quote(device_id)}/files/stat?{query}")
 
     def create_rollout(self, spec: dict[str, Any]) -> dict[str, Any]:
         return self._call("POST", "/rollouts", spec)
@@ -134,10 +139,10 @@ class OperatorClient:
 
 
 def _refusal(exc: urllib.error.HTTPError) -> OperatorError:
-    return _answer_refusal(exc.code, exc.read())
+    return answer_refusal(exc.code, exc.read())
 
 
-def _answer_refusal(status: int, answer: bytes | bytearray) -> OperatorError:
+def answer_refusal(status: int, answer: bytes | bytearray) -> OperatorError:
     """The API's ``{"error", "message", "field"}`` answer as an OperatorError."""
     try:
         body = json.loads(answer)

@@ -8,10 +8,11 @@ Shell sessions are served by the line-oriented ``DeviceShells`` (lines run as co
 update offers by ``on_update`` when one is given.
 
 It keeps mender-connect's rules where tests need them: ``protocols`` is what its "accept"
-lists and all it serves (anything else is answered with "no handler registered for
-protocol"), ``handshake=False`` makes it a pre-handshake peer that lists nothing, and its
-shells ping every ``shell_ping_interval`` seconds, die without a pong, and allow
-``sessions_per_user`` sessions per operator.
+lists and all it serves (by default what it has handlers for: shell, monitor, commands,
+updates, port forwards, and file transfer when given ``files_root``; anything else is
+answered with "no handler registered for protocol"), ``handshake=False`` makes it a
+pre-handshake peer that lists nothing, and its shells ping every ``shell_ping_interval``
+seconds, die without a pong, and allow ``sessions_per_user`` sessions per operator.
 """
 
 from __future__ import annotations
@@ -21,13 +22,17 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import assert_never
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from backend.devstack.devfiles import DeviceFiles
+from backend.devstack.devforward import DeviceForwards
 from backend.lifecycle import Service
 from backend.protocol import envelope, messages
+from backend.protocol import portforward as pf
 from backend.protocol import session as ps
 from backend.protocol.http import DEVICE_PATH
 from backend.protocol.terminal import PING_INTERVAL, SESSIONS_PER_USER, DeviceShells
@@ -64,10 +69,14 @@ class TestDevice(Service):
         on_command: CommandHandler = echo_command,
         on_update: UpdateHandler | None = None,
         offers_lost: int = 0,
-        protocols: tuple[int, ...] = ps.DEVICE_PROTOCOLS,
+        protocols: tuple[int, ...] | None = None,
         handshake: bool = True,
         shell_ping_interval: float = PING_INTERVAL,
         sessions_per_user: int = SESSIONS_PER_USER,
+        forward_window: int = pf.MENDER_WINDOW,
+        forward_chunk: int = pf.MENDER_CHUNK,
+        files_root: Path | None = None,
+        max_file_size: int = 1 << 30,
     ) -> None:
         self.device_id = device_id
         self.token = token
@@ -79,6 +88,16 @@ class TestDevice(Service):
             sessions_per_user=sessions_per_user, ping_interval=shell_ping_interval
         )
         self._updates: set[asyncio.Task[None]] = set()
+        # Port forwards as mender-connect serves them unless told a larger window and chunk.
+        self.forwards = DeviceForwards(self._send, window=forward_window, chunk=forward_chunk)
+        # File transfer on a directory, when given one (a real device serves its file system).
+        self.files: DeviceFiles | None = None
+        if files_root is not None:
+            self.files = DeviceFiles(self._send, files_root, max_size=max_file_size)
+        if protocols is None:  # what it has handlers for
+            protocols = (*ps.DEVICE_PROTOCOLS, envelope.PROTO_PORT_FORWARD)
+            if self.files is not None:
+                protocols = (*protocols, envelope.PROTO_FILE_TRANSFER)
         self.session = ps.DeviceSession(
             ps.Role.DEVICE, device_id=device_id, protocols=protocols, handshake=handshake
         )
@@ -89,6 +108,7 @@ class TestDevice(Service):
         self.close_code: int | None = None
         self.close_reason = ""
         self._ws: ClientConnection | None = None
+        self._sending = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
         self._health: asyncio.Task[None] | None = None
 
@@ -166,6 +186,9 @@ class TestDevice(Service):
             self.shells.close_all()
             if self._health is not None:
                 self._health.cancel()  # the next connection starts its own
+            self.forwards.close_all()
+            if self.files is not None:
+                self.files.close_all()
 
     async def _health_check(self) -> None:
         """mender-connect's shell health check, while the connection lasts."""
@@ -186,6 +209,12 @@ class TestDevice(Service):
                     self._run_command(event)
                 case ps.MessageReceived() if event.msg.proto == envelope.PROTO_SHELL:
                     self._shell_message(event.msg)
+                case ps.MessageReceived() if event.msg.proto == envelope.PROTO_PORT_FORWARD:
+                    await self.forwards.receive(event.msg)
+                case ps.MessageReceived() if (
+                    event.msg.proto == envelope.PROTO_FILE_TRANSFER and self.files is not None
+                ):
+                    await self.files.receive(event.msg)
                 case ps.UpdateOffered() if self.on_update is not None:
                     self._start_update(event)
                 case (
@@ -231,12 +260,20 @@ class TestDevice(Service):
         self.session.send_update_progress(event.sid, final)
         await self.flush()
 
+    async def _send(self, msgs: list[envelope.ProtoMsg]) -> None:
+        for msg in msgs:
+            self.session.send(msg)
+        await self.flush()
+
     async def flush(self) -> None:
         """Send what the session queued (tests queue messages of their own through it)."""
         if self._ws is None:
             return
-        for message in self.session.messages_to_send():
-            try:
-                await self._ws.send(message)
-            except ConnectionClosed:
-                return  # kept in the outbox; resent after the next connect
+        # One flush at a time: the forwards' pumps flush too, and a message taken by one
+        # flush must not be overtaken by the next one's (a "stop" before the last "forward").
+        async with self._sending:
+            for message in self.session.messages_to_send():
+                try:
+                    await self._ws.send(message)
+                except ConnectionClosed:
+                    return  # kept in the outbox; resent after the next connect

@@ -59,12 +59,15 @@ from backend.operator.errors import (
     UnknownRollout,
     UnsupportedProtocol,
 )
+from backend.operator.files import FileMetrics, FileRelay, path_of, put_request
 from backend.operator.fleetstate import FleetState, wait_for_stop_signal
+from backend.operator.portforward import ForwardMetrics, ForwardRelay, target_of
 from backend.operator.rollouts import Rollouts
 from backend.operator.schema import openapi_document
 from backend.operator.shell import MAX_TERMINAL, ShellRelay
 from backend.operator.watch import FleetFeed
 from backend.operator.web import SESSION_COOKIE, WebPages, is_public
+from backend.protocol import envelope as env
 from backend.protocol.errors import DeviceError, DeviceOffline, DeviceTimeout, RoutingError
 from backend.protocol.session import NotServed
 
@@ -276,6 +279,9 @@ class OperatorApi(Service):
         self._shells: set[ShellRelay] = set()
         self.pages = WebPages(config, self._rejected)
         self.feed: FleetFeed | None = None
+        self._forwards: set[ForwardRelay] = set()
+        self.forward_metrics = ForwardMetrics(self.metrics.registry)
+        self.file_metrics = FileMetrics(self.metrics.registry)
 
     async def start(self) -> None:
         self.nc = await nats.connect(
@@ -332,6 +338,10 @@ class OperatorApi(Service):
         app.router.add_get("/devices/{id}", self.get_device)
         app.router.add_post("/devices/{id}/commands", self.run_command)
         app.router.add_get("/devices/{id}/shell", self.open_shell)
+        app.router.add_get("/devices/{id}/port-forward", self.open_port_forward)
+        app.router.add_get("/devices/{id}/files/stat", self.stat_file)
+        app.router.add_get("/devices/{id}/files/download", self.download_file)
+        app.router.add_get("/devices/{id}/files/upload", self.upload_file)
         app.router.add_get("/rollouts", self.list_rollouts)
         app.router.add_post("/rollouts", self.create_rollout)
         app.router.add_get("/rollouts/{rid}", self.get_rollout)
@@ -339,6 +349,7 @@ class OperatorApi(Service):
         app.router.add_get("/fleet/live", self._live)
         self.pages.add_routes(app)
         app.on_shutdown.append(self._end_shells)
+        app.on_shutdown.append(self._end_forwards)
         return app
 
     # --- middlewares ---------------------------------------------------------------------------
@@ -532,6 +543,104 @@ class OperatorApi(Service):
     async def _end_shells(self, app: web.Application) -> None:
         for relay in self._shells:
             relay.shutdown()
+
+    # --- port forward -------------------------------------------------------------------------
+
+    async def open_port_forward(self, request: web.Request) -> web.StreamResponse:
+        """A WebSocket carrying connections to one target of the device
+        (``backend.operator.portforward``); an offline device is refused before the upgrade."""
+        assert self.nc is not None and self._router is not None
+        device_id = device_id_of(request)
+        target = target_of(request.query)
+        ws = web.WebSocketResponse(heartbeat=30.0)
+        if not ws.can_prepare(request).ok:
+            raise bad_field("upgrade", "GET /devices/{id}/port-forward takes a WebSocket upgrade")
+        await self._require_served(device_id, env.PROTO_PORT_FORWARD, "a port forward needs")
+        relay = ForwardRelay(
+            self.nc, self._router, device_id, request[OPERATOR], target,
+            self.config.forward_idle_timeout, self.forward_metrics,
+        )  # fmt: skip
+        self._forwards.add(relay)
+        try:
+            await ws.prepare(request)
+            outcome = await relay.run(ws)
+        finally:
+            self._forwards.discard(relay)
+            await relay.close()
+        self.forward_metrics.forwards.labels(outcome).inc()
+        return ws
+
+    async def _end_forwards(self, app: web.Application) -> None:
+        for relay in self._forwards:
+            relay.shutdown()
+
+    # --- file transfer ------------------------------------------------------------------------
+
+    async def stat_file(self, request: web.Request) -> web.Response:
+        device_id, path = device_id_of(request), path_of(request.query)
+        async with self._file_relay(request, device_id) as relay:
+            await self._require_served(device_id, env.PROTO_FILE_TRANSFER, "a file transfer needs")
+            try:
+                info = await relay.stat(path)
+            except ApiError:
+                self.file_metrics.transfers.labels("stat", "refused").inc()
+                raise
+        self.file_metrics.transfers.labels("stat", "ok").inc()
+        return web.json_response(
+            {"path": info.path, "size": info.size, "mode": info.mode, "uid": info.uid,
+             "gid": info.gid, "modtime": info.modtime}
+        )  # fmt: skip
+
+    async def download_file(self, request: web.Request) -> web.StreamResponse:
+        device_id, path = device_id_of(request), path_of(request.query)
+        ws = await self._transfer_socket(request, device_id)
+        async with self._file_relay(request, device_id) as relay:
+            await ws.prepare(request)
+            await self._transfer(
+                ws, "download", relay.download(ws, path, self.config.max_transfer_bytes)
+            )
+        return ws
+
+    async def upload_file(self, request: web.Request) -> web.StreamResponse:
+        device_id = device_id_of(request)
+        put = put_request(request.query, self.config.max_transfer_bytes)
+        ws = await self._transfer_socket(request, device_id)
+        async with self._file_relay(request, device_id) as relay:
+            await ws.prepare(request)
+            await self._transfer(ws, "upload", relay.upload(ws, put))
+        return ws
+
+    def _file_relay(self, request: web.Request, device_id: str) -> FileRelay:
+        assert self.nc is not None and self._router is not None
+        return FileRelay(self.nc, self._router, device_id, request[OPERATOR],
+                         self.config.transfer_timeout)  # fmt: skip
+
+    async def _transfer_socket(self, request: web.Request, device_id: str) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=4 << 20)
+        if not ws.can_prepare(request).ok:
+            raise bad_field("upgrade", f"{request.path} takes a WebSocket upgrade")
+        await self._require_served(device_id, env.PROTO_FILE_TRANSFER, "a file transfer needs")
+        return ws
+
+    async def _transfer(self, ws: web.WebSocketResponse, kind: str, moving: Awaitable[int]) -> None:
+        try:
+            size = await moving
+        except ConnectionError:  # the operator went away
+            self.file_metrics.transfers.labels(kind, "failed").inc()
+        except (ValueError, RoutingError) as exc:
+            self.file_metrics.transfers.labels(kind, "failed").inc()
+            await ws.send_json({"op": "error", "message": f"{kind} failed: {exc}"})
+        else:
+            self.file_metrics.transfers.labels(kind, "ok").inc()
+            self.file_metrics.bytes.labels(kind).inc(size)
+        await ws.close()
+
+    async def _require_served(self, device_id: str, proto: int, needs: str) -> None:
+        assert self._router is not None
+        try:
+            await self._router.require(device_id, proto)
+        except RoutingError as exc:
+            raise await self.routing_error(device_id, exc, needs) from None
 
     # --- rollouts ------------------------------------------------------------------------------
 

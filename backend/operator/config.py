@@ -60,6 +60,13 @@ class FleetConfig:
     """A shell session with no bytes either way for this long is closed."""
     shell_start_timeout: float = 10.0
     """How long the device gets to answer a shell "new" before the API gives up (504)."""
+    forward_idle_timeout: float = 600.0
+    """A port forward with no byte either way (and no connection opened) this long is closed;
+    Mender's device closes an idle connection after 600 s too."""
+    max_transfer_bytes: int = 1 << 30
+    """Largest file ``fleet cp`` moves either way (the device enforces its own limit too)."""
+    transfer_timeout: float = 30.0
+    """A file transfer whose device sends nothing this long fails (504 for a stat)."""
     rollout_durable: str = "fleet-rollouts"
     """Consumer of update progress (FLEET_UPDATES) that every API instance shares."""
     rollout_device_timeout: float = 3600.0
@@ -96,7 +103,8 @@ class FleetConfig:
             raise ValueError("command_timeout must be in (0, max_command_timeout]")
         if not 0 < self.page_limit <= self.max_page_limit:
             raise ValueError("page_limit must be in (0, max_page_limit]")
-        for name in ("shell_idle_timeout", "shell_start_timeout", "rollout_tick", "session_ttl",
+        for name in ("shell_idle_timeout", "shell_start_timeout", "forward_idle_timeout",
+                     "transfer_timeout", "max_transfer_bytes", "rollout_tick", "session_ttl",
                      "rollout_device_timeout", "rollout_offer_timeout",
                      "rollout_offer_attempts"):  # fmt: skip
             if not getattr(self, name) > 0:

@@ -80,6 +80,18 @@ class BodyTimedOut(ApiError):
     reason = "request_timeout"
 
 
+class TransferRefused(ApiError):
+    """The device refused a file transfer: the message is the device's own text."""
+
+    status = 502
+    reason = "device_refused"
+
+
+class TooLarge(ApiError):
+    status = 413
+    reason = "too_large"
+
+
 class HttpRefused(ApiError):
     """aiohttp's own refusals (no such route, wrong method, body too large)."""
 

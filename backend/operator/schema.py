@@ -184,6 +184,13 @@ def _device_paths(config: FleetConfig) -> dict[str, Any]:
             "type": "integer", "minimum": 1, "maximum": MAX_TERMINAL, "default": default}}
         for name, default in (("cols", 80), ("rows", 24))
     ]  # fmt: skip
+    forward = [
+        {"name": "host", "in": "query", "required": True, "schema": {"type": "string"}},
+        {"name": "port", "in": "query", "required": True, "schema": {
+            "type": "integer", "minimum": 1, "maximum": 65535}},
+        {"name": "protocol", "in": "query", "schema": {"enum": ["tcp", "udp"], "default": "tcp"}},
+    ]  # fmt: skip
+    path = {"name": "path", "in": "query", "required": True, "schema": {"type": "string"}}
     command = {
         "type": "object",
         "required": ["command"],
@@ -218,6 +225,43 @@ def _device_paths(config: FleetConfig) -> dict[str, Any]:
             "responses": {"101": {"description": "the shell is open"}, "400": ERROR,
                           "401": ERROR, "404": ERROR, "409": ERROR, "502": ERROR,
                           "504": ERROR},
+        }},
+        "/devices/{id}/port-forward": {"get": {
+            "summary": "WebSocket: connections to host:port as the device sees it "
+                       "(see docs/operator.md)",
+            "description": 'Text frames {"op": "open"|"close"|"ack", "id": C} from the operator, '
+                           '{"op": "opened"|"ack"|"closed", "id": C, ...} back; binary frames '
+                           "[len(C)] C <bytes> both ways. Closes 1000 when the operator ends it, "
+                           "4100 when the device disconnects, 4101 after the idle timeout.",
+            "parameters": [id_param, *forward],
+            "responses": {"101": {"description": "the forward is open"}, "400": ERROR,
+                          "401": ERROR, "404": ERROR, "409": ERROR},
+        }},
+        "/devices/{id}/files/stat": {"get": {
+            "summary": "Mender file transfer: the device's file_info of path",
+            "parameters": [id_param, path],
+            "responses": {"200": {"description": "path, size, mode, uid, gid, modtime"},
+                          "400": ERROR, "401": ERROR, "404": ERROR, "409": ERROR,
+                          "502": ERROR, "504": ERROR},
+        }},
+        "/devices/{id}/files/download": {"get": {
+            "summary": "WebSocket: the file in binary frames, then "
+                       '{"op": "done", "size", "sha256"} or {"op": "error", "message"}',
+            "parameters": [id_param, path],
+            "responses": {"101": {"description": "the transfer runs"}, "400": ERROR,
+                          "401": ERROR, "404": ERROR, "409": ERROR},
+        }},
+        "/devices/{id}/files/upload": {"get": {
+            "summary": 'WebSocket: after {"op": "ready"} binary frames, then {"op": "end"}; '
+                       'answered {"op": "done", "size", "sha256"} or {"op": "error", "message"}',
+            "parameters": [id_param, path,
+                           {"name": "size", "in": "query", "required": True,
+                            "schema": {"type": "integer", "minimum": 0,
+                                       "maximum": config.max_transfer_bytes}},
+                           {"name": "mode", "in": "query",
+                            "schema": {"type": "integer", "default": 420}}],
+            "responses": {"101": {"description": "the transfer runs"}, "400": ERROR,
+                          "401": ERROR, "404": ERROR, "409": ERROR, "413": ERROR},
         }},
         "/devices/{id}/commands": {"post": {
             "summary": "Run a command on a connected device and wait for its result",

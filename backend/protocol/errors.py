@@ -44,6 +44,8 @@ in this module unless a module is named (a subtree's classes live where its root
         * Conflict
             * UnsupportedProtocol
         * BodyTimedOut
+        * TransferRefused
+        * TooLarge
         * HttpRefused
     * RolloutError (backend.operator.errors)
         * InvalidRollout

@@ -75,6 +75,15 @@ def _int_list(fields: dict[str, Any], name: str) -> tuple[int, ...]:
     return tuple(values)
 
 
+def pack(fields: dict[str, Any]) -> bytes:
+    return _PACK.pack(fields)
+
+
+# For the bodies of the other protocols' modules (port forward, file transfer).
+unpack = _unpack
+take = _take
+
+
 class Body:
     """A typed body: knows its ProtoMsg ``proto``/``typ`` and how to (de)serialise itself."""
 

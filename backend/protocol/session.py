@@ -430,6 +430,12 @@ class DeviceSession:
             relays[msg.sid] = msg.proto
         self.send(msg)
 
+    def release(self, sid: str) -> None:
+        """Server: the operator's session on ``sid`` is over (a file transfer or port forward
+        ended): forget its binding now rather than when the connection closes or the oldest
+        binding is pushed out by a newer one (it could be a live shell's)."""
+        self._end_relay(sid)
+
     def end_relays(self) -> dict[str, int]:
         """Server: the operator sessions still open (sid -> proto), forgotten now: the
         driver tells their operators that the device is gone."""
@@ -443,7 +449,9 @@ class DeviceSession:
             # write into another device's session by naming its sid.
             raise UnknownSession(f"no open session {msg.sid!r} for proto {msg.proto}")
         refused = (msg.props or {}).get(env.PROP_STATUS) == env.STATUS_ERROR
-        if msg.typ == env.TYP_SHELL_STOP or (msg.typ == env.TYP_SHELL_NEW and refused):
+        # A port forward's "stop" ends one of the sid's connections, not the sid.
+        shell = msg.proto == env.PROTO_SHELL
+        if shell and (msg.typ == env.TYP_SHELL_STOP or (msg.typ == env.TYP_SHELL_NEW and refused)):
             self._end_relay(msg.sid)
         self._emit(Relayed(msg))
 

@@ -560,9 +560,15 @@ class Shard(Service):
         elif op == routing.OP_COMMAND:
             reply = await self._run_command(conn, request)
         elif op == routing.OP_DELIVER:
-            msg = envelope.decode(request["message"])
-            conn.session.deliver(msg, request.get("user_id") or None)
+            for encoded in request.get("messages") or [request["message"]]:
+                conn.session.deliver(envelope.decode(encoded), request.get("user_id") or None)
             conn.flush()
+            reply = routing.ok()
+        elif op == routing.OP_SERVES:
+            conn.session.require(int(request["proto"]))
+            reply = routing.ok()
+        elif op == routing.OP_RELEASE:
+            conn.session.release(str(request["sid"]))
             reply = routing.ok()
         elif op == routing.OP_OFFER:
             offer = messages.UpdateOffer.from_body(request["offer"])

@@ -608,6 +608,24 @@ def test_the_device_ending_a_session_unbinds_it(typ: str, props: Any) -> None:
     assert isinstance(error, UnknownSession)
 
 
+def test_a_port_forward_stop_ends_a_connection_not_the_sid_and_release_unbinds_it() -> None:
+    server = DeviceSession(Role.SERVER)
+    props = {"connection_id": "c1"}
+    server.deliver(ProtoMsg(env.PROTO_PORT_FORWARD, "new", "f-1", props))
+    server.messages_to_send()
+    stop = ProtoMsg(env.PROTO_PORT_FORWARD, "stop", "f-1", props)
+    server.receive_message(encode(stop))
+    assert server.events_received() == [ps.Relayed(stop)]
+    server.release("f-1")
+    assert server.end_relays() == {}
+    server.deliver(ProtoMsg(env.PROTO_FILE_TRANSFER, "stat", "t-1"))
+    server.messages_to_send()
+    server.release("t-1")
+    server.receive_message(raw(env.PROTO_FILE_TRANSFER, "file_info", "t-1", None, b"late"))
+    error, _reply = single_violation(server)
+    assert isinstance(error, UnknownSession)
+
+
 def test_open_sessions_are_bounded_and_handed_over_once() -> None:
     server = DeviceSession(Role.SERVER)
     for index in range(ps.MAX_RELAYS + 5):

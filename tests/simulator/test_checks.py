@@ -13,6 +13,7 @@ from simulator.checks import (
     cannot_pass,
     day_checks,
     fleet_checks,
+    remote_checks,
     rollout_checks,
     soak_checks,
     storm_checks,
@@ -198,14 +199,42 @@ def test_a_rollout_that_never_started_measures_nothing() -> None:
     assert all(check.measured is None and not check.ok for check in checks)
 
 
+def a_remote_access() -> dict[str, Any]:
+    first_byte = {"count": 40, "p50": 700, "p95": 4000, "p99": 5500, "max": 5600}
+    latency = {**SUMMARY["latency_ms"], "remote first byte": first_byte}
+    return {"remote": {"streams": 40, "failed": 2, "corrupt": 0}, "latency_ms": latency}
+
+
+def test_remote_access_passes_with_a_few_lost_streams_but_never_a_corrupt_one() -> None:
+    summary = {**copy.deepcopy(SUMMARY), **a_remote_access()}
+    judged = by_name(remote_checks(RunRecord(summary, Timeline(), 1000)))
+    assert all(check.ok for check in judged.values())
+    assert judged["stream_success_pct"].measured == 95
+    summary["remote"] = {"streams": 40, "failed": 8, "corrupt": 1}
+    judged = by_name(remote_checks(RunRecord(summary, Timeline(), 1000)))
+    failed = sorted(name for name, check in judged.items() if not check.ok)
+    assert failed == ["stream_success_pct", "streams_corrupt"]
+
+
+def test_remote_access_without_streams_or_slow_first_bytes_fails() -> None:
+    summary = {**copy.deepcopy(SUMMARY), "remote": {"streams": 0, "failed": 0, "corrupt": 0}}
+    judged = by_name(remote_checks(RunRecord(summary, Timeline(), 1000)))
+    assert not judged["stream_success_pct"].ok  # nothing was proven
+    assert not judged["streams_corrupt"].ok
+    assert not judged["first_byte_p99_ms"].ok
+    summary = {**copy.deepcopy(SUMMARY), **a_remote_access()}
+    summary["latency_ms"]["remote first byte"]["p99"] = 12_000
+    assert not by_name(remote_checks(RunRecord(summary, Timeline(), 1000)))["first_byte_p99_ms"].ok
+
+
 # --- every scenario's checks ----------------------------------------------------------------
 
-SCENARIOS = (storm_checks, burst_checks, soak_checks, day_checks, rollout_checks)
+SCENARIOS = (storm_checks, burst_checks, soak_checks, day_checks, rollout_checks, remote_checks)
 
 
 def a_healthy_run() -> dict[str, Any]:
     """A summary every scenario's checks can read (a day's operator, a rollout's figures)."""
-    return {**a_day(), "rollout": ROLLOUT, "updates": {"failure": 10}}
+    return {**a_day(), "rollout": ROLLOUT, "updates": {"failure": 10}, **a_remote_access()}
 
 
 def a_broken_shards_run() -> dict[str, Any]:
