@@ -19,6 +19,7 @@ whatever the number of devices.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -28,7 +29,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from nats.errors import Error as NatsError
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoStreamResponseError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 log = logging.getLogger("fleet.presence")
@@ -40,6 +42,8 @@ SHARD_TTL = 6.0
 """A shard's heartbeat key expires this long after its last write (three missed beats)."""
 LIVENESS_REFRESH = 1.0
 """Seconds a reader trusts its last look at the shards bucket."""
+LEADERLESS_RETRY = 0.2
+"""Seconds between two writes to a bucket whose stream has no leader yet."""
 
 
 def new_epoch() -> str:
@@ -123,10 +127,20 @@ async def unregister(kv: KeyValue, device_id: str, shard_id: str, reg: Registrat
 # --- shard liveness ---------------------------------------------------------------------------
 
 
-async def heartbeat(kv: KeyValue, shard_id: str, epoch: str) -> None:
-    """One beat: the shard's key, rewritten (which restarts its expiry)."""
-    beat = {"epoch": epoch, "at": time.time()}
-    await kv.put(shard_id, json.dumps(beat, separators=(",", ":")).encode())
+async def heartbeat(kv: KeyValue, shard_id: str, epoch: str, *, patience: float = 0.0) -> None:
+    """One beat: the shard's key, rewritten (which restarts its expiry). ``patience``: seconds
+    to keep trying while the bucket's stream has no leader yet, as right after it was
+    created on a cluster (its replicas elect one; until then a write has no responder)."""
+    beat = json.dumps({"epoch": epoch, "at": time.time()}, separators=(",", ":")).encode()
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            await kv.put(shard_id, beat)
+            return
+        except (NoStreamResponseError, NatsTimeoutError):
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(LEADERLESS_RETRY)
 
 
 async def live_shards(kv: KeyValue) -> dict[str, str]:

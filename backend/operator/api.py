@@ -51,6 +51,7 @@ from backend.operator.errors import (
     DeviceRefused,
     HttpRefused,
     InvalidRollout,
+    NatsUnavailable,
     OfflineDevice,
     ResourceNotFound,
     RolloutConflict,
@@ -364,6 +365,9 @@ class OperatorApi(Service):
             response = self._refusal(HttpRefused(exc))
         except ApiError as exc:
             response = self._refusal(exc)
+        except NatsError as exc:  # never a 500: the request is fine, NATS is not (yet)
+            log.warning("%s %s: NATS: %r", request.method, request.path, exc)
+            response = self._refusal(NatsUnavailable(f"NATS did not answer ({exc}); retry"))
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         self.metrics.requests.labels(route, request.method, str(response.status)).inc()

@@ -92,6 +92,14 @@ class TooLarge(ApiError):
     reason = "too_large"
 
 
+class NatsUnavailable(ApiError):
+    """NATS did not answer what a request needed (a read of a bucket, a stream without a
+    leader yet): nothing is wrong with the request, it may be retried."""
+
+    status = 503
+    reason = "nats_unavailable"
+
+
 class HttpRefused(ApiError):
     """aiohttp's own refusals (no such route, wrong method, body too large)."""
 

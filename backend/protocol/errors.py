@@ -46,6 +46,7 @@ in this module unless a module is named (a subtree's classes live where its root
         * BodyTimedOut
         * TransferRefused
         * TooLarge
+        * NatsUnavailable
         * HttpRefused
     * RolloutError (backend.operator.errors)
         * InvalidRollout

@@ -63,6 +63,7 @@ holds the rest of what it read) until half of them are out, so a flooding device
 itself down and no one else. Only the total bound sheds."""
 HEADER_OVERHEAD = 16
 """Bytes of a NATS header block beyond its names and values ("NATS/1.0", CRLFs)."""
+FIRST_BEAT_PATIENCE = 15.0  # a new R3 bucket elects its leader within seconds
 ALERT_ACK_TIMEOUT = 10.0
 
 
@@ -131,7 +132,8 @@ class Shard(Service):
         self._shards_kv = await subjects.ensure_shards_bucket(
             self._js, presence.SHARD_TTL, self.config.stream_replicas
         )
-        await presence.heartbeat(self._shards_kv, self.id, self.epoch)  # alive before any device
+        # Alive before any device; the bucket may be new on a cluster, still electing a leader.
+        await presence.heartbeat(self._shards_kv, self.id, self.epoch, patience=FIRST_BEAT_PATIENCE)
         await self.nc.subscribe(subjects.shard_subject(self.id), cb=self._on_request)
         await self.nc.subscribe(subjects.kick_subject(self.id), cb=self._on_kick)
 

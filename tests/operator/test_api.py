@@ -97,6 +97,26 @@ async def test_the_api_serves_inside_async_with_and_is_stopped_after(
     assert api.nc.is_closed
 
 
+async def test_nats_not_answering_is_a_503_to_retry_not_a_500(
+    nats_server: NatsServer, start_api: ApiFactory, http: aiohttp.ClientSession
+) -> None:
+    async with start_api(run_state_service=False) as api:
+        async with http.get(f"{base(api)}/devices", headers=AUTH) as resp:
+            assert resp.status == 200
+        assert nats_server.pid is not None
+        os.kill(nats_server.pid, signal.SIGSTOP)  # up, but answering nothing
+        try:
+            await asyncio.sleep(1.1)  # past the shards bucket's last look (LIVENESS_REFRESH)
+            async with http.get(f"{base(api)}/devices", headers=AUTH) as resp:
+                answer = (resp.status, await resp.json())
+        finally:
+            os.kill(nats_server.pid, signal.SIGCONT)
+        assert answer[0] == 503
+        assert answer[1]["error"] == "nats_unavailable"
+        assert answer[1]["message"].endswith("; retry")
+        assert rejected(api, "nats_unavailable") == 1
+
+
 # --- devices ---------------------------------------------------------------------------------
 
 

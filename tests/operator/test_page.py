@@ -192,6 +192,34 @@ async def ready(v: Visit) -> None:
     await expect(v.page.locator("body")).to_have_attribute("data-ready", "true", timeout=20000)
 
 
+@dataclasses.dataclass
+class OnTheMap:
+    """A signed-in page with the fleet drawn: the API it shows and the three houses."""
+
+    v: Visit
+    api: OperatorApi
+    devices: dict[str, TestDevice]
+
+
+@pytest.fixture
+def on_the_map(nc: NATS, start_shard: ShardFactory, start_api: ApiFactory, visit: Any) -> Any:
+    """``async with on_the_map() as m:`` a shard, an API, the houses, a signed-in page."""
+
+    @contextlib.asynccontextmanager
+    async def open_map() -> AsyncIterator[OnTheMap]:
+        async with (
+            start_shard(shard_id="a") as shard,
+            start_api() as api,
+            houses(shard, nc) as devices,
+            visit(api) as v,
+        ):
+            await v.sign_in()
+            await ready(v)
+            yield OnTheMap(v, api, devices)
+
+    return open_map
+
+
 async def fleet_states(nc: NATS) -> dict[str, DeviceState]:
     kv = await subjects.ensure_devices_bucket(nc.jetstream())
     found = {}
@@ -202,17 +230,9 @@ async def fleet_states(nc: NATS) -> dict[str, DeviceState]:
     return found
 
 
-async def test_sign_in_and_the_marks_match_the_fleet_state(
-    nc: NATS, start_shard: ShardFactory, start_api: ApiFactory, visit: Any
-) -> None:
-    async with (
-        start_shard(shard_id="a") as shard,
-        start_api() as api,
-        houses(shard, nc),
-        visit(api) as v,
-    ):
-        await v.sign_in()
-        await ready(v)
+async def test_sign_in_and_the_marks_match_the_fleet_state(on_the_map: Any, nc: NATS) -> None:
+    async with on_the_map() as m:
+        v = m.v
         states = await fleet_states(nc)
         expected = {"green": 0, "red": 0, "grey": 0}
         for state in states.values():
@@ -227,21 +247,17 @@ async def test_sign_in_and_the_marks_match_the_fleet_state(
 
 
 async def test_an_alert_turns_the_mark_red_with_description_and_fix_then_offline_grey(
-    nc: NATS, start_shard: ShardFactory, start_api: ApiFactory, visit: Any
+    on_the_map: Any,
 ) -> None:
-    async with (
-        start_shard(shard_id="a") as shard, start_api() as api, houses(shard, nc) as devices,
-        visit(api) as v,
-    ):  # fmt: skip
-        await v.sign_in()
-        await ready(v)
+    async with on_the_map() as m:
+        v = m.v
         await v.open_device("gw-green")
         await expect(v.page.locator("#panel")).to_contain_text("No open alert.")
         leak = messages.Alert(
             "b-1", "water-leak", "critical", "raised", "Water detected under the washing "
             "machine", "Close the main valve", time.time(),
         )  # fmt: skip
-        await devices["gw-green"].send_alert(leak)
+        await m.devices["gw-green"].send_alert(leak)
         selected = v.page.locator("#map .mark.selected")
         await expect(selected).to_have_class(re.compile(r"\bmark-red\b"), timeout=10000)
         panel = v.page.locator("#panel")
@@ -249,22 +265,14 @@ async def test_an_alert_turns_the_mark_red_with_description_and_fix_then_offline
         await expect(panel).to_contain_text("Suggested fix: Close the main valve")
         await expect(panel).to_contain_text("Since ")
         await v.shot("red-panel")
-        await devices["gw-green"].close()  # gone: grey, whatever its alerts
+        await m.devices["gw-green"].close()  # gone: grey, whatever its alerts
         await expect(selected).to_have_class(re.compile(r"\bmark-grey\b"), timeout=10000)
         await expect(panel).to_contain_text("Offline since")
 
 
-async def test_a_command_from_the_panel_shows_its_output(
-    nc: NATS, start_shard: ShardFactory, start_api: ApiFactory, visit: Any
-) -> None:
-    async with (
-        start_shard(shard_id="a") as shard,
-        start_api() as api,
-        houses(shard, nc),
-        visit(api) as v,
-    ):
-        await v.sign_in()
-        await ready(v)
+async def test_a_command_from_the_panel_shows_its_output(on_the_map: Any) -> None:
+    async with on_the_map() as m:
+        v = m.v
         await v.open_device("gw-green")
         await v.page.fill("#panel input[name=command]", "echo hello from the map")
         await v.page.click("#panel form.command button")
@@ -274,17 +282,9 @@ async def test_a_command_from_the_panel_shows_its_output(
         await v.shot("command")
 
 
-async def test_a_shell_typed_into_shows_the_echo(
-    nc: NATS, start_shard: ShardFactory, start_api: ApiFactory, visit: Any
-) -> None:
-    async with (
-        start_shard(shard_id="a") as shard,
-        start_api() as api,
-        houses(shard, nc),
-        visit(api) as v,
-    ):
-        await v.sign_in()
-        await ready(v)
+async def test_a_shell_typed_into_shows_the_echo(on_the_map: Any) -> None:
+    async with on_the_map() as m:
+        v = m.v
         await v.open_device("gw-green")
         await v.page.click("text=Open a shell")
         await expect(v.page.locator("#panel .shell-line")).to_contain_text("type here")
@@ -295,17 +295,9 @@ async def test_a_shell_typed_into_shows_the_echo(
         await v.shot("shell")
 
 
-async def test_filters_search_and_the_keyboard_list(
-    nc: NATS, start_shard: ShardFactory, start_api: ApiFactory, visit: Any
-) -> None:
-    async with (
-        start_shard(shard_id="a") as shard,
-        start_api() as api,
-        houses(shard, nc),
-        visit(api) as v,
-    ):
-        await v.sign_in()
-        await ready(v)
+async def test_filters_search_and_the_keyboard_list(on_the_map: Any) -> None:
+    async with on_the_map() as m:
+        v = m.v
         items = v.page.locator("#list li")
         await expect(items).to_have_count(3)
         await expect(items.first).to_have_attribute("data-id", "gw-red")  # red first
@@ -329,17 +321,9 @@ async def test_filters_search_and_the_keyboard_list(
         await v.shot("keyboard")
 
 
-async def test_an_update_rolls_out_to_the_selection_from_the_panel(
-    nc: NATS, start_shard: ShardFactory, start_api: ApiFactory, visit: Any
-) -> None:
-    async with (
-        start_shard(shard_id="a") as shard,
-        start_api() as api,
-        houses(shard, nc),
-        visit(api) as v,
-    ):
-        await v.sign_in()
-        await ready(v)
+async def test_an_update_rolls_out_to_the_selection_from_the_panel(on_the_map: Any) -> None:
+    async with on_the_map() as m:
+        v = m.v
         await v.page.select_option("#online", "true")
         await v.open_device("gw-green")
         form = v.page.locator("#panel form.rollout")
@@ -350,8 +334,8 @@ async def test_an_update_rolls_out_to_the_selection_from_the_panel(
         await form.locator("input[name=size]").fill("1000")
         await form.locator("button").click()
         await expect(form.locator("p")).to_contain_text("started for 2 devices")
-        assert api.rollouts is not None
-        [rollout] = await api.rollouts.all()
+        assert m.api.rollouts is not None
+        [rollout] = await m.api.rollouts.all()
         assert sorted(rollout.devices) == ["gw-green", "gw-red"]
         await v.shot("rollout")
 
