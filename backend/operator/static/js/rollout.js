@@ -7,7 +7,7 @@ const FIELDS = [
   ["version", "Version", "e.g. 2.1.0", "text"],
   ["artifact_url", "Artifact URL", "http://…", "url"],
   ["checksum", "SHA-256", "64 hex digits", "text"],
-  ["size", "Size (bytes)", "", "number"],
+  ["size", "Size (bytes)", "size in bytes", "number"],
 ];
 
 export function rolloutForm(selection) {
