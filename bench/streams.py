@@ -339,15 +339,22 @@ async def paced(
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--megabytes", type=int, default=32)
-    parser.add_argument("--window", type=int, default=16)
-    parser.add_argument("--chunk", type=int, default=64 * 1024)
-    parser.add_argument("--devices", type=int, default=100)
-    parser.add_argument("--per-device", type=int, default=10)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--command-gateways", type=int, default=0)
-    parser.add_argument("--command-rate", type=float, default=1000.0)
-    parser.add_argument("--command-seconds", type=float, default=20.0)
+    parser.add_argument("--megabytes", type=int, default=32, help="bytes through one stream, MB")
+    parser.add_argument("--window", type=int, default=16, help="our gateway's forwards in flight")
+    parser.add_argument("--chunk", type=int, default=64 * 1024, help="our gateway's forward size")
+    parser.add_argument("--devices", type=int, default=100, help="devices holding connections")
+    parser.add_argument("--per-device", type=int, default=10, help="connections per device")
+    parser.add_argument("--seconds", type=float, default=5.0, help="new connections timed so long")
+    parser.add_argument(
+        "--command-gateways",
+        type=int,
+        default=0,
+        help="idle gateways connected while commands are timed; 0: no command figure",
+    )
+    parser.add_argument("--command-rate", type=float, default=1000.0, help="commands a second")
+    parser.add_argument(
+        "--command-seconds", type=float, default=20.0, help="commands timed so long"
+    )
     arguments = parser.parse_args()
     uvloop.run(streams(arguments))
     if arguments.command_gateways:

@@ -332,7 +332,7 @@ def report(f: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--devices", type=int, default=100_000)
+    parser.add_argument("--devices", type=int, default=100_000, help="devices in the fleet state")
     parser.add_argument("--changes", type=int, default=1000, help="entry changes per second")
     parser.add_argument("--alerts", type=int, default=10, help="alerts timed to a red mark")
     parser.add_argument("--run-dir", type=Path, help="default: runs/bench-ui-<time>")
