@@ -42,6 +42,8 @@ SHARD_TTL = 6.0
 """A shard's heartbeat key expires this long after its last write (three missed beats)."""
 LIVENESS_REFRESH = 1.0
 """Seconds a reader trusts its last look at the shards bucket."""
+WATCH_TIMEOUT = 2.0
+"""Seconds to wait for the shards bucket's values after counting them."""
 LEADERLESS_RETRY = 0.2
 """Seconds between two writes to a bucket whose stream has no leader yet."""
 
@@ -145,16 +147,27 @@ async def heartbeat(kv: KeyValue, shard_id: str, epoch: str, *, patience: float 
 
 async def live_shards(kv: KeyValue) -> dict[str, str]:
     """The shards whose key has not expired, with their epochs: one ordered consumer that
-    delivers each key's last value, then stops."""
+    delivers each key's last value, read until the one with nothing pending after it.
+
+    Not until nats-py's "no more values" marker: it puts that marker first when its consumer
+    reports nothing pending while the one value is already on its way (seen under load: every
+    shard dead for one read). The bucket's message count says whether to wait for a value."""
+    if not (await kv.status()).values:
+        return {}
     watcher = await kv.watchall()
     found: dict[str, str] = {}
     try:
-        async for entry in watcher:
-            if entry is None:  # the end of the current values
-                break
-            if entry.operation not in (KV_DEL, KV_PURGE) and entry.value:
-                with contextlib.suppress(ValueError, KeyError, TypeError):
-                    found[entry.key] = str(json.loads(entry.value)["epoch"])
+        async with asyncio.timeout(WATCH_TIMEOUT):  # keys that expired since the count
+            async for entry in watcher:
+                if entry is None:
+                    continue
+                if entry.operation not in (KV_DEL, KV_PURGE) and entry.value:
+                    with contextlib.suppress(ValueError, KeyError, TypeError):
+                        found[entry.key] = str(json.loads(entry.value)["epoch"])
+                if entry.delta == 0:
+                    break
+    except TimeoutError:
+        pass
     finally:
         with contextlib.suppress(NatsError):
             await watcher.stop()
