@@ -102,8 +102,6 @@ class ForwardRelay:
         idle_timeout: float,
         metrics: ForwardMetrics,
     ) -> None:
-        self.nc = nc
-        self.router = router
         self.device_id = device_id
         self.operator = operator
         self.target = target

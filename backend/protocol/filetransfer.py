@@ -37,7 +37,7 @@ TYP_GET = "get_file"
 TYP_PUT = "put_file"
 TYP_CHUNK = "file_chunk"
 TYP_ACK = "ack"
-TYP_ERROR = "error"
+TYP_ERROR = env.TYP_ERROR
 PROP_OFFSET = "offset"
 
 CHUNK = 4096
@@ -104,20 +104,9 @@ class PutFile(m.Body):
         )  # fmt: skip
 
 
-@dataclass(slots=True, frozen=True)
-class TransferError(m.Body):
+class TransferError(m.StreamError):
+    __slots__ = ()
     PROTO = env.PROTO_FILE_TRANSFER
-    TYP = TYP_ERROR
-    err: str
-    msgtype: str = ""
-
-    def to_body(self) -> bytes:
-        return m.pack({"err": self.err, "msgtype": self.msgtype})
-
-    @classmethod
-    def from_body(cls, body: bytes) -> Self:
-        f = m.unpack(body, "error")
-        return cls(m.take(f, "err", str, "") or "error", m.take(f, "msgtype", str, ""))
 
 
 def path_body(path: str) -> bytes:

@@ -176,6 +176,27 @@ class Error(Body):
         )
 
 
+# --- Mender's stream protocols (file transfer 0x0002, port forward 0x0003) -------------------
+
+
+@dataclass(slots=True, frozen=True)
+class StreamError(Body):
+    """An "error" body of file transfer or port forward: ``err`` is shown to the operator as
+    it is, ``msgtype`` names the message it answers. Each protocol's subclass sets PROTO."""
+
+    TYP = env.TYP_ERROR
+    err: str
+    msgtype: str = ""
+
+    def to_body(self) -> bytes:
+        return pack({"err": self.err, "msgtype": self.msgtype})
+
+    @classmethod
+    def from_body(cls, body: bytes) -> Self:
+        fields = unpack(body, "error")
+        return cls(take(fields, "err", str, "") or "error", take(fields, "msgtype", str, ""))
+
+
 # --- monitoring (ours, 0x0100) ---------------------------------------------------------------
 
 

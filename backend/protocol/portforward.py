@@ -37,7 +37,7 @@ TYP_NEW = "new"
 TYP_STOP = "stop"
 TYP_FORWARD = "forward"
 TYP_ACK = "ack"
-TYP_ERROR = "error"
+TYP_ERROR = env.TYP_ERROR
 PROP_CONNECTION_ID = "connection_id"
 PROP_WINDOW = "window"
 PROP_CHUNK = "chunk"
@@ -90,22 +90,9 @@ class Target(m.Body):
         )  # fmt: skip
 
 
-@dataclass(slots=True, frozen=True)
-class ForwardError(m.Body):
-    """A port-forward "error": ``err`` is shown to the operator as it is."""
-
+class ForwardError(m.StreamError):
+    __slots__ = ()
     PROTO = env.PROTO_PORT_FORWARD
-    TYP = TYP_ERROR
-    err: str
-    msgtype: str = ""
-
-    def to_body(self) -> bytes:
-        return m.pack({"err": self.err, "msgtype": self.msgtype})
-
-    @classmethod
-    def from_body(cls, body: bytes) -> Self:
-        fields = m.unpack(body, "error")
-        return cls(m.take(fields, "err", str, "") or "error", m.take(fields, "msgtype", str, ""))
 
 
 # --- the operator API's data frames (docs/operator.md) ------------------------------------
