@@ -104,6 +104,7 @@ class VirtualGateway:
         "index",
         "last_heard",
         "link_down",
+        "located",
         "network",
         "next_alert",
         "next_fault",
@@ -155,6 +156,7 @@ class VirtualGateway:
         self.house: House | None = None  # web page and files: made on first use, then kept
         self.silent_ended = False  # a blackhole just ended: a drop now is its consequence
         self.link_down = False  # in a blackhole or offline spell of its simulated link
+        self.located = False  # this connection's statuses carried the house's location
         self._schedule_alert(time.monotonic())
 
     @property
@@ -237,6 +239,7 @@ class VirtualGateway:
             self.house.connection_lost()
         self.inbound = self.outbound = None
         self.silent_ended = False
+        self.located = False
 
     # --- connecting ------------------------------------------------------------------------
 
@@ -485,7 +488,10 @@ class VirtualGateway:
         fleet = self.fleet
         rng = fleet.rng
         values = {"temperature": round(rng.gauss(21.0, 2.0), 1), "rssi": rng.randrange(-95, -45)}
-        inventory = house_location(self.device_id)
+        # The house's location once a connection, as a Mender device sends its inventory: the
+        # fleet state keeps the last one reported (and no status pays to recompute it).
+        inventory = {} if self.located else house_location(self.device_id)
+        self.located = True
         self.session.send_status(m.Status(self.firmware, values, time.time(), inventory))
         fleet.stats.request("status", 0.0)
         self.next_status = now + fleet.behaviour.status_interval * rng.uniform(0.9, 1.1)
