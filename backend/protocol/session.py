@@ -39,6 +39,24 @@ from backend.protocol.errors import (
 DEVICE_PROTOCOLS = (env.PROTO_SHELL, env.PROTO_MONITOR, env.PROTO_COMMAND, env.PROTO_UPDATE)
 MAX_ERROR_TEXT = 200
 """An error reply never grows with the input it answers (an attacker reads nothing back)."""
+MAX_SHARED_PROTOCOL_SETS = 64
+"""Distinct "accept" lists kept once for every connection that sends one (a fleet sends a
+few); a peer's list past that many is its own."""
+_shared_protocol_sets: dict[frozenset[int], frozenset[int]] = {}
+
+
+def shared_protocols(protocols: tuple[int, ...]) -> frozenset[int]:
+    """The set of ``protocols``, one object for every connection with the same list: a set of
+    a few ints is 216 bytes, about a tenth of what a shard holds per idle connection."""
+    found = frozenset(protocols)
+    shared = _shared_protocol_sets.get(found)
+    if shared is not None:
+        return shared
+    if len(_shared_protocol_sets) < MAX_SHARED_PROTOCOL_SETS:
+        _shared_protocol_sets[found] = found
+    return found
+
+
 MAX_RELAYS = 32
 """Operator sessions (shell, port forward, file transfer) open at once on one device; the
 oldest is forgotten beyond it."""
@@ -294,7 +312,7 @@ class DeviceSession:
             self._open_received(msg)
         elif typ == env.TYP_ACCEPT:
             accept = m.Accept.from_body(msg.body)
-            self.peer_protocols = frozenset(accept.protocols)
+            self.peer_protocols = shared_protocols(accept.protocols)
             self._handshake_done(accept.version, accept.protocols)
         elif typ == env.TYP_ERROR:
             self._error_received(msg, m.Error.from_body(msg.body))

@@ -848,3 +848,11 @@ def test_a_device_error_for_an_operator_session_is_relayed_and_unbinds_it() -> N
     assert isinstance(event, ps.Relayed)
     assert (event.msg.proto, event.msg.typ, event.msg.sid) == (0xFFFF, "error", "f-1")
     assert server.end_relays() == {}
+
+
+def test_connections_with_the_same_accept_share_one_set_of_protocols() -> None:
+    first, second = ps.shared_protocols((1, 2, 3, 4)), ps.shared_protocols((4, 3, 2, 1))
+    assert first == {1, 2, 3, 4}
+    assert first is second
+    many = [ps.shared_protocols((1, 1000 + n)) for n in range(ps.MAX_SHARED_PROTOCOL_SETS + 5)]
+    assert many[-1] == {1, 1000 + ps.MAX_SHARED_PROTOCOL_SETS + 4}  # past the bound: its own
