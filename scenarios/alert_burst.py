@@ -14,11 +14,11 @@ alerts_duplicated = 0; the fleet checks alerts_unstored_pct <= 1 and connect_fai
 The stream is read back only with the embedded stack.
 """
 
+from typing import Any
+
 from simulator.behaviour import Behaviour
-from simulator.burst import WindowedGateway
 from simulator.checks import burst_checks
-from simulator.fleet import Fleet
-from simulator.gateway import VirtualGateway
+from simulator.gateway.alerts import AlertPolicy, WindowAlerts
 from simulator.shapes import FleetShape, named_explicitly
 from simulator.user import GatewayUser
 
@@ -30,9 +30,9 @@ class AlertBurst(GatewayUser):
     network_mix = "wired"
     behaviour = Behaviour(status_interval=3600.0, alerts_per_hour=0.0)
 
-    def make_gateway(self, fleet: Fleet, index: int, device_id: str) -> VirtualGateway:
-        options = self.environment.parsed_options
-        return WindowedGateway(fleet, index, device_id, getattr(options, "alert_window", 8))
+    @classmethod
+    def alert_policy(cls, options: Any) -> AlertPolicy:
+        return WindowAlerts(getattr(options, "alert_window", 8), cls.behaviour.max_outbox)
 
     checks = staticmethod(burst_checks)
 

@@ -20,11 +20,12 @@ from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import gevent
-import gevent.ssl
 
 from backend.protocol.http import DEVICE_PATH
 from backend.protocol.session import DeviceSession
 from simulator.behaviour import Behaviour
+from simulator.gateway.alerts import AlertPolicy, PoissonAlerts
+from simulator.gateway.engine import Engine
 from simulator.network import NetworkMix, parse_mix
 from simulator.stats import FleetStats
 
@@ -43,6 +44,10 @@ class Gateway(Protocol):
     def link_down(self) -> bool:
         """In a blackhole or offline spell of its simulated link."""
         ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 G = TypeVar("G", bound=Gateway)
@@ -122,9 +127,8 @@ def round_robin(items: Sequence[T], index: int, worker: int) -> T:
 
 def tls_context(ca_file: str | Path | None = None) -> ssl.SSLContext:
     """A client context verifying the server against ``ca_file`` (None: the system's CAs).
-    gevent's class, not ``ssl.create_default_context``: its sockets yield to the other
-    gateways during handshakes and reads, whether or not the process is monkey patched."""
-    context = gevent.ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies cert and host name
+    Gateways use it through memory buffers (``SSLContext.wrap_bio``), so it never blocks."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies cert and host name
     if ca_file:
         context.load_verify_locations(cafile=ca_file)
     else:
@@ -145,6 +149,9 @@ class Fleet:
     source_addresses: tuple[str, ...] = ()
     ssl_context: ssl.SSLContext | None = None
     """For wss:// targets: made by ``tls_context``."""
+    alerts: AlertPolicy = field(default_factory=PoissonAlerts)
+    engine: Engine = field(default_factory=Engine)
+    """Runs the gateways; one per process, shared by its fleets."""
     rng: random.Random = field(default_factory=random.Random)
     worker: int = 0
     """This process's Locust worker index: where its round robins start (``round_robin``)."""
@@ -156,7 +163,7 @@ class Fleet:
 
     def new_gateway(self, factory: Callable[[Fleet, int, str], G]) -> G:
         """A gateway of this fleet, made by ``factory(fleet, index, device_id)``
-        (``VirtualGateway``, or a scenario's own kind)."""
+        (``simulator.gateway.driver.Gateway``); ``start`` it."""
         index = next(self._indexes)
         gateway = factory(self, index, f"{self.prefix}-{index:06d}")
         self.gateways.add(gateway)

@@ -45,6 +45,7 @@ from simulator import report, verdicts, webui
 from simulator.audit import audit_stream
 from simulator.checks import RunRecord, cannot_pass, fleet_checks
 from simulator.fleet import Fleet, parse_targets, source_addresses
+from simulator.gateway.engine import Engine
 from simulator.metrics import SimulatorMetrics
 from simulator.network import load_profiles, scenario_mix
 from simulator.operator import REQUEST_TYPE as OPERATOR
@@ -82,6 +83,7 @@ class RunState:
     def __init__(self) -> None:
         self.stats = FleetStats()
         self.fleets: dict[type[User], Fleet] = {}  # local/worker: each scenario class's gateways
+        self.engine = Engine()  # local/worker: runs every gateway of this process
         self.stack: LocalStack | None = None
         self.run_dir: Path | None = None
         self.worker_snapshots: dict[str, dict[str, Any]] = {}

@@ -1,7 +1,14 @@
-"""``GatewayUser``: one Locust user is one virtual gateway, and its greenlet is the gateway's.
+"""``GatewayUser``: one Locust user is one virtual gateway.
 
 Scenarios subclass it and set ``network_mix`` and ``behaviour``; command-line options
 (``--network-mix``, ``--alerts-per-hour``, ``--status-interval``) override them for a run.
+
+Locust counts users by the greenlets in its runner's user group (``-u``, the web UI's user
+count, ramp-downs and ``stop`` all go through it), but a running greenlet per gateway costs
+~8 KiB and a wake-up per read. So a user's greenlet is created and added to that group but
+never started: an unstarted greenlet has no stack. The gateway itself runs in the process's
+``Engine``. When Locust kills the greenlet (a ramp-down, the end of the run), its link stops
+the gateway, which leaves with a close frame; the group drops the greenlet, and the count.
 """
 
 from __future__ import annotations
@@ -13,7 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from locust import User, task
+import gevent
+from gevent.pool import Group
+from locust import User
 from locust.env import Environment
 from locust.runners import WorkerRunner
 
@@ -22,7 +31,8 @@ from simulator import plugin
 from simulator.behaviour import Behaviour
 from simulator.checks import RunRecord
 from simulator.fleet import Fleet, Target, parse_targets, source_addresses, tls_context
-from simulator.gateway import VirtualGateway
+from simulator.gateway.alerts import AlertPolicy, PoissonAlerts
+from simulator.gateway.driver import Gateway
 from simulator.network import NetworkMix, NetworkProfile, load_profiles, scenario_mix
 from simulator.verdicts import Check
 
@@ -38,21 +48,33 @@ class GatewayUser(User):
 
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
-        self.gateway = fleet_for(environment, type(self)).new_gateway(self.make_gateway)
+        self.gateway = fleet_for(environment, type(self)).new_gateway(Gateway)
 
-    def make_gateway(self, fleet: Fleet, index: int, device_id: str) -> VirtualGateway:
-        """This user's gateway; scenarios with their own kind of gateway override it."""
-        return VirtualGateway(fleet, index, device_id)
+    @classmethod
+    def alert_policy(cls, options: Any) -> AlertPolicy:
+        """How the scenario's gateways raise alerts (a household's problems by default)."""
+        return PoissonAlerts()
 
     @classmethod
     def checks(cls, record: RunRecord) -> list[Check]:
         """The scenario's verdict checks on the finished run (none by default)."""
         return []
 
-    @task
-    def live(self) -> None:
-        """Connect, serve and reconnect until the run stops this user."""
-        self.gateway.run()
+    def start(self, group: Group) -> gevent.Greenlet[..., object]:
+        """Count in ``group`` as Locust's users do, run in the engine (see the module's doc)."""
+        placeholder: gevent.Greenlet[..., object] = gevent.Greenlet(_never_run, self)
+        placeholder.rawlink(self._stopped)
+        group.add(placeholder)
+        self._greenlet, self._group = placeholder, group
+        self.gateway.start()
+        return placeholder
+
+    def _stopped(self, _: object) -> None:
+        self.gateway.stop()
+
+
+def _never_run(user: User) -> None:
+    raise AssertionError("a gateway user's greenlet is never started")
 
 
 def fleet_for(environment: Environment, user_class: type[GatewayUser]) -> Fleet:
@@ -75,11 +97,14 @@ def make_fleet(environment: Environment, user_class: type[GatewayUser]) -> Fleet
     seed = getattr(options, "seed", None)
     stats = plugin.run_state(environment).stats
     stats.request_hook = environment.events.request.fire
+    behaviour = _behaviour(user_class.behaviour, options)
     fleet = Fleet(
         targets,
         lambda device_id: issue_device_token(device_id, secret),
-        behaviour=_behaviour(user_class.behaviour, options),
+        behaviour=behaviour,
         mix=_mix(user_class, options),
+        alerts=user_class.alert_policy(options),
+        engine=plugin.run_state(environment).engine,
         stats=stats,
         prefix=f"{getattr(options, 'fleet_prefix', 'gw')}-{user_class.__name__.lower()}-w{worker}",
         source_addresses=source_addresses(getattr(options, "source_addresses", ""), targets),

@@ -22,7 +22,7 @@ from backend.protocol.http import DEVICE_PATH
 from backend.shard import Shard
 from haproxy.config import HEALTH_PATH, HaproxyConfig, find_haproxy, write
 from simulator.fleet import Fleet
-from simulator.gateway import VirtualGateway
+from simulator.gateway.driver import Gateway
 
 JWT_SECRET = "test-secret-not-for-production-0123456789"
 
@@ -129,16 +129,19 @@ def running_haproxy(
 
 
 @contextlib.contextmanager
-def running(fleet: Fleet, count: int) -> Iterator[list[VirtualGateway]]:
-    """``count`` gateways, each in its greenlet, stopped on exit; a crashed one fails the test."""
-    gateways = [fleet.new_gateway(VirtualGateway) for _ in range(count)]
-    greenlets = [gevent.spawn(gateway.run) for gateway in gateways]
+def running(fleet: Fleet, count: int) -> Iterator[list[Gateway]]:
+    """``count`` gateways in the fleet's engine, stopped on exit; a crashed engine fails the
+    test."""
+    gateways = [fleet.new_gateway(Gateway) for _ in range(count)]
+    for gateway in gateways:
+        gateway.start()
     try:
         yield gateways
-        crashed = [greenlet.exception for greenlet in greenlets if greenlet.dead]
-        assert not crashed, f"gateway greenlets ended: {crashed}"
+        assert fleet.engine.running, "the gateway engine crashed (see the log)"
     finally:
-        gevent.killall(greenlets, timeout=10)
+        for gateway in gateways:
+            gateway.stop()
+        fleet.engine.close()
 
 
 # --- waiting for a condition: one deadline loop for gevent (or plain threads), one for asyncio

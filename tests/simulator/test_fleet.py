@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import gevent
-import gevent.ssl
 import pytest
 
 from backend.protocol import messages as m
@@ -18,7 +17,7 @@ from backend.protocol.http import DEVICE_PATH
 from backend.protocol.session import DeviceSession, Role
 from haproxy.tls import make_local_pki
 from simulator.fleet import Fleet, Target, parse_targets, round_robin, tls_context
-from simulator.gateway import VirtualGateway
+from simulator.gateway.driver import Gateway
 
 # --- targets ---------------------------------------------------------------------------------
 
@@ -141,7 +140,7 @@ def test_no_source_addresses_leaves_the_choice_to_the_kernel() -> None:
 
 def test_new_gateways_are_numbered_and_kept() -> None:
     fleet = make_fleet(prefix="gw-test")
-    first, second = fleet.new_gateway(VirtualGateway), fleet.new_gateway(VirtualGateway)
+    first, second = fleet.new_gateway(Gateway), fleet.new_gateway(Gateway)
     assert (first.device_id, second.device_id) == ("gw-test-000000", "gw-test-000001")
     assert (first.index, second.index) == (0, 1)
     assert fleet.gateways == {first, second}
@@ -150,11 +149,11 @@ def test_new_gateways_are_numbered_and_kept() -> None:
 # --- the drain -------------------------------------------------------------------------------
 
 
-def queue_alert(gateway: VirtualGateway, alert_id: str) -> None:
+def queue_alert(gateway: Gateway, alert_id: str) -> None:
     gateway.session.send_alert(m.Alert(alert_id, "smoke", "critical", "raised"))
 
 
-def deliver_ack(gateway: VirtualGateway, alert_id: str) -> None:
+def deliver_ack(gateway: Gateway, alert_id: str) -> None:
     """What the shard does once the stream stored the alert, through a real server session."""
     server = DeviceSession(Role.SERVER)
     server.ack_alert(alert_id)
@@ -164,7 +163,7 @@ def deliver_ack(gateway: VirtualGateway, alert_id: str) -> None:
 
 def test_drain_of_an_empty_fleet_returns_at_once() -> None:
     fleet = make_fleet()
-    fleet.new_gateway(VirtualGateway)
+    fleet.new_gateway(Gateway)
     started = time.monotonic()
     assert fleet.drain(timeout=5.0) == 0
     assert time.monotonic() - started < 0.5
@@ -173,7 +172,7 @@ def test_drain_of_an_empty_fleet_returns_at_once() -> None:
 
 def test_drain_gives_up_and_counts_unacked_alerts() -> None:
     fleet = make_fleet()
-    first, second = fleet.new_gateway(VirtualGateway), fleet.new_gateway(VirtualGateway)
+    first, second = fleet.new_gateway(Gateway), fleet.new_gateway(Gateway)
     queue_alert(first, "a-1")
     queue_alert(first, "a-2")
     queue_alert(second, "b-1")
@@ -185,7 +184,7 @@ def test_drain_gives_up_and_counts_unacked_alerts() -> None:
 
 def test_drain_returns_once_the_last_ack_arrives() -> None:
     fleet = make_fleet()
-    gateway = fleet.new_gateway(VirtualGateway)
+    gateway = fleet.new_gateway(Gateway)
     queue_alert(gateway, "a-1")
     queue_alert(gateway, "a-2")
     deliver_ack(gateway, "a-1")
@@ -199,11 +198,8 @@ def test_drain_returns_once_the_last_ack_arrives() -> None:
 # --- TLS -------------------------------------------------------------------------------------
 
 
-def test_tls_context_is_gevents_own_and_verifies(tmp_path: Path) -> None:
+def test_tls_context_verifies_the_server(tmp_path: Path) -> None:
     pki = make_local_pki(tmp_path)
     context = tls_context(pki.ca_cert)
-    # stdlib's SSLSocket would block the hub in a process that is not monkey patched.
-    assert isinstance(context, gevent.ssl.SSLContext)
-    assert context.sslsocket_class is gevent.ssl.SSLSocket
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert context.check_hostname

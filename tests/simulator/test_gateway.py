@@ -31,7 +31,7 @@ from backend.protocol import envelope as env
 from backend.protocol.messages import CommandResult, Status, UpdateOffer, UpdateProgress
 from simulator.audit import audit_stream
 from simulator.behaviour import Behaviour
-from simulator.gateway import VirtualGateway
+from simulator.gateway.driver import Gateway
 from simulator.network import PROFILES, NetworkMix, NetworkProfile
 from simulator.places import house_location
 from tests.natsauth_support import connect_as
@@ -84,7 +84,7 @@ def test_gateways_on_every_network_stay_connected_through_keepalives(stack: Loca
         gevent.sleep(2 * SERVER_KEEPALIVE_TIMEOUT)  # six server pings, and as many reap checks
         assert fleet.stats.connected == count
         assert server_metric(stack, "fleet_shard_connections") == count
-        assert {gateway.network.name for gateway in gateways} == set(PROFILES)
+        assert {gateway.link.profile.name for gateway in gateways} == set(PROFILES)
         assert fleet.drain(10) == 0
     stats = fleet.stats
     assert stats.connects == count  # nobody reconnected
@@ -125,8 +125,9 @@ def test_blackholed_gateways_are_reaped_by_the_server_and_come_back(tmp_path: Pa
             reaps = server_metric(local, DISCONNECTS, reason="keepalive_timeout")
             assert reaps >= blackhole_drops(stats.drops)
             healed = time.monotonic()
+            healthy = blackholes.with_overrides(blackholes_per_hour=0, blackhole_mean=0)
             for gateway in gateways:  # the links heal: no more blackholes
-                gateway.network = blackholes.with_overrides(blackholes_per_hour=0, blackhole_mean=0)
+                gateway.link.profile = healthy
             wait_until(lambda: all_back(local, gateways, healed), 30, "every gateway back")
             assert stats.connected == count
             assert not any(gateway.link_down for gateway in gateways)
@@ -140,7 +141,7 @@ def blackhole_drops(drops: dict[str, int]) -> int:
     return sum(n for cause, n in drops.items() if cause.startswith("net_blackhole"))
 
 
-def all_back(stack: LocalStack, gateways: list[VirtualGateway], healed: float) -> bool:
+def all_back(stack: LocalStack, gateways: list[Gateway], healed: float) -> bool:
     """The server holds every gateway, and every gateway hears it. A gateway still inside a
     blackhole that began before ``healed`` reads nothing, so once FRESH has passed since, its
     ``last_heard`` is stale."""
@@ -267,7 +268,7 @@ def test_a_gateway_serves_a_shell_session(stack: LocalStack) -> None:
         wait_until(answer.done, 30, "the shell session")
         output, last = answer.result()
         # The server's stop ended it: the gateway holds nothing for the session.
-        wait_until(lambda: gateway.shells is None, 10, "the session forgotten")
+        wait_until(lambda: gateway.device.shells is None, 10, "the session forgotten")
     assert output == f"$ hostname\r\n{gateway.device_id}\r\n$ exit\r\n".encode()
     assert last == env.TYP_SHELL_STOP
 
@@ -292,9 +293,9 @@ async def last_status(stack: LocalStack, device_id: str) -> Status:
 
 
 def test_a_gateway_reports_its_house_as_inventory_with_its_status(stack: LocalStack) -> None:
-    fleet, events = new_fleet(stack, only(PROFILES["lte"].with_overrides(**NO_FAULTS)))
+    fleet, _ = new_fleet(stack, only(PROFILES["lte"].with_overrides(**NO_FAULTS)))
     with running(fleet, 1) as (gateway,), ThreadPoolExecutor(1) as reader:
-        wait_until(lambda: times_of(events, "status"), 10, "a status sent")
+        wait_until(lambda: fleet.stats.statuses > 0, 10, "a status sent")
         status = reader.submit(asyncio.run, last_status(stack, gateway.device_id))
         wait_until(status.done, 20, "the stored status")
     assert status.result().inventory == house_location(gateway.device_id)
@@ -327,14 +328,15 @@ def test_an_update_survives_a_dropped_connection_and_reports_after_reconnecting(
     with running(fleet, 1) as (gateway,), ThreadPoolExecutor(1) as operator:
         wait_until(lambda: fleet.stats.connected == 1, 10, "the gateway connected")
         answer = operator.submit(asyncio.run, offered_update(stack, gateway.device_id, offer))
-        wait_until(lambda: gateway.updating, 10, "the download started")
+        wait_until(lambda: gateway.device.updating, 10, "the download started")
+        assert gateway.sock is not None
         gateway.sock.shutdown(socket.SHUT_RDWR)  # the connection ends mid-download
         wait_until(answer.done, 40, "the update's final result")
         states = answer.result()
     assert fleet.stats.reconnects >= 2  # the drop, then the reboot into the new firmware
     assert states[0] == "downloading"
     assert states[-2:] == ["rebooting", "success"]
-    assert gateway.firmware == "2.0.0"
+    assert gateway.device.firmware == "2.0.0"
 
 
 def test_a_draining_shard_closes_with_1012_and_gateways_wait_before_returning(

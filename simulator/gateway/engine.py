@@ -1,0 +1,168 @@
+"""The one loop that runs every gateway of a simulator process.
+
+Gateways are state machines, not greenlets: a parked greenlet alone costs ~8 KiB and a
+socket timeout arms and cancels a libev timer on every read. Here every gateway socket sits
+in one ``epoll`` set, whose own descriptor is the only thing gevent's loop watches, and every
+gateway deadline (link latency, keep-alive, status, retries) in one timer wheel; one greenlet
+waits on both and calls the gateways back (``on_ready``, ``on_timer``). Locust's own
+greenlets (runner, web UI, reports) run between two rounds of the loop.
+
+The wheel is lazy like the shard's (``backend.shard.wheel``): a gateway is filed under the
+tick of its next deadline only when that deadline comes earlier than the one it is filed
+under; a stale entry is skipped when its tick fires.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import logging
+import math
+import select
+import time
+from typing import Protocol
+
+import gevent
+from gevent.monkey import get_original
+from gevent.socket import wait_read
+
+log = logging.getLogger("fleet.simulator")
+
+RESOLUTION = 0.005
+"""Seconds per wheel tick: below the shortest simulated latency (wired, 5 ms one way)."""
+MAX_EVENTS = 4096  # per epoll round: a ramp's burst is spread over rounds, Locust runs between
+IDLE_WAIT = 0.25  # with nothing due: how often the loop looks anyway (a new gateway, a stop)
+NEVER_TICK = 1 << 62
+_READ = select.EPOLLIN
+_WRITE = select.EPOLLOUT
+# Locust patches ``select`` (gevent's has no epoll): the kernel's, whose one descriptor
+# gevent's loop watches.
+_epoll: type[select.epoll] = get_original("select", "epoll")
+
+
+class Driven(Protocol):
+    """What the engine calls back."""
+
+    wake_tick: int  # the tick it is filed under (``NEVER_TICK``: none)
+
+    def on_ready(self, mask: int, now: float) -> None:
+        """Its socket is readable (``EPOLLIN``, ``EPOLLERR``, ``EPOLLHUP``) or writable."""
+        ...
+
+    def on_timer(self, now: float) -> None:
+        """A deadline is due (or was, within a tick); it files itself again (``wake_at``)."""
+        ...
+
+
+class Engine:
+    """Every gateway's sockets and deadlines in one process; started on first use."""
+
+    def __init__(self, resolution: float = RESOLUTION) -> None:
+        self.resolution = resolution
+        self._epoll = _epoll()
+        self._sockets: dict[int, Driven] = {}
+        self._slots: dict[int, list[Driven]] = {}
+        self._ticks: list[int] = []  # heap of the ticks that have a slot
+        self._fired = math.floor(time.monotonic() / resolution)  # every tick up to it fired
+        self._loop: gevent.Greenlet[[], None] | None = None
+
+    # --- what gateways ask -------------------------------------------------------------------
+
+    def wake_at(self, item: Driven, when: float) -> None:
+        """Call ``item.on_timer`` at ``when`` (up to one tick late), unless it is filed
+        earlier already."""
+        tick = max(math.ceil(when / self.resolution), self._fired + 1)
+        if tick >= item.wake_tick:
+            return
+        item.wake_tick = tick
+        slot = self._slots.get(tick)
+        if slot is None:
+            self._slots[tick] = [item]
+            heapq.heappush(self._ticks, tick)
+        else:
+            slot.append(item)
+        self._start()
+
+    def watch(self, fd: int, item: Driven, *, write: bool = False) -> None:
+        """Call ``item.on_ready`` when ``fd`` is readable, or writable too (``write``)."""
+        mask = _READ | _WRITE if write else _READ
+        if fd in self._sockets:
+            self._epoll.modify(fd, mask)
+        else:
+            self._epoll.register(fd, mask)
+            self._sockets[fd] = item
+        self._start()
+
+    def pause(self, fd: int) -> None:
+        """Stop reporting ``fd`` (a gateway gone silent) until ``watch`` again."""
+        self._epoll.modify(fd, 0)
+
+    def forget(self, fd: int) -> None:
+        """Before closing ``fd``."""
+        if self._sockets.pop(fd, None) is not None:
+            self._epoll.unregister(fd)
+
+    @property
+    def sockets(self) -> int:
+        return len(self._sockets)
+
+    @property
+    def running(self) -> bool:
+        """Started and not crashed."""
+        return self._loop is not None and not self._loop.dead
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._loop is None:
+            self._loop = gevent.spawn(self._run)
+            self._loop.link_exception(_crashed)
+
+    def close(self) -> None:
+        """Stop the loop (the gateways' sockets are theirs to close)."""
+        if self._loop is not None:
+            self._loop.kill()
+            self._loop = None
+
+    def _run(self) -> None:
+        epoll_fd = self._epoll.fileno()
+        while True:
+            wait = self._until_next_tick()
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):  # nothing ready: a tick is due
+                    wait_read(epoll_fd, wait)
+            else:
+                gevent.sleep(0)  # Locust's greenlets get their turn in every round
+            self._poll()
+            self._advance(time.monotonic())
+
+    def _until_next_tick(self) -> float:
+        if not self._ticks:
+            return IDLE_WAIT
+        return min(IDLE_WAIT, self._ticks[0] * self.resolution - time.monotonic())
+
+    def _poll(self) -> None:
+        ready = self._epoll.poll(0, MAX_EVENTS)
+        if not ready:
+            return
+        now, sockets = time.monotonic(), self._sockets
+        for fd, mask in ready:
+            item = sockets.get(fd)
+            if item is not None:
+                item.on_ready(mask, now)
+
+    def _advance(self, now: float) -> None:
+        """Fire every tick up to ``now``."""
+        last = math.floor(now / self.resolution)
+        ticks, slots = self._ticks, self._slots
+        self._fired = last  # deadlines filed from here on land in the future
+        while ticks and ticks[0] <= last:
+            tick = heapq.heappop(ticks)
+            for item in slots.pop(tick):
+                if item.wake_tick == tick:  # else a stale entry: filed earlier since
+                    item.wake_tick = NEVER_TICK
+                    item.on_timer(now)
+
+
+def _crashed(loop: gevent.Greenlet[[], None]) -> None:
+    log.error("the gateway engine crashed: %r", loop.exception)
