@@ -29,7 +29,8 @@ from backend.devstack import process
 from backend.devstack.stack import LocalStack, StackConfig
 
 REPO = Path(__file__).resolve().parents[1]
-GOAL_KIB = 8.0
+GOAL_KIB = 4.0
+GOAL_DENSER = 3.0  # times fewer KiB per connection than the naive user
 MAX_CONNECTIONS = 19_000  # per process, shard or Locust: 20,000 open files, not raisable
 PER_SHARD = 15_000
 STALL = 30.0  # seconds without a new connection before a ramp counts as failed
@@ -190,10 +191,11 @@ def report(results: list[dict], floor: float, args: argparse.Namespace) -> None:
         )
     print(f"{'parked gevent greenlet':<26}{count:>7}{'':>21}{floor:>10.2f}{floor / ours:>8.2f}")
     print(f"{'goal':<26}{'':>28}{GOAL_KIB:>10.2f}{GOAL_KIB / ours:>8.2f}")
-    verdict = "meets" if ours <= GOAL_KIB else "misses"
+    met = ours <= GOAL_KIB and naive / ours >= GOAL_DENSER
     print(
-        f"\nours {verdict} the {GOAL_KIB:.0f} KiB goal; the naive user takes {naive / ours:.2f}x "
-        f"as much; {ours - floor:.2f} KiB of ours is above a bare parked greenlet"
+        f"\nours {'meets' if met else 'misses'} the goal ({GOAL_KIB:.0f} KiB, "
+        f"{GOAL_DENSER:.0f}x denser than naive): {ours:.2f} KiB, the naive user takes "
+        f"{naive / ours:.2f}x as much; a bare parked greenlet alone is {floor:.2f} KiB"
     )
 
 
