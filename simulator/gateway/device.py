@@ -234,7 +234,7 @@ class Device:
         if not sent:
             self.alert_sent = None
         if first_sent is not None:
-            stats.request("alert", now - first_sent)
+            stats.sample("alert", now - first_sent, now)
 
     # --- commands, shells and the house -------------------------------------------------------
 

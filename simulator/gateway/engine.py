@@ -3,9 +3,10 @@
 Gateways are state machines, not greenlets: a parked greenlet alone costs ~8 KiB and a
 socket timeout arms and cancels a libev timer on every read. Here every gateway socket sits
 in one ``epoll`` set, whose own descriptor is the only thing gevent's loop watches, and every
-gateway deadline (link latency, keep-alive, status, retries) in one timer wheel; one greenlet
-waits on both and calls the gateways back (``on_ready``, ``on_timer``). Locust's own
-greenlets (runner, web UI, reports) run between two rounds of the loop.
+gateway deadline (link latency, keep-alive, status, retries) in one timer wheel; the hub
+runs a round whenever the descriptor is readable or a tick is due, and calls the gateways
+back (``on_ready``, ``on_timer``). Locust's own greenlets (runner, web UI, reports) run
+between two rounds.
 
 The wheel is lazy like the shard's (``backend.shard.wheel``): a gateway is filed under the
 tick of its next deadline only when that deadline comes earlier than the one it is filed
@@ -20,18 +21,17 @@ import logging
 import math
 import select
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 import gevent
 from gevent.monkey import get_original
-from gevent.socket import wait_read
 
 log = logging.getLogger("fleet.simulator")
 
 RESOLUTION = 0.005
 """Seconds per wheel tick: below the shortest simulated latency (wired, 5 ms one way)."""
-MAX_EVENTS = 4096  # per epoll round: a ramp's burst is spread over rounds, Locust runs between
-IDLE_WAIT = 0.25  # with nothing due: how often the loop looks anyway (a new gateway, a stop)
+MAX_EVENTS = 4096  # per round: a ramp's burst is spread over rounds, Locust runs between
+IDLE_WAIT = 0.25  # with nothing due: how often a round runs anyway
 NEVER_TICK = 1 << 62
 _READ = select.EPOLLIN
 _WRITE = select.EPOLLOUT
@@ -53,6 +53,10 @@ class Driven(Protocol):
         """A deadline is due (or was, within a tick); it files itself again (``wake_at``)."""
         ...
 
+    def stop(self) -> None:
+        """Give up: its code raised."""
+        ...
+
 
 class Engine:
     """Every gateway's sockets and deadlines in one process; started on first use."""
@@ -64,7 +68,9 @@ class Engine:
         self._slots: dict[int, list[Driven]] = {}
         self._ticks: list[int] = []  # heap of the ticks that have a slot
         self._fired = math.floor(time.monotonic() / resolution)  # every tick up to it fired
-        self._loop: gevent.Greenlet[[], None] | None = None
+        self._io: Any = None  # gevent's watcher of the epoll descriptor, once started
+        self._timer: Any = None  # gevent's timer for the next tick
+        self.failures = 0  # gateways stopped because their code raised
 
     # --- what gateways ask -------------------------------------------------------------------
 
@@ -106,40 +112,44 @@ class Engine:
     def sockets(self) -> int:
         return len(self._sockets)
 
-    @property
-    def running(self) -> bool:
-        """Started and not crashed."""
-        return self._loop is not None and not self._loop.dead
-
     # --- the loop ------------------------------------------------------------------------------
 
     def _start(self) -> None:
-        if self._loop is None:
-            self._loop = gevent.spawn(self._run)
-            self._loop.link_exception(_crashed)
+        """Watch the epoll descriptor and the next tick from gevent's loop (the hub). The
+        watcher stays started: stopping and starting it would have libev take the
+        descriptor out of its own epoll set and add it back, and adding an epoll set to
+        another makes the kernel walk every descriptor in it (its loop check)."""
+        if self._io is not None:
+            return
+        loop = gevent.get_hub().loop
+        self._io = loop.io(self._epoll.fileno(), 1)
+        self._io.start(self._round)
+        self._arm(loop)
 
     def close(self) -> None:
-        """Stop the loop (the gateways' sockets are theirs to close)."""
-        if self._loop is not None:
-            self._loop.kill()
-            self._loop = None
+        """Stop watching (the gateways' sockets are theirs to close)."""
+        for watcher in (self._io, self._timer):
+            if watcher is not None:
+                watcher.stop()
+        self._io = self._timer = None
 
-    def _run(self) -> None:
-        epoll_fd = self._epoll.fileno()
-        while True:
-            wait = self._until_next_tick()
-            if wait > 0:
-                with contextlib.suppress(TimeoutError):  # nothing ready: a tick is due
-                    wait_read(epoll_fd, wait)
-            else:
-                gevent.sleep(0)  # Locust's greenlets get their turn in every round
-            self._poll()
-            self._advance(time.monotonic())
+    def _arm(self, loop: Any) -> None:
+        """Wake for the next tick that has a slot (or after ``IDLE_WAIT``)."""
+        if self._timer is not None:
+            self._timer.stop()
+        wait = IDLE_WAIT
+        if self._ticks:
+            wait = min(wait, max(0.0, self._ticks[0] * self.resolution - time.monotonic()))
+        self._timer = loop.timer(wait)
+        self._timer.start(self._round)
 
-    def _until_next_tick(self) -> float:
-        if not self._ticks:
-            return IDLE_WAIT
-        return min(IDLE_WAIT, self._ticks[0] * self.resolution - time.monotonic())
+    def _round(self) -> None:
+        """In the hub: what is ready, then what is due. Locust's greenlets run between two
+        rounds; a gateway that fails is logged and stopped, never the loop."""
+        self._poll()
+        self._advance(time.monotonic())
+        if self._io is not None:
+            self._arm(self._io.loop)
 
     def _poll(self) -> None:
         ready = self._epoll.poll(0, MAX_EVENTS)
@@ -149,7 +159,10 @@ class Engine:
         for fd, mask in ready:
             item = sockets.get(fd)
             if item is not None:
-                item.on_ready(mask, now)
+                try:
+                    item.on_ready(mask, now)
+                except Exception:
+                    self._failed(item)
 
     def _advance(self, now: float) -> None:
         """Fire every tick up to ``now``."""
@@ -161,8 +174,13 @@ class Engine:
             for item in slots.pop(tick):
                 if item.wake_tick == tick:  # else a stale entry: filed earlier since
                     item.wake_tick = NEVER_TICK
-                    item.on_timer(now)
+                    try:
+                        item.on_timer(now)
+                    except Exception:
+                        self._failed(item)
 
-
-def _crashed(loop: gevent.Greenlet[[], None]) -> None:
-    log.error("the gateway engine crashed: %r", loop.exception)
+    def _failed(self, item: Driven) -> None:
+        self.failures += 1
+        log.exception("a gateway failed and is stopped: %r", item)
+        with contextlib.suppress(Exception):
+            item.stop()
