@@ -69,7 +69,8 @@ class NetworkProfile:
         """When ``nbytes`` written at ``now`` arrive: after latency and jitter, but never before
         what is still in flight (``busy_until``, TCP keeps order) plus their own serialisation."""
         transfer = nbytes / self.bandwidth if self.bandwidth else 0.0
-        return max(now + self.delay(0, rng), busy_until) + transfer
+        latency = self.latency + self.jitter * rng.random()  # delay(0), inlined: a hot path
+        return max(now + latency, busy_until) + transfer
 
     def next_fault(self, rng: random.Random) -> tuple[float, FaultKind] | None:
         """Seconds until the next fault and its kind, or None on a link that never fails.

@@ -4,7 +4,7 @@ It reports status, raises and clears household alerts (kept in the session's out
 acked, sent again when an ack is overdue or after a reconnect), runs operator commands and
 shell lines after their simulated latency, serves its house (web page, files) and installs
 updates whose steps outlive a connection. It never sleeps, reads a clock or touches a
-socket: the driver passes ``now``, asks ``next_due`` and calls ``run_due`` then; what the
+socket: the driver passes ``now``, reads ``due`` and calls ``run_due`` then; what the
 device wants of the connection it returns (``REBOOT``) or queues in the session for the
 driver to frame and send.
 
@@ -60,6 +60,7 @@ class Device:
         "__weakref__",
         "alert_sent",
         "alert_seq",
+        "due",
         "firmware",
         "fleet",
         "house",
@@ -98,7 +99,11 @@ class Device:
         self.house: House | None = None  # web page and files: made on first use, then kept
         self.located = False  # this connection's statuses carried the house's location
         self.online = False  # connected to the backend, the ProtoMsg handshake done
+        self.due = NEVER
+        """When something is next due: kept by every method that changes it (read on each
+        of the driver's wake-ups, so not recomputed there)."""
         self.schedule_alert(now)
+        self._refresh()
 
     @property
     def device_id(self) -> str:
@@ -118,6 +123,7 @@ class Device:
         self.next_status = now
         for alert_id in self.alert_sent or ():
             self._after(now + self.fleet.behaviour.ack_timeout, self._ack_overdue, alert_id)
+        self._refresh()
 
     def connection_lost(self) -> None:
         self.online = False
@@ -128,25 +134,28 @@ class Device:
         if self.house is not None:
             self.house.connection_lost()
         self.located = False
+        self._refresh()
 
     # --- what is due ------------------------------------------------------------------------
 
-    def next_due(self) -> float:
+    def _refresh(self) -> None:
         due = min(_next_timer(self.updating), self._next_alert())
         if self.online:
             due = min(due, self.next_status, _next_timer(self.timers))
-        return due
+        self.due = due
 
     def run_due(self, now: float) -> Intent:
         """Do what is due at ``now``; offline, only the house and the update go on."""
         if not self.fleet.draining:
             self.fleet.alerts.raise_due(self, now)
+        intent = None
         if self.online:
             if now >= self.next_status:
                 self._send_status(now)
-            if intent := _run_timers(self.timers, now):
-                return intent
-        return _run_timers(self.updating, now)
+            intent = _run_timers(self.timers, now)
+        intent = intent or _run_timers(self.updating, now)
+        self._refresh()
+        return intent
 
     def _next_alert(self) -> float:
         return NEVER if self.fleet.draining else self.fleet.alerts.next_alert(self)
@@ -191,6 +200,9 @@ class Device:
                 self._shell_message(msg, now)
             case ps.MessageReceived(msg) if msg.proto in HOUSE_PROTOCOLS:
                 self._house_message(msg)
+            case _:
+                return None
+        self._refresh()
         return None
 
     # --- alerts -------------------------------------------------------------------------------

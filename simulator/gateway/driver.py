@@ -219,7 +219,7 @@ class Gateway:
 
     def _next_due(self) -> float:
         state = self.state
-        device = self.device.next_due()
+        device = self.device.due
         if state is State.OPEN:
             return min(device, self._serve_next())
         if state is State.QUIET:
@@ -232,7 +232,7 @@ class Gateway:
         return min(device, self.deadline, link.inbound.next_arrival(), link.outbound.next_arrival())
 
     def _device_due(self, now: float) -> str | None:
-        return self.device.run_due(now) if now >= self.device.next_due() else None
+        return self.device.run_due(now) if now >= self.device.due else None
 
     def _rebooted_offline(self, now: float) -> None:
         """An update installed while disconnected: the reboot delays the next attempt."""
@@ -351,7 +351,7 @@ class Gateway:
         if now >= self.link.fault_at:
             self._fault(now)
             return
-        if now >= self.device.next_due() and self.device.run_due(now) is REBOOT:
+        if now >= self.device.due and self.device.run_due(now) is REBOOT:
             self._flush(now)
             raise _Dropped("reboot", expected=True)
         self._keepalive(now)
