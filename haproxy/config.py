@@ -318,11 +318,13 @@ def shards_backend(config: HaproxyConfig) -> list[str]:
         "    http-check send meth GET uri /healthz ver HTTP/1.1 hdr Host haproxy",
         "    http-check expect status 200 error-status L7OKC",
         "    # A shard that does not answer (hung, dead; a draining one closed its listener)",
-        "    # is down after 2 failed checks, each bounded by inter (no 'timeout check'), the",
-        "    # second sent 500 ms after the first failed: within 2 + 2 + 0.5 + 2 s.",
+        "    # is down after 3 failed checks of up to 3 s each, 500 ms apart once one failed:",
+        "    # within 2 + 3 + 0.5 + 3 + 0.5 + 3 s. A shard busy with a connect ramp can be a",
+        "    # few seconds late; marking it down would cut all its tunnels (a storm).",
+        "    timeout check 3s",
         "    # maxconn per server line: one line is one (source, shard) pair, which has only",
         "    # the ephemeral port range; beyond it connects queue rather than fail.",
-        "    default-server check inter 2s fastinter 500ms fall 2 rise 2"
+        "    default-server check inter 2s fastinter 500ms fall 3 rise 2"
         f" maxconn {config.server_maxconn}",
         "    # A line whose connects keep failing is marked down before its checks notice:",
         "    # leastconn would otherwise send every new device to a dead shard (it has the",

@@ -75,7 +75,7 @@ def test_the_config_holds_the_directives_the_tier_relies_on(tmp_path: Path) -> N
         "balance leastconn",
         "http-check send meth GET uri /healthz ver HTTP/1.1",
         "http-check expect status 200 error-status L7OKC",
-        "default-server check inter 2s fastinter 500ms fall 2 rise 2 maxconn 500\n",
+        "default-server check inter 2s fastinter 500ms fall 3 rise 2 maxconn 500\n",
         "default-server observe layer4 error-limit 3 on-error mark-down\n",
         "default-server on-marked-down shutdown-sessions\n",
         "http-request use-service prometheus-exporter if { path /metrics }",
