@@ -65,12 +65,23 @@ class NetworkProfile:
         transfer = nbytes / self.bandwidth if self.bandwidth else 0.0
         return self.latency + rng.uniform(0.0, self.jitter) + transfer
 
-    def arrival(self, now: float, nbytes: int, rng: random.Random, busy_until: float) -> float:
-        """When ``nbytes`` written at ``now`` arrive: after latency and jitter, but never before
-        what is still in flight (``busy_until``, TCP keeps order) plus their own serialisation."""
+    def arrival(
+        self, now: float, nbytes: int, rng: random.Random, busy_until: float, legs: int = 1
+    ) -> float:
+        """When ``nbytes`` written at ``now`` arrive: after ``legs`` one-way latencies, each
+        with its jitter, but never before what is still in flight (``busy_until``, TCP keeps
+        order) plus their own serialisation."""
         transfer = nbytes / self.bandwidth if self.bandwidth else 0.0
-        latency = self.latency + self.jitter * rng.random()  # delay(0), inlined: a hot path
-        return max(now + latency, busy_until) + transfer
+        jitter = self.jitter * (
+            rng.random() if legs == 1 else sum(rng.random() for _ in range(legs))
+        )
+        return max(now + legs * self.latency + jitter, busy_until) + transfer
+
+    def departure(self, now: float, nbytes: int, busy_until: float) -> float:
+        """When ``nbytes`` written at ``now`` have left: serialised after what is still
+        leaving (``busy_until``), no latency."""
+        transfer = nbytes / self.bandwidth if self.bandwidth else 0.0
+        return max(now, busy_until) + transfer
 
     def next_fault(self, rng: random.Random) -> tuple[float, FaultKind] | None:
         """Seconds until the next fault and its kind, or None on a link that never fails.

@@ -552,7 +552,7 @@ class Gateway:
         if self.link.instant:
             self._received(data, now)
         else:
-            self.link.inbound.put(self.link.profile, now, data, self.fleet.rng)
+            self.link.received(now, data, self.fleet.rng)
 
     def _gone(self, now: float, cause: str, error: OSError | None) -> None:
         if self.state in _STAGES:
@@ -585,9 +585,9 @@ class Gateway:
             self._send(data, now)
 
     def _send(self, data: bytes, now: float) -> None:
-        if self.state is State.QUIET or not self.link.instant:
-            self.link.outbound.put(self.link.profile, now, data, self.fleet.rng)
-        else:
+        if self.state is State.QUIET:
+            self.link.held(now, data)
+        elif self.link.sent(now, data):
             self._write(data)
 
     def _transmit(self, now: float) -> None:

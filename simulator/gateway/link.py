@@ -1,9 +1,14 @@
 """A gateway's simulated link, pure: when bytes arrive, and when the link fails.
 
-The load-test host has no netem, so each gateway plays its own ``NetworkProfile``: bytes
-written or read wait here for their one-way latency and serialisation before they reach the
-socket or the protocol, in order (TCP keeps it), and faults come due at the profile's rates.
-No I/O and no clock of its own: the driver passes ``now`` and asks what is due.
+The load-test host has no netem, so each gateway plays its own ``NetworkProfile``. Both
+one-way latencies (with their jitter) are applied to what the gateway reads: a round trip
+takes as long as over the real link whichever side starts it (a ping, an alert and its ack,
+an operator's command), and a gateway's write leaves at once instead of waiting a wheel tick
+of its own; the backend sees a gateway's messages one latency early, which no figure
+measures. Serialisation is applied each way: a write waits for the bytes before it to leave
+at the link's bandwidth (an upload over GPRS is as slow as over GPRS), a read for the bytes
+before it to arrive. Faults come due at the profile's rates. No I/O and no clock of its own:
+the driver passes ``now`` and asks what is due.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from collections import deque
 from simulator.network import FaultKind, NetworkProfile
 
 NEVER = float("inf")
+SERIALISATION_FLOOR = 0.001
+"""A write whose serialisation takes less (and that waits behind nothing) leaves at once."""
 
 
 class LinkQueue:
@@ -24,15 +31,14 @@ class LinkQueue:
     def __init__(self) -> None:
         self._flight: deque[tuple[float, bytes]] | None = None
 
-    def put(self, profile: NetworkProfile, now: float, data: bytes, rng: random.Random) -> float:
-        """Send ``data`` at ``now``; returns when it arrives."""
-        flight = self._flight
-        busy_until = flight[-1][0] if flight else 0.0
-        arrival = profile.arrival(now, len(data), rng, busy_until)
-        if flight is None:
-            flight = self._flight = deque()
-        flight.append((arrival, data))
-        return arrival
+    def put(self, arrival: float, data: bytes) -> None:
+        if self._flight is None:
+            self._flight = deque()
+        self._flight.append((arrival, data))
+
+    def busy_until(self) -> float:
+        """When the last bytes in flight arrive (0: none are)."""
+        return self._flight[-1][0] if self._flight else 0.0
 
     def take(self, now: float) -> bytes:
         """The bytes that have arrived by ``now``, joined (b"" if none)."""
@@ -77,6 +83,26 @@ class SimulatedLink:
         """A perfect link: bytes need not wait at all."""
         profile = self.profile
         return not (profile.latency or profile.jitter or profile.bandwidth)
+
+    def received(self, now: float, data: bytes, rng: random.Random) -> None:
+        """Bytes read off the socket at ``now``: they reach the protocol after both legs."""
+        inbound = self.inbound
+        inbound.put(self.profile.arrival(now, len(data), rng, inbound.busy_until(), 2), data)
+
+    def sent(self, now: float, data: bytes) -> bool:
+        """Bytes written at ``now``: True if they leave at once, else they wait here for
+        their serialisation (``outbound``)."""
+        outbound = self.outbound
+        busy = outbound.busy_until()
+        departure = self.profile.departure(now, len(data), busy)
+        if not busy and departure - now < SERIALISATION_FLOOR:
+            return True
+        outbound.put(departure, data)
+        return False
+
+    def held(self, now: float, data: bytes) -> None:
+        """Bytes written while the link is down: they leave, in order, once it is up."""
+        self.outbound.put(max(now, self.outbound.busy_until()), data)
 
     def schedule_fault(self, now: float, rng: random.Random) -> None:
         """Draw the next fault, counted from ``now``."""

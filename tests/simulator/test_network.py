@@ -48,6 +48,14 @@ def test_arrival_keeps_order_and_serialises_back_to_back_writes() -> None:
     assert first == pytest.approx(10.6)
     # Written at once behind it: it cannot overtake, and waits for its own 0.5 s on the wire.
     assert profile.arrival(10.0, 500, random.Random(1), busy_until=first) == pytest.approx(11.1)
+    # Both legs of a round trip, each with its latency.
+    assert profile.arrival(10.0, 0, random.Random(1), 0.0, legs=2) == pytest.approx(10.2)
+
+
+def test_departure_is_serialisation_only() -> None:
+    profile = NetworkProfile(name="p", latency=0.1, bandwidth=1000.0)
+    assert profile.departure(10.0, 500, busy_until=0.0) == pytest.approx(10.5)
+    assert profile.departure(10.0, 500, busy_until=10.5) == pytest.approx(11.0)
 
 
 def test_zero_bandwidth_is_unlimited() -> None:
