@@ -60,8 +60,8 @@ in this module unless a module is named (a subtree's classes live where its root
     * QueryError (backend.devstack.prometheus)
     * ConfigCheckFailed (backend.devstack.process), also a RuntimeError
     * RuntimeApiError (haproxy.runtime)
-    * _ConnectFailed (simulator.gateway)
-    * _Dropped (simulator.gateway)
+    * _ConnectFailed (simulator.gateway.driver)
+    * _Dropped (simulator.gateway.driver)
 
 Peer input never raises into the I/O layer: the Sans-I/O parsers catch the protocol's errors
 and turn them into an answer on the wire. Each class says what that answer is:

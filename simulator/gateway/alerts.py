@@ -7,13 +7,37 @@ due and when, instead of being subclassed.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+import random
+from typing import Protocol
 
-from simulator.behaviour import pick_problem
+from simulator.behaviour import Behaviour, pick_problem
 from simulator.gateway.link import NEVER
 
-if TYPE_CHECKING:
-    from simulator.gateway.device import Device
+
+class _Fleet(Protocol):
+    @property
+    def rng(self) -> random.Random: ...
+
+    @property
+    def behaviour(self) -> Behaviour: ...
+
+
+class Device(Protocol):
+    """What a policy reads and calls of a device (``simulator.gateway.device.Device``; named
+    here, not imported: the fleet holds the policy, and the device the fleet)."""
+
+    open_problem: tuple[float, str, str, str, str] | None
+    next_alert: float
+    online: bool
+
+    @property
+    def fleet(self) -> _Fleet: ...
+
+    def in_flight(self) -> int: ...
+
+    def schedule_alert(self, now: float) -> None: ...
+
+    def send_alert(self, state: str, problem: tuple[str, str, str, str], now: float) -> None: ...
 
 
 class AlertPolicy(Protocol):

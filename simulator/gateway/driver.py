@@ -410,12 +410,14 @@ class Gateway:
             case ws.Pong(payload):
                 self._pong_received(payload, now)
             case ws.Closed(code, reason):
-                self._flush(now)  # the echoed close frame (RFC 6455 §5.5.1)
+                with contextlib.suppress(_Dropped):  # the peer may be gone: the close names it
+                    self._flush(now)  # the echoed close frame (RFC 6455 §5.5.1)
                 hint = closecodes.parse_retry_after(reason)
                 expected = code in _EXPECTED_CLOSES
                 raise _Dropped(f"closed {code}", expected=expected, retry_after=hint)
             case ws.Failed(error) | ps.ProtocolViolation(error) if error.close_code:
-                self._flush(now)
+                with contextlib.suppress(_Dropped):
+                    self._flush(now)
                 raise _Dropped(f"protocol error {error.close_code}", expected=False)
             case ps.ErrorReceived(error):
                 log.debug("%s: server error %s", self.device_id, error.err)
