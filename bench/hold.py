@@ -37,7 +37,7 @@ from backend.devstack.stack import LocalStack, StackConfig
 
 REPO = Path(__file__).resolve().parents[1]
 PER_WORKER = 15_000  # gateways per Locust process: one socket each within 20,000 open files
-SPAWN_RATE = 1000.0  # gateways/s by default: what the backend on this 2-core host takes
+SPAWN_RATE = 400.0  # gateways/s by default: what the backend on this 2-core host takes at 100k
 STEADY_PROFILE = (
     '[steady]\nbase = "wired"\ndrops_per_hour = 0\nblackholes_per_hour = 0\noffline_per_hour = 0\n'
 )

@@ -21,7 +21,7 @@ from typing import Any
 from backend.shard.config import FD_RESERVE, default_max_connections
 from haproxy.config import max_maxconn
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MEASURED = REPO / "bench" / "results" / "hold.json"
 """The committed proof run: the default costs."""
 GIB = 2**30

@@ -123,3 +123,10 @@ def test_fleet_capacity_prints_a_sizing_table(run_file: Path, tmp_path: Path) ->
     assert {p["tier"] for p in json.loads(as_json.stdout)} == {
         "shards", "haproxy", "nats", "simulator",
     }  # fmt: skip
+
+
+def test_without_from_it_reads_the_committed_hold_run() -> None:
+    costs, run = capacity.load_costs()
+    assert capacity.MEASURED == Path(__file__).resolve().parents[2] / "bench/results/hold.json"
+    assert run["held_min"] >= 100_000
+    assert set(costs) == {"simulator", "haproxy", "shards", "nats"}
