@@ -34,7 +34,7 @@ from backend.protocol import websocket as ws
 from backend.protocol.errors import FleetError, UpgradeRejected
 from simulator.backoff import Backoff
 from simulator.gateway.device import REBOOT, Device
-from simulator.gateway.engine import NEVER_TICK, Engine
+from simulator.gateway.engine import NEVER_TICK, READABLE, WRITABLE, Engine
 from simulator.gateway.link import NEVER, SimulatedLink
 
 if TYPE_CHECKING:
@@ -43,8 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("fleet.simulator")
 
 RECV_SIZE = 65536
-_READABLE = 0x001 | 0x008 | 0x010  # EPOLLIN, EPOLLERR, EPOLLHUP
-_WRITABLE = 0x004  # EPOLLOUT
 # The stdlib's socket even when Locust has patched the module: gevent's wraps each socket in
 # two loop watchers; these sockets are non-blocking and only the engine waits on them.
 _plain_socket: type[socket.socket] = get_original("socket", "socket")
@@ -182,9 +180,9 @@ class Gateway:
         if self.sock is None:
             return
         try:
-            if mask & _WRITABLE or self.state is State.CONNECTING:
+            if mask & WRITABLE or self.state is State.CONNECTING:
                 self._writable(now)
-            if mask & _READABLE and self.sock is not None:
+            if mask & READABLE and self.sock is not None:
                 self._readable(now)
             if self.state is State.OPEN:
                 self._flush(now)

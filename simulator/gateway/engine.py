@@ -35,6 +35,9 @@ IDLE_WAIT = 0.25  # with nothing due: how often a round runs anyway
 NEVER_TICK = 1 << 62
 _READ = select.EPOLLIN
 _WRITE = select.EPOLLOUT
+READABLE = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP
+"""In an ``on_ready`` mask: read (an error or a hang-up is read as one)."""
+WRITABLE = select.EPOLLOUT
 # Locust patches ``select`` (gevent's has no epoll): the kernel's, whose one descriptor
 # gevent's loop watches.
 _epoll: type[select.epoll] = get_original("select", "epoll")
