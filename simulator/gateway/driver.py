@@ -23,7 +23,7 @@ import socket
 import ssl
 import struct
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from gevent.monkey import get_original
 
@@ -554,10 +554,12 @@ class Gateway:
         else:
             self.link.received(now, data, self.fleet.rng)
 
-    def _gone(self, now: float, cause: str, error: OSError | None) -> None:
+    def _gone(self, now: float, cause: str, error: OSError | None) -> NoReturn:
+        """The socket failed: what was read before still counts, and may name the drop (an
+        upgrade's answer and a close frame can both still be on the link)."""
+        self._peer_gone(now)
         if self.state in _STAGES:
             raise _ConnectFailed(_STAGES[self.state], error or OSError("connection closed"))
-        self._peer_gone(now)
         raise _Dropped(cause, expected=False)
 
     def _decrypt(self, data: bytes, now: float) -> bytes:
@@ -571,7 +573,6 @@ class Gateway:
             return tls.read()
         except ssl.SSLError as exc:
             self._gone(now, "reset", exc)
-            raise  # not reached: _gone raises
 
     def _deliver(self, now: float) -> None:
         if self.channel is not None and (data := self.link.inbound.take(now)):
@@ -612,8 +613,8 @@ class Gateway:
             sent = sock.send(data)
         except BlockingIOError:
             sent = 0
-        except OSError as exc:
-            raise _Dropped("reset", expected=False) from exc
+        except OSError as exc:  # a close frame read just before may still wait on the link
+            self._gone(time.monotonic(), "reset", exc)
         if sent < len(data):
             self.wbuf = data[sent:]
             self.engine.watch(sock.fileno(), self, write=True)
