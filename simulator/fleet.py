@@ -45,10 +45,6 @@ class Gateway(Protocol):
         """In a blackhole or offline spell of its simulated link."""
         ...
 
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
 
 G = TypeVar("G", bound=Gateway)
 

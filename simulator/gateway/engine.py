@@ -33,8 +33,6 @@ RESOLUTION = 0.005
 MAX_EVENTS = 4096  # per round: a ramp's burst is spread over rounds, Locust runs between
 IDLE_WAIT = 0.25  # with nothing due: how often a round runs anyway
 NEVER_TICK = 1 << 62
-_READ = select.EPOLLIN
-_WRITE = select.EPOLLOUT
 READABLE = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP
 """In an ``on_ready`` mask: read (an error or a hang-up is read as one)."""
 WRITABLE = select.EPOLLOUT
@@ -94,7 +92,7 @@ class Engine:
 
     def watch(self, fd: int, item: Driven, *, write: bool = False) -> None:
         """Call ``item.on_ready`` when ``fd`` is readable, or writable too (``write``)."""
-        mask = _READ | _WRITE if write else _READ
+        mask = select.EPOLLIN | WRITABLE if write else select.EPOLLIN
         if fd in self._sockets:
             self._epoll.modify(fd, mask)
         else:
