@@ -98,7 +98,9 @@ class RemoteActivity:
         data = os.urandom(COPY_BYTES)
         source, back = self.workdir / f"{device}.up", self.workdir / f"{device}.back"
         source.write_bytes(data)
-        path = f"/tmp/remote-{self.actions}.bin"
+        # The operator's own name in the path: two operators copying to one device at once
+        # must not overwrite each other's file.
+        path = f"/tmp/{self.workdir.name}-{self.actions}.bin"
         put = upload(self.operator, source, device, path, lambda _n: None)
         got = download(self.operator, device, path, back, lambda _n: None)
         if back.read_bytes() != data or put["sha256"] != got["sha256"]:
