@@ -103,8 +103,9 @@ def storm_checks(record: RunRecord) -> list[Check]:
     """After one of K shards is killed: how fast the fleet is back, within the admission
     budget of the survivors, with no 5xx beyond shedding and no alert lost."""
     samples, killed = record.timeline.samples, record.timeline.marks.get(SHARD_KILLED)
-    held = tl.before(samples, killed) if killed is not None else None
-    target = held["connected"] if held else None
+    # The gateways' own count to a tenth of a second, not the workers' last reports.
+    count = record.timeline.connected()
+    target = tl.count_at(count, killed) if killed is not None else None
     since = killed if killed is not None else float("inf")
     per_shard = record.shard_settings.get("accept_rate", 0) + record.shard_settings.get(
         "accept_burst", 0
@@ -113,8 +114,8 @@ def storm_checks(record: RunRecord) -> list[Check]:
     unexplained = None if shed is None or answered_5xx is None else answered_5xx - shed
     return [
         check(record, "connected_at_kill", target, ">=", 0.99 * record.users, "gateways"),
-        check(record, "reconnect_99pct_s", _recovery(samples, since, target, 0.99), "<=", 30, "s"),
-        check(record, "reconnect_100pct_s", _recovery(samples, since, target, 1.0), "<=", 60, "s"),
+        check(record, "reconnect_99pct_s", _recovery(count, since, target, 0.99), "<=", 30, "s"),
+        check(record, "reconnect_100pct_s", _recovery(count, since, target, 1.0), "<=", 60, "s"),
         # A token bucket admits at most burst + rate in a second, on each surviving shard.
         check(
             record,
@@ -131,9 +132,9 @@ def storm_checks(record: RunRecord) -> list[Check]:
 
 
 def _recovery(
-    samples: list[tl.Sample], since: float, target: float | None, share: float
+    connected: list[tl.Point], since: float, target: float | None, share: float
 ) -> float | None:
-    return None if target is None else tl.recovery_time(samples, since, share * target)
+    return None if target is None else tl.recovery_time(connected, since, share * target)
 
 
 def _last(samples: list[tl.Sample], key: str) -> float | None:

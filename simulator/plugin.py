@@ -70,6 +70,7 @@ log = logging.getLogger("fleet.simulator")
 
 DRAIN = "fleet_drain"  # master -> workers: drain now, then send FINAL_REPORT
 FINAL_REPORT = "fleet_final"
+CONNECTED_CHANGES = "connected_changes"  # in worker reports: FleetStats.take_connected_changes
 PROGRESS_INTERVAL = 10.0
 TIMELINE_INTERVAL = 1.0
 # Shard settings the verdicts judge against: the admission budget.
@@ -94,7 +95,7 @@ class RunState:
         self.drained = False
         self.fleet_peak = 0  # master: the peak of the sum, not the sum of workers' peaks
         self.started = time.monotonic()
-        self.timeline = Timeline()  # master/local: sampled every second
+        self.timeline = Timeline(origin=time.time())  # master/local: sampled every second
         self.shard_options: dict[str, str] = {}  # the embedded shards' settings
         self.sampler: gevent.Greenlet[[Environment], None] | None = None
         self.rollout: RolloutWatch | None = None  # the update rollout scenario's
@@ -397,9 +398,11 @@ def _key_value(item: str) -> tuple[str, str]:
 
 def on_report_to_master(state: RunState, data: dict[str, Any], **_: Any) -> None:
     data["fleet"] = state.stats.snapshot()
+    data[CONNECTED_CHANGES] = state.stats.take_connected_changes()
 
 
 def on_worker_report(state: RunState, client_id: str, data: dict[str, Any], **_: Any) -> None:
+    state.timeline.count_changes(data.get(CONNECTED_CHANGES, {}))
     if "fleet" in data and client_id not in state.final_reports:
         state.worker_snapshots[client_id] = data["fleet"]
         connected = sum(snapshot["connected"] for snapshot in state.worker_snapshots.values())
@@ -408,6 +411,7 @@ def on_worker_report(state: RunState, client_id: str, data: dict[str, Any], **_:
 
 def _final_report_received(environment: Environment, msg: Any, **_: Any) -> None:
     state = run_state(environment)
+    state.timeline.count_changes(msg.data.pop(CONNECTED_CHANGES, {}))
     state.worker_snapshots[msg.node_id] = state.final_reports[msg.node_id] = msg.data
 
 
@@ -461,7 +465,10 @@ def drain_here(environment: Environment, **_: Any) -> None:
         "pending_link_down": sum(fleet.held_by_links() for fleet in fleets),
     }
     if isinstance(environment.runner, WorkerRunner):
-        environment.runner.send_message(FINAL_REPORT, {**state.stats.snapshot(), **state.pending})
+        changes = {CONNECTED_CHANGES: state.stats.take_connected_changes()}
+        environment.runner.send_message(
+            FINAL_REPORT, {**state.stats.snapshot(), **state.pending, **changes}
+        )
 
 
 def _drain_workers(runner: MasterRunner, state: RunState, timeout: float) -> None:
@@ -676,6 +683,7 @@ def run_record(environment: Environment, summary: Mapping[str, Any]) -> RunRecor
     options = environment.parsed_options
     assert options is not None
     state = run_state(environment)
+    collect_connected_changes(state)
     return RunRecord(
         summary,
         state.timeline,
@@ -801,7 +809,13 @@ def _sample_timeline(environment: Environment) -> None:
         alerts = environment.stats.entries.get(("alert", REQUEST_TYPE))
         shards, answered_5xx = _stack_figures(state.stack)
         times = alerts.response_times if alerts is not None else {}
+        collect_connected_changes(state)
         state.timeline.add(state.elapsed(), totals(environment), times, shards, answered_5xx)
+
+
+def collect_connected_changes(state: RunState) -> None:
+    """This process's own gateways' changes into the timeline (a master's come in reports)."""
+    state.timeline.count_changes(state.stats.take_connected_changes())
 
 
 def _stack_figures(

@@ -11,14 +11,20 @@ alerts would be thousands a second, so those are sampled (``sample``): at most
 Statuses carry no latency and are only counted. Failures always go to Locust.
 Workers send an absolute snapshot with every report; the master sums the latest one of each.
 A snapshot also gives the run's verdict, the headless progress line and the web UI table.
+The connected gauge's changes per tick of wall time go with each report too, those since
+the last one (``take_connected_changes``): the timeline adds them up to the fleet's count
+at any moment, which the snapshots, up to a report interval old, cannot tell.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from simulator.timeline import tick
 
 RequestHook = Callable[..., None]
 REQUEST_TYPE = "WS"
@@ -35,6 +41,8 @@ class FleetStats:
 
     request_hook: RequestHook = _no_hook
     samples_per_second: float = SAMPLES_PER_SECOND
+    clock: Callable[[], float] = time.time
+    """Wall time: the clock the changes of ``connected`` are counted by, shared by workers."""
     connected: int = 0
     peak_connected: int = 0
     connects: int = 0
@@ -49,6 +57,8 @@ class FleetStats:
     updates: Counter[str] = field(default_factory=Counter)  # success / failure
     updating: int = 0  # gateways between an update offer and their final result
     peak_updating: int = 0  # merged over workers: the sum of their peaks, an upper bound
+    connected_changes: Counter[int] = field(default_factory=Counter)
+    """Net change of ``connected`` per tick (``timeline.tick``) since they were last taken."""
     _windows: dict[str, list[float]] = field(default_factory=dict, repr=False)
     """Per sampled name: [start of its current one-second window, samples in it]."""
 
@@ -70,12 +80,12 @@ class FleetStats:
         report_request(self.request_hook, REQUEST_TYPE, name, seconds)
 
     def gateway_connected(self) -> None:
-        self.connected += 1
+        self._count_connected(1)
         self.connects += 1
         self.peak_connected = max(self.peak_connected, self.connected)
 
     def gateway_dropped(self, cause: str, expected: bool) -> None:
-        self.connected -= 1
+        self._count_connected(-1)
         self.drops[cause] += 1
         if not expected:
             self.unexpected_drops += 1
@@ -91,7 +101,16 @@ class FleetStats:
 
     def gateway_stopped(self) -> None:
         """The run ended with this gateway connected: not a drop."""
-        self.connected -= 1
+        self._count_connected(-1)
+
+    def _count_connected(self, change: int) -> None:
+        self.connected += change
+        self.connected_changes[tick(self.clock())] += change
+
+    def take_connected_changes(self) -> dict[int, int]:
+        """The changes of ``connected`` since the last call, for the timeline."""
+        changes, self.connected_changes = dict(self.connected_changes), Counter()
+        return changes
 
     def snapshot(self) -> dict[str, Any]:
         """Plain data for a worker report or the JSON summary."""

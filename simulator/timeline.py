@@ -3,12 +3,19 @@ of that second and, with the embedded stack, each shard's figures and HAProxy's 
 plus marks (named moments, e.g. when a shard was killed). Scenarios read their verdicts
 from it and the HTML report plots it.
 
+The samples' connected count is what the workers had last reported (every 3 s, later on
+busy cores), so beside it the timeline keeps the gateways' own count to a tenth of a
+second: each process counts the changes of its connected gauge per tenth of a second of
+wall time (``FleetStats.connected_changes``, the one clock all workers share) and the sum
+of those changes is the fleet's count at any moment.
+
 Pure: the plugin's sampler greenlet fetches the figures and hands them in.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +24,9 @@ from backend.devstack.stack import metric_sum
 
 Sample = dict[str, Any]
 ShardFigures = dict[str, float]
+Point = tuple[float, int]
+"""(seconds into the run, gateways connected then)."""
+TICKS_PER_SECOND = 10  # the resolution of the gateways' own count
 
 
 def shard_figures(metrics_text: str) -> ShardFigures:
@@ -53,8 +63,12 @@ def percentile(counts: Mapping[int, int], fraction: float) -> float | None:
 
 @dataclass
 class Timeline:
+    origin: float = 0.0
+    """The wall time (``time.time()``) of t = 0."""
     samples: list[Sample] = field(default_factory=list)
     marks: dict[str, float] = field(default_factory=dict)
+    changes: Counter[int] = field(default_factory=Counter)
+    """Net change of the fleet's connected count per tick of wall time (``tick``)."""
     _alert_times: dict[int, int] = field(default_factory=dict)
 
     def add(
@@ -89,25 +103,42 @@ class Timeline:
     def mark(self, name: str, t: float) -> None:
         self.marks[name] = round(t, 2)
 
+    def count_changes(self, changes: Mapping[int, int]) -> None:
+        """Add a process's changes of its connected count since it last handed them in."""
+        self.changes.update(changes)
+
+    def connected(self) -> list[Point]:
+        """The gateways' own count after each tick in which it changed."""
+        counts = itertools.accumulate(self.changes[tick] for tick in sorted(self.changes))
+        return [
+            (round((tick + 1) / TICKS_PER_SECOND - self.origin, 2), count)
+            for tick, count in zip(sorted(self.changes), counts, strict=True)
+        ]
+
     def as_dict(self) -> dict[str, Any]:
-        return {"marks": self.marks, "samples": self.samples}
+        return {"marks": self.marks, "samples": self.samples, "connected": self.connected()}
 
 
-def before(samples: Sequence[Sample], t: float) -> Sample | None:
-    """The last sample taken before ``t``."""
-    earlier = [s for s in samples if s["t"] < t]
+def tick(wall_time: float) -> int:
+    """The tick ``wall_time`` falls in: all processes of a run count changes in the same."""
+    return int(wall_time * TICKS_PER_SECOND)
+
+
+def count_at(points: Sequence[Point], t: float) -> int | None:
+    """The connected count at ``t`` (after the last change before it); None before any."""
+    earlier = [count for at, count in points if at <= t]
     return earlier[-1] if earlier else None
 
 
-def recovery_time(samples: Sequence[Sample], since: float, target: float) -> float | None:
+def recovery_time(points: Sequence[Point], since: float, target: float) -> float | None:
     """Seconds from ``since`` until the connected count is back at ``target`` after its low
     point; None if it never is."""
-    after = [s for s in samples if s["t"] >= since]
+    after = [(t, count) for t, count in points if t > since]
     if not after:
         return None
-    low = min(range(len(after)), key=lambda i: after[i]["connected"])
-    back = next((s for s in after[low:] if s["connected"] >= target), None)
-    return None if back is None else back["t"] - since
+    low = min(range(len(after)), key=lambda i: after[i][1])
+    back = next((t for t, count in after[low:] if count >= target), None)
+    return None if back is None else round(back - since, 2)
 
 
 def peak_rate(samples: Sequence[Sample], key: str, since: float = 0.0) -> float | None:

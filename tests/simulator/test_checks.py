@@ -42,12 +42,15 @@ def by_name(checks: list[Any]) -> dict[str, Any]:
 
 
 def storm(connected: list[int], connects: list[int], five: list[float], shed: float) -> Timeline:
-    """Two shards; shard-a dies at t=3 having shed ``shed`` upgrades."""
+    """Two shards; shard-a dies at t=3.5 having shed ``shed`` upgrades. The gateways' own
+    count is ``connected[t]`` from t s into the run; the samples' lags a second behind."""
     line = Timeline()
     for t, count in enumerate(connected):
         up = {"connections": count / 2, "connects": 0.0, "shed": shed, "reaped": 0.0}
         shards = {"shard-a": up if t <= 3 else None, "shard-b": {**up, "shed": 0.0}}
-        line.add(float(t), fleet(count, connects[t]), {}, shards, five[t])
+        reported = connected[max(t - 1, 0)]
+        line.add(float(t), fleet(reported, connects[t]), {}, shards, five[t])
+        line.count_changes({10 * t - 1: count - (connected[t - 1] if t else 0)})
     line.mark(SHARD_KILLED, 3.5)
     return line
 

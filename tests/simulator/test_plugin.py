@@ -338,6 +338,9 @@ def test_a_master_and_two_workers_add_up(tmp_path: Path) -> None:
     samples = json.loads((run_dir / "timeline.json").read_text())["samples"]
     held = max(sum(fig["connections"] for fig in s["shards"].values() if fig) for s in samples)
     assert held == 200
+    # The workers' own counts, added up per tenth of a second, reach 200 too.
+    connected = json.loads((run_dir / "timeline.json").read_text())["connected"]
+    assert max(count for _t, count in connected) == 200
     assert "worker w1" in (tmp_path / "master.log").read_text()
 
 

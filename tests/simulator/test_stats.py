@@ -39,6 +39,23 @@ def test_a_stopped_gateway_is_not_a_drop() -> None:
     assert stats.unexpected_drops == 0
 
 
+def test_the_gauges_changes_are_counted_per_tenth_of_a_second_until_taken() -> None:
+    now = [100.0]
+    stats = FleetStats(clock=lambda: now[0])
+    stats.gateway_connected()
+    stats.gateway_connected()
+    now[0] = 100.05  # the same tick
+    stats.gateway_dropped("net_reset", expected=False)
+    now[0] = 100.3
+    stats.gateway_connected()
+    assert stats.take_connected_changes() == {1000: 1, 1003: 1}
+    now[0] = 101.0
+    stats.gateway_stopped()
+    assert stats.take_connected_changes() == {1010: -1}
+    assert stats.take_connected_changes() == {}
+    assert stats.connected == 1
+
+
 def test_updates_in_flight_are_counted_until_their_result() -> None:
     stats = FleetStats()
     for _ in range(3):

@@ -7,13 +7,14 @@ from prometheus_client import generate_latest
 from backend.shard.metrics import ShardMetrics
 from simulator.timeline import (
     Timeline,
-    before,
+    count_at,
     haproxy_5xx,
     last_known,
     peak_rate,
     percentile,
     recovery_time,
     shard_figures,
+    tick,
 )
 from tests.simulator.support import fleet
 
@@ -68,14 +69,24 @@ def test_each_sample_has_the_alert_latency_of_its_own_second() -> None:
     assert second["alerts_acked"] == 102
 
 
+def test_the_count_is_the_sum_of_every_processs_changes_per_tick() -> None:
+    line = Timeline(origin=1000.0)
+    line.count_changes({tick(1000.04): 3, tick(1000.5): 2})  # one worker
+    line.count_changes({tick(1000.07): 1, tick(1001.0): -1})  # another
+    line.count_changes({tick(1002.21): -4})  # the first, later
+    assert line.connected() == [(0.1, 4), (0.6, 6), (1.1, 5), (2.3, 1)]
+    assert line.as_dict()["connected"] == line.connected()
+    assert (count_at(line.connected(), 0.05), count_at(line.connected(), 0.6)) == (None, 6)
+
+
 def test_recovery_is_timed_from_the_mark_to_the_count_after_its_low_point() -> None:
-    # connected: full, the kill at t=3 (not yet seen at 3), low at 5, back to 99% at 7, 100% at 9
-    line = timeline([1000, 1000, 1000, 1000, 600, 500, 800, 995, 998, 1000, 1000])
-    assert before(line.samples, 3.0) == line.samples[2]
-    assert recovery_time(line.samples, 3.0, 990) == 4.0
-    assert recovery_time(line.samples, 3.0, 1000) == 6.0
-    assert recovery_time(line.samples, 3.0, 1001) is None
-    assert recovery_time(line.samples, 99.0, 1000) is None
+    # full, the kill at t=3, low at 5, back to 99% at 7.2, 100% at 9
+    points = [(1.0, 1000), (4.0, 600), (5.0, 500), (6.0, 800), (7.2, 995), (8.0, 998), (9.0, 1000)]
+    assert count_at(points, 3.0) == 1000
+    assert recovery_time(points, 3.0, 990) == 4.2
+    assert recovery_time(points, 3.0, 1000) == 6.0
+    assert recovery_time(points, 3.0, 1001) is None
+    assert recovery_time(points, 99.0, 1000) is None
 
 
 def test_peak_rate_is_the_steepest_second() -> None:
