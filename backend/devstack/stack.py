@@ -33,7 +33,14 @@ from backend.devstack.natsserver import NatsCluster, NatsServer
 from backend.devstack.prometheus import ALERT_RULES, PrometheusServer
 from backend.shard.config import ShardConfig, default_max_connections
 from haproxy import runtime
-from haproxy.config import HaproxyConfig, check, find_haproxy, max_maxconn, write
+from haproxy.config import (
+    HaproxyConfig,
+    check,
+    ephemeral_ports,
+    find_haproxy,
+    max_maxconn,
+    write,
+)
 from haproxy.tls import make_local_pki
 
 # Set by the stack itself: given again in shard_options they would be ignored (CLI arguments
@@ -46,9 +53,6 @@ NATS_NODES = (1, 3)
 """One server, or a cluster that keeps every stream on all 3 nodes (it survives losing one)."""
 DEFAULT_SHARDS = 2
 SHARD_NAMES = [f"shard-{letter}" for letter in string.ascii_lowercase]
-# HAProxy connects to the shards from these: ~28k ephemeral ports per (source, shard) pair, so
-# four sources let one shard hold more than 64k connections through it.
-HAPROXY_SOURCES = [f"127.0.0.{n}" for n in range(2, 6)]
 # A server line's health check got 200 from the shard's /healthz (proxy "shards", state L7OK).
 CHECK_PASSED = re.compile(
     r'^haproxy_server_check_status\{proxy="shards",server="([^"]+)",state="L7OK"\} (\S+)$', re.M
@@ -171,6 +175,17 @@ def shards_for(connections: int) -> int:
 def haproxies_for(connections: int) -> int:
     """HAProxy processes to hold ``connections``, each within its open-file limit."""
     return max(1, math.ceil(connections / max_maxconn()))
+
+
+def haproxy_sources(index: int) -> list[str]:
+    """The addresses HAProxy process ``index`` connects to the shards from: its own, so that
+    no two processes share a (source, shard) pair's ~28k ephemeral ports, outside the
+    simulator's 127.0.0.x, and only as many as its maxconn needs (one within a 20k open-file
+    limit). Each one is a server line per shard, and a killed shard's lines are each tried,
+    and each must fail a few connects, before HAProxy stops choosing them."""
+    per_process = math.ceil(max_maxconn() / ephemeral_ports())
+    first = 1 + index * per_process
+    return [f"127.0.1.{first + n}" for n in range(per_process)]
 
 
 def shard_settings(shard_options: Mapping[str, str], keys: Iterable[str]) -> dict[str, float]:
@@ -432,7 +447,7 @@ class LocalStack(process.Service):
             bind_host=self.config.host,
             stats_host=self.config.host,
             tls_pem=tls_pem,
-            source_addresses=HAPROXY_SOURCES,
+            source_addresses=haproxy_sources(index),
         )
 
     def scrape_targets(self) -> dict[str, list[str]]:

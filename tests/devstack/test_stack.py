@@ -16,10 +16,10 @@ from websockets.sync.client import ClientConnection, connect
 from backend.bus import natsauth
 from backend.client.operator import OperatorClient, OperatorError
 from backend.devstack import process
-from backend.devstack.stack import LocalStack, StackConfig, count_or_auto
+from backend.devstack.stack import LocalStack, StackConfig, count_or_auto, haproxy_sources
 from backend.protocol.http import DEVICE_PATH
 from backend.shard.config import default_max_connections
-from haproxy.config import max_maxconn
+from haproxy.config import ephemeral_ports, max_maxconn
 from tests.natsauth_support import only_the_api_commands_devices, violations
 from tests.support import wait_until
 
@@ -143,6 +143,14 @@ def test_too_few_processes_for_the_connections_are_refused(tmp_path: Path) -> No
     with pytest.raises(ValueError, match="need at least 5 shards"):
         StackConfig(tmp_path, shards=4, shard_options={"max-connections": "10"}, connections=41)
     StackConfig(tmp_path, shards=4, haproxies=0, connections=per_haproxy + 1)  # no HAProxy
+
+
+def test_each_haproxy_reaches_the_shards_from_addresses_of_its_own() -> None:
+    per_process = math.ceil(max_maxconn() / ephemeral_ports())
+    first, second = haproxy_sources(0), haproxy_sources(1)
+    assert len(first) == len(second) == per_process
+    assert not set(first) & set(second)
+    assert all(address.startswith("127.0.1.") for address in first + second)  # not the gateways'
 
 
 @pytest.mark.parametrize("text", ["auto", " Auto "])

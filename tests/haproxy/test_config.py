@@ -3,14 +3,18 @@ a shard process, plain and with TLS."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import resource
 import socket
+import socketserver
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +229,53 @@ def test_devices_reach_a_real_shard_through_haproxy(tmp_path: Path, tls: bool) -
             assert f"haproxy_process_max_connections {config.maxconn}\n" in metrics(config)
             assert process.answers_ok(f"http://127.0.0.1:{config.stats_port}/stats")
     assert process.children(os.getpid()) == []
+
+
+class DyingShardHandler(socketserver.StreamRequestHandler):
+    """Plays a shard killed while it held upgrades: its health checks pass, but an upgrade
+    it reads is never answered, the connection just closes (HAProxy's "empty response")."""
+
+    def handle(self) -> None:
+        request_line = self.rfile.readline()
+        while self.rfile.readline() not in (b"\r\n", b""):
+            pass  # the rest of the head
+        if b" /healthz " in request_line:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+
+
+@contextlib.contextmanager
+def dying_shard() -> Iterator[int]:
+    """A ``DyingShardHandler`` server on a free loopback port (yielded) until the block ends."""
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), DyingShardHandler) as server:
+        server.daemon_threads = True
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield server.server_address[1]
+        finally:
+            server.shutdown()
+            thread.join()
+
+
+def test_an_upgrade_the_shard_died_on_is_sent_to_another(tmp_path: Path) -> None:
+    with LocalStack(StackConfig(tmp_path, shards=1)) as stack, dying_shard() as dying_port:
+        config = make_config(
+            tmp_path,
+            shards=[("dying", "127.0.0.1", dying_port),
+                    ("shard-a", "127.0.0.1", stack.shard_ports[0])],
+        )  # fmt: skip
+        with running_haproxy(config, tmp_path) as proxy:
+            stats = f"http://127.0.0.1:{config.stats_port}"
+            log = tmp_path / "haproxy.log"
+            process.wait_until(lambda: servers_up(stats), proxy, "health checks", log)
+            url = f"ws://127.0.0.1:{config.port}"
+            with contextlib.ExitStack() as devices:
+                # leastconn offers each new device the empty line first: each is retried.
+                for n in range(3):
+                    assert_opened(
+                        devices.enter_context(open_device(url, stack.token(f"gw-{n}"), None))
+                    )
+            assert server_metric(config, "retry_warnings_total", "dying") == 3
 
 
 def assert_opened(ws: ClientConnection) -> None:
