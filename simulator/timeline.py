@@ -131,13 +131,16 @@ def count_at(points: Sequence[Point], t: float) -> int | None:
 
 
 def recovery_time(points: Sequence[Point], since: float, target: float) -> float | None:
-    """Seconds from ``since`` until the connected count is back at ``target`` after its low
-    point; None if it never is."""
+    """Seconds from ``since`` until the connected count, once fallen below ``target``, is
+    back at it (0 if it never fell below); None if it never is, or nothing was counted
+    since. The first return counts: the gateways stopping at the end are no new fall."""
     after = [(t, count) for t, count in points if t > since]
     if not after:
         return None
-    low = min(range(len(after)), key=lambda i: after[i][1])
-    back = next((t for t, count in after[low:] if count >= target), None)
+    fell = next((i for i, (_t, count) in enumerate(after) if count < target), None)
+    if fell is None:
+        return 0.0
+    back = next((t for t, count in after[fell:] if count >= target), None)
     return None if back is None else round(back - since, 2)
 
 

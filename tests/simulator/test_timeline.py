@@ -87,6 +87,9 @@ def test_recovery_is_timed_from_the_mark_to_the_count_after_its_low_point() -> N
     assert recovery_time(points, 3.0, 1000) == 6.0
     assert recovery_time(points, 3.0, 1001) is None
     assert recovery_time(points, 99.0, 1000) is None
+    assert recovery_time(points, 3.0, 400) == 0.0  # it never fell that far
+    # The gateways stop at the end of the run: the return before it counts.
+    assert recovery_time([*points, (30.0, 0)], 3.0, 1000) == 6.0
 
 
 def test_peak_rate_is_the_steepest_second() -> None:
