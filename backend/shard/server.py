@@ -29,6 +29,7 @@ from nats.js.kv import KeyValue
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from backend.bus import presence, routing, subjects
+from backend.bus.acked import AckedPublisher
 from backend.bus.auth import TokenVerifier
 from backend.bus.natsauth import SHARD, connect_options
 from backend.lifecycle import Service
@@ -84,6 +85,7 @@ class Shard(Service):
         self.port = config.port
         self.nc: NATS | None = None
         self._js: JetStreamContext | None = None
+        self._alerts: AckedPublisher | None = None
         self._kv: KeyValue | None = None
         self._shards_kv: KeyValue | None = None
         self._server: asyncio.Server | None = None
@@ -128,6 +130,8 @@ class Shard(Service):
         )
         self.max_payload = self.nc.max_payload
         self._js = self.nc.jetstream()
+        self._alerts = AckedPublisher(self.nc, ALERT_ACK_TIMEOUT)
+        await self._alerts.start()
         self._kv = await subjects.ensure_streams(self._js, self.config.stream_replicas)
         self._shards_kv = await subjects.ensure_shards_bucket(
             self._js, presence.SHARD_TTL, self.config.stream_replicas
@@ -494,21 +498,18 @@ class Shard(Service):
         headers: dict[str, str],
         received: float,
     ) -> None:
-        assert self._js is not None
+        assert self._alerts is not None
         subject = subjects.alert_subject(conn.device_id)
-        future = await self._js.publish_async(subject, body, headers=headers)
-        timeout = asyncio.get_running_loop().call_later(ALERT_ACK_TIMEOUT, future.cancel)
-        future.add_done_callback(partial(self._alert_stored, conn, alert_id, received, timeout))
+        future = await self._alerts.publish(subject, body, headers)
+        future.add_done_callback(partial(self._alert_stored, conn, alert_id, received))
 
     def _alert_stored(
         self,
         conn: DeviceConnection,
         alert_id: str,
         received: float,
-        timeout: asyncio.TimerHandle,
-        future: asyncio.Future[Any],
+        future: asyncio.Future[None],
     ) -> None:
-        timeout.cancel()
         if future.cancelled() or future.exception() is not None:
             self.metrics.alerts.labels("failed").inc()
             return  # not acked: the device resends, the stream de-duplicates
