@@ -109,10 +109,11 @@ class Timeline:
 
     def connected(self) -> list[Point]:
         """The gateways' own count after each tick in which it changed."""
-        counts = itertools.accumulate(self.changes[tick] for tick in sorted(self.changes))
+        ticks = sorted(self.changes)
+        counts = itertools.accumulate(self.changes[tick] for tick in ticks)
         return [
             (round((tick + 1) / TICKS_PER_SECOND - self.origin, 2), count)
-            for tick, count in zip(sorted(self.changes), counts, strict=True)
+            for tick, count in zip(ticks, counts, strict=True)
         ]
 
     def as_dict(self) -> dict[str, Any]:

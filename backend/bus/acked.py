@@ -15,12 +15,11 @@ import asyncio
 import itertools
 import json
 
+from nats.aio.client import NO_RESPONDERS_STATUS
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
+from nats.js.api import Header
 from nats.js.errors import APIError, NoStreamResponseError
-
-NO_RESPONDERS = "503"  # the Status header of a publish no stream took
 
 
 class AckedPublisher:
@@ -33,10 +32,10 @@ class AckedPublisher:
         self._inbox = nc.new_inbox()
         self._tokens = itertools.count()
         self._pending: dict[str, tuple[asyncio.Future[None], asyncio.TimerHandle]] = {}
-        self._subscription: Subscription | None = None
 
     async def start(self) -> None:
-        self._subscription = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_ack)
+        """Listen for the acks; the subscription lasts as long as the NATS client."""
+        await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_ack)
 
     async def publish(
         self, subject: str, payload: bytes, headers: dict[str, str]
@@ -75,7 +74,7 @@ class AckedPublisher:
 
 def ack_error(msg: Msg) -> Exception | None:
     """Why the stream refused the publish ``msg`` answers; None if it stored it."""
-    if msg.headers and msg.headers.get("Status") == NO_RESPONDERS:
+    if msg.headers and msg.headers.get(Header.STATUS) == NO_RESPONDERS_STATUS:
         return NoStreamResponseError()
     if b'"error"' not in msg.data:
         return None

@@ -65,7 +65,7 @@ async def test_an_unanswered_publish_is_cancelled_after_the_timeout(nc: NATS) ->
         await asyncio.wait_for(future, 5)
 
 
-def test_an_error_only_in_a_value_is_no_refusal() -> None:
+def test_only_an_error_key_makes_an_ack_a_refusal() -> None:
     ack = Msg(None, data=b'{"stream":"error","seq":3}')
     assert ack_error(ack) is None
     refused = Msg(None, data=b'{"error":{"code":503,"description":"no leader"}}')
